@@ -1,0 +1,31 @@
+//! Herald's domain, with no I/O.
+//!
+//! Everything here is pure: given the same inputs it answers the same way, so
+//! the rest of Herald (storage, HTTP, queues, sockets) can be tested around it
+//! and the policy itself can be tested with properties.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`ids`] | id newtypes and how an idempotency key becomes an event id |
+//! | [`catalog`] | the event catalog: typed payloads with the seed's field names, validation |
+//! | [`channel`] | the [`Channel`] trait every transport implements, [`RenderedMessage`], [`ChannelError`] |
+//! | [`preferences`] | a user's notification preferences and quiet hours |
+//! | [`routing`] | the routing table (`config/routing.toml`) and the policy that turns an event plus preferences into rooms, inbox entries and deliveries |
+//! | [`auth`] | roles and the claims a token carries |
+//! | [`error`] | the crate's error type |
+
+pub mod auth;
+pub mod catalog;
+pub mod channel;
+pub mod error;
+pub mod ids;
+pub mod preferences;
+pub mod routing;
+
+pub use auth::Role;
+pub use catalog::{EventKind, ValidatedEvent};
+pub use channel::{Channel, ChannelError, ChannelKind, RenderedMessage};
+pub use error::{Error, ValidationError};
+pub use ids::{DeliveryId, EventId, NotificationId, UserId};
+pub use preferences::{Locale, Preferences, QuietHours};
+pub use routing::{Decision, Reason, RoutingTable};

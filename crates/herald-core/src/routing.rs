@@ -1,0 +1,549 @@
+//! Routing policy: who hears about an event, where, and why.
+//!
+//! Two steps, both pure:
+//!
+//! 1. [`RoutingTable::route`] reads the routing table (`config/routing.toml`)
+//!    for the event: the realtime rooms to fan out to, who gets an inbox
+//!    entry, and the default (recipient, channel) deliveries. Recipients are
+//!    [`Selector`]s: a user named by a payload field, every user of a role,
+//!    or a restaurant's staff. Expanding a group is the store's job.
+//! 2. [`Route::plan`] applies each recipient's preferences and contact
+//!    details, yielding a [`Decision`] per (recipient, channel).
+//!
+//! ## Precedence
+//!
+//! For one recipient and channel, the first rule that applies wins:
+//!
+//! 1. **mandatory** — the routing table marks the delivery mandatory: deliver;
+//! 2. **global off** — the user switched everything off: suppress;
+//! 3. **channel off** — the user switched this channel off: suppress;
+//! 4. **event × channel override** — the user's word for this event, then
+//!    for its category: deliver or suppress as it says;
+//! 5. **routing default** — deliver if the routing table says so.
+//!
+//! A channel switch can only narrow; an override can also add a channel the
+//! table does not send by default. Then two checks follow a "deliver": no
+//! address for the channel means `no_contact`, and push or SMS inside the
+//! user's quiet hours waits until they end unless the event is critical.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Role;
+use crate::catalog::{EventKind, ValidatedEvent};
+use crate::channel::ChannelKind;
+use crate::error::Error;
+use crate::ids::UserId;
+use crate::preferences::{Contact, Preferences};
+
+/// The routing table Herald ships with: contract §4's defaults.
+pub const DEFAULT_ROUTING: &str = include_str!("../../../config/routing.toml");
+
+/// The compiled routing table. Built once at start; an invalid file fails
+/// the start with the event and key at fault.
+#[derive(Debug, Clone)]
+pub struct RoutingTable {
+    routes: HashMap<EventKind, EventRules>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutingFile {
+    events: BTreeMap<String, EventSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventSpec {
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    inbox: Vec<String>,
+    #[serde(default)]
+    deliveries: Vec<DeliverySpec>,
+    #[serde(default)]
+    critical_when: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliverySpec {
+    to: String,
+    channels: Vec<ChannelKind>,
+    #[serde(default)]
+    when: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    mandatory: bool,
+}
+
+#[derive(Debug, Clone)]
+struct EventRules {
+    rooms: Vec<Template>,
+    inbox: Vec<Target>,
+    deliveries: Vec<DeliveryRule>,
+    critical_when: Condition,
+}
+
+#[derive(Debug, Clone)]
+struct DeliveryRule {
+    to: Target,
+    channels: Vec<ChannelKind>,
+    when: Condition,
+    mandatory: bool,
+}
+
+/// A string with `{field}` placeholders filled from the payload.
+#[derive(Debug, Clone)]
+struct Template(Vec<Part>);
+
+#[derive(Debug, Clone)]
+enum Part {
+    Lit(String),
+    Field(String),
+}
+
+impl Template {
+    fn parse(src: &str, kind: EventKind) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = src;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Lit(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("`{src}` has an unclosed `{{`"))?;
+            let field = &rest[open + 1..open + close];
+            if !kind.fields().contains(&field) {
+                return Err(format!(
+                    "`{src}` names `{field}`, which {kind} does not have"
+                ));
+            }
+            parts.push(Part::Field(field.to_owned()));
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Lit(rest.to_owned()));
+        }
+        Ok(Template(parts))
+    }
+
+    /// `None` when a placeholder's field is absent from this payload.
+    fn render(&self, event: &ValidatedEvent) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Lit(s) => out.push_str(s),
+                Part::Field(f) => out.push_str(&event.field(f)?),
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Who a rule addresses, before group expansion.
+#[derive(Debug, Clone)]
+enum Target {
+    /// `{guestId}`: the user a payload field names.
+    User(Template),
+    /// `role:admin`: every user of that role.
+    Role(Role),
+    /// `staff:{restaurantId}`: restaurant and cashier users of that restaurant.
+    Staff(Template),
+}
+
+impl Target {
+    fn parse(src: &str, kind: EventKind) -> Result<Target, String> {
+        if let Some(role) = src.strip_prefix("role:") {
+            return Role::parse(role)
+                .map(Target::Role)
+                .ok_or_else(|| format!("`{src}`: unknown role `{role}`"));
+        }
+        if let Some(restaurant) = src.strip_prefix("staff:") {
+            return Template::parse(restaurant, kind).map(Target::Staff);
+        }
+        if !src.starts_with('{') {
+            return Err(format!(
+                "`{src}`: a recipient is `{{field}}`, `role:NAME` or `staff:{{field}}`"
+            ));
+        }
+        Template::parse(src, kind).map(Target::User)
+    }
+
+    fn select(&self, event: &ValidatedEvent) -> Option<Selector> {
+        Some(match self {
+            Target::User(t) => Selector::User(UserId(t.render(event)?)),
+            Target::Role(r) => Selector::Role(*r),
+            Target::Staff(t) => Selector::Staff(t.render(event)?),
+        })
+    }
+}
+
+/// `field ∈ values` for every entry; empty means always.
+#[derive(Debug, Clone, Default)]
+struct Condition(Vec<(String, Vec<String>)>);
+
+impl Condition {
+    fn parse(spec: &BTreeMap<String, Vec<String>>, kind: EventKind) -> Result<Condition, String> {
+        for field in spec.keys() {
+            if !kind.fields().contains(&field.as_str()) {
+                return Err(format!(
+                    "condition on `{field}`, which {kind} does not have"
+                ));
+            }
+        }
+        Ok(Condition(spec.clone().into_iter().collect()))
+    }
+
+    fn holds(&self, event: &ValidatedEvent) -> bool {
+        self.0.iter().all(|(field, allowed)| {
+            event
+                .field(field)
+                .is_some_and(|v| allowed.contains(&v))
+        })
+    }
+}
+
+impl RoutingTable {
+    /// The table Herald ships with.
+    pub fn default_table() -> RoutingTable {
+        RoutingTable::from_toml(DEFAULT_ROUTING).expect("the shipped routing table is valid")
+    }
+
+    /// Parses and checks a routing file. Every catalog event must have an
+    /// entry (an empty one is fine), so that a misspelt name cannot silently
+    /// route an event nowhere.
+    pub fn from_toml(src: &str) -> Result<RoutingTable, Error> {
+        let file: RoutingFile = toml::from_str(src).map_err(|e| Error::Routing(e.to_string()))?;
+        let mut routes = HashMap::new();
+        for (name, spec) in file.events {
+            let kind = EventKind::parse(&name)
+                .ok_or_else(|| Error::Routing(format!("events.{name}: unknown event")))?;
+            let rules = compile(kind, &spec)
+                .map_err(|msg| Error::Routing(format!("events.{name}: {msg}")))?;
+            routes.insert(kind, rules);
+        }
+        if let Some(missing) = EventKind::ALL.iter().find(|k| !routes.contains_key(k)) {
+            return Err(Error::Routing(format!("events.{missing}: no entry")));
+        }
+        Ok(RoutingTable { routes })
+    }
+
+    /// What the table says about `event`, before anyone's preferences.
+    pub fn route(&self, event: &ValidatedEvent) -> Route {
+        let rules = &self.routes[&event.kind];
+        let mut rooms: Vec<String> = Vec::with_capacity(rules.rooms.len());
+        for room in rules.rooms.iter().filter_map(|t| t.render(event)) {
+            if !rooms.contains(&room) {
+                rooms.push(room);
+            }
+        }
+        let inbox = rules.inbox.iter().filter_map(|t| t.select(event)).collect();
+        let mut deliveries = Vec::new();
+        for rule in rules.deliveries.iter().filter(|r| r.when.holds(event)) {
+            if let Some(selector) = rule.to.select(event) {
+                for &channel in &rule.channels {
+                    deliveries.push(DefaultDelivery {
+                        to: selector.clone(),
+                        channel,
+                        mandatory: rule.mandatory,
+                    });
+                }
+            }
+        }
+        Route {
+            kind: event.kind,
+            rooms,
+            inbox,
+            deliveries,
+            critical: !rules.critical_when.0.is_empty() && rules.critical_when.holds(event),
+        }
+    }
+}
+
+fn compile(kind: EventKind, spec: &EventSpec) -> Result<EventRules, String> {
+    let rooms = spec
+        .rooms
+        .iter()
+        .map(|r| Template::parse(r, kind))
+        .collect::<Result<_, _>>()?;
+    let inbox = spec
+        .inbox
+        .iter()
+        .map(|t| Target::parse(t, kind))
+        .collect::<Result<_, _>>()?;
+    let mut deliveries = Vec::new();
+    for (i, d) in spec.deliveries.iter().enumerate() {
+        if let Some(c) = d.channels.iter().find(|c| !c.is_external()) {
+            return Err(format!(
+                "deliveries[{i}].channels: `{c}` is not a delivery channel (email, sms, push)"
+            ));
+        }
+        deliveries.push(DeliveryRule {
+            to: Target::parse(&d.to, kind).map_err(|e| format!("deliveries[{i}].to: {e}"))?,
+            channels: d.channels.clone(),
+            when: Condition::parse(&d.when, kind)
+                .map_err(|e| format!("deliveries[{i}].when: {e}"))?,
+            mandatory: d.mandatory,
+        });
+    }
+    Ok(EventRules {
+        rooms,
+        inbox,
+        deliveries,
+        critical_when: Condition::parse(&spec.critical_when, kind)
+            .map_err(|e| format!("critical_when: {e}"))?,
+    })
+}
+
+/// A recipient as the routing table names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Selector {
+    User(UserId),
+    Role(Role),
+    /// Staff of the restaurant with this id.
+    Staff(String),
+}
+
+/// One default delivery from the routing table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultDelivery {
+    pub to: Selector,
+    pub channel: ChannelKind,
+    pub mandatory: bool,
+}
+
+/// An event's route before preferences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub kind: EventKind,
+    /// Realtime rooms, deduplicated, in table order.
+    pub rooms: Vec<String>,
+    /// Who gets an inbox entry.
+    pub inbox: Vec<Selector>,
+    pub deliveries: Vec<DefaultDelivery>,
+    /// Critical events pass quiet hours.
+    pub critical: bool,
+}
+
+/// What Herald knows of a recipient when it plans.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    pub preferences: Preferences,
+    pub contact: Contact,
+    /// Whether the user has at least one push device registered.
+    pub has_device: bool,
+}
+
+impl Profile {
+    fn reachable(&self, channel: ChannelKind) -> bool {
+        match channel {
+            ChannelKind::Email => self.contact.email.is_some(),
+            ChannelKind::Sms => self.contact.phone.is_some(),
+            ChannelKind::Push => self.has_device,
+            ChannelKind::InApp | ChannelKind::Realtime => true,
+        }
+    }
+}
+
+/// Why a decision went the way it did; recorded on every delivery row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Mandatory,
+    RoutingDefault,
+    EventOverride,
+    CategoryOverride,
+    GlobalOff,
+    ChannelOff,
+    NoContact,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Mandatory => "mandatory",
+            Reason::RoutingDefault => "routing_default",
+            Reason::EventOverride => "event_override",
+            Reason::CategoryOverride => "category_override",
+            Reason::GlobalOff => "global_off",
+            Reason::ChannelOff => "channel_off",
+            Reason::NoContact => "no_contact",
+        }
+    }
+}
+
+/// The outcome for one (recipient, channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Deliver {
+        reason: Reason,
+        /// Set when quiet hours hold the delivery back: send no earlier.
+        defer_until: Option<DateTime<Utc>>,
+    },
+    Suppress {
+        reason: Reason,
+    },
+}
+
+impl Decision {
+    pub fn delivers(&self) -> bool {
+        matches!(self, Decision::Deliver { .. })
+    }
+
+    pub fn reason(&self) -> Reason {
+        match *self {
+            Decision::Deliver { reason, .. } | Decision::Suppress { reason } => reason,
+        }
+    }
+}
+
+/// Everything one recipient gets from one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientPlan {
+    pub user: UserId,
+    /// One decision per channel considered, `in_app` (the inbox) included,
+    /// in channel order.
+    pub decisions: BTreeMap<ChannelKind, Decision>,
+}
+
+impl RecipientPlan {
+    /// Whether the event shows in this recipient's inbox.
+    pub fn in_inbox(&self) -> bool {
+        self.decisions
+            .get(&ChannelKind::InApp)
+            .is_some_and(Decision::delivers)
+    }
+}
+
+impl Route {
+    /// The group selectors whose members the caller must look up.
+    pub fn groups(&self) -> impl Iterator<Item = &Selector> {
+        self.inbox
+            .iter()
+            .chain(self.deliveries.iter().map(|d| &d.to))
+            .filter(|s| !matches!(s, Selector::User(_)))
+    }
+
+    /// Applies preferences. `members` expands group selectors (absent means
+    /// nobody); `profiles` holds what is known of each user (absent means
+    /// defaults and no contact details).
+    pub fn plan(
+        &self,
+        members: &HashMap<Selector, Vec<UserId>>,
+        profiles: &HashMap<UserId, Profile>,
+        now: DateTime<Utc>,
+    ) -> Vec<RecipientPlan> {
+        let expand = |s: &Selector| expand(s, members);
+        // Per user: channel → mandatory, for the table's defaults.
+        let mut defaults: BTreeMap<UserId, BTreeMap<ChannelKind, bool>> = BTreeMap::new();
+        for s in &self.inbox {
+            for u in expand(s) {
+                defaults
+                    .entry(u)
+                    .or_default()
+                    .entry(ChannelKind::InApp)
+                    .or_insert(false);
+            }
+        }
+        for d in &self.deliveries {
+            for u in expand(&d.to) {
+                let mandatory = defaults
+                    .entry(u)
+                    .or_default()
+                    .entry(d.channel)
+                    .or_insert(false);
+                *mandatory |= d.mandatory;
+            }
+        }
+        let fallback = Profile::default();
+        defaults
+            .into_iter()
+            .map(|(user, defaults)| {
+                let profile = profiles.get(&user).unwrap_or(&fallback);
+                let mut decisions = BTreeMap::new();
+                for channel in ChannelKind::PREFERENCE {
+                    let mandatory = defaults.get(&channel).copied();
+                    if let Some(d) = self.decide(channel, mandatory, profile, now) {
+                        decisions.insert(channel, d);
+                    }
+                }
+                RecipientPlan { user, decisions }
+            })
+            .collect()
+    }
+
+    /// One (recipient, channel). `default` is `Some(mandatory)` when the
+    /// table sends this channel; `None` when only an override could add it.
+    fn decide(
+        &self,
+        channel: ChannelKind,
+        default: Option<bool>,
+        profile: &Profile,
+        now: DateTime<Utc>,
+    ) -> Option<Decision> {
+        let prefs = &profile.preferences;
+        let suppress = |reason| Some(Decision::Suppress { reason });
+        let reason = if default == Some(true) {
+            Reason::Mandatory
+        } else if !prefs.enabled {
+            return default.and(suppress(Reason::GlobalOff));
+        } else if prefs.channels.get(&channel) == Some(&false) {
+            return default.and(suppress(Reason::ChannelOff));
+        } else {
+            match prefs.override_for(self.kind, channel) {
+                Some((true, by_event)) => override_reason(by_event),
+                Some((false, by_event)) => {
+                    return default.and(suppress(override_reason(by_event)));
+                }
+                None if default.is_some() => Reason::RoutingDefault,
+                None => return None,
+            }
+        };
+        if !profile.reachable(channel) {
+            return suppress(Reason::NoContact);
+        }
+        let defer_until = match &prefs.quiet_hours {
+            Some(q) if channel.is_intrusive() && !self.critical => {
+                q.ends_after(now, profile.contact.timezone.as_deref())
+            }
+            _ => None,
+        };
+        Some(Decision::Deliver {
+            reason,
+            defer_until,
+        })
+    }
+}
+
+fn override_reason(by_event: bool) -> Reason {
+    if by_event {
+        Reason::EventOverride
+    } else {
+        Reason::CategoryOverride
+    }
+}
+
+fn expand(selector: &Selector, members: &HashMap<Selector, Vec<UserId>>) -> Vec<UserId> {
+    match selector {
+        Selector::User(u) => vec![u.clone()],
+        group => members.get(group).cloned().unwrap_or_default(),
+    }
+}
+
+impl Route {
+    /// Every user this route addresses once groups are expanded: the users
+    /// whose profiles [`Route::plan`] needs.
+    pub fn users(&self, members: &HashMap<Selector, Vec<UserId>>) -> BTreeSet<UserId> {
+        self.inbox
+            .iter()
+            .chain(self.deliveries.iter().map(|d| &d.to))
+            .flat_map(|s| expand(s, members))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

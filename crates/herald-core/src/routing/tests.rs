@@ -1,0 +1,357 @@
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::preferences::QuietHours;
+
+fn event(kind: EventKind) -> ValidatedEvent {
+    ValidatedEvent::parse_kind(kind, kind.example()).unwrap()
+}
+
+fn guest() -> UserId {
+    UserId(
+        EventKind::PointsAdded.example()["guestId"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    )
+}
+
+fn reachable() -> Profile {
+    Profile {
+        preferences: Preferences::default(),
+        contact: Contact {
+            email: Some("anna@example.com".into()),
+            phone: Some("+79161234567".into()),
+            ..Contact::default()
+        },
+        has_device: true,
+    }
+}
+
+fn noon() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap()
+}
+
+fn plan_for(kind: EventKind, profile: Profile) -> RecipientPlan {
+    let route = RoutingTable::default_table().route(&event(kind));
+    let profiles = HashMap::from([(guest(), profile)]);
+    let plans = route.plan(&HashMap::new(), &profiles, noon());
+    plans
+        .into_iter()
+        .find(|p| p.user == guest())
+        .expect("guest is addressed")
+}
+
+#[test]
+fn the_shipped_table_routes_points_added_as_the_contract_says() {
+    let route = RoutingTable::default_table().route(&event(EventKind::PointsAdded));
+    let g = guest();
+    assert_eq!(
+        route.rooms,
+        vec![
+            "restaurant:5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d:points".to_owned(),
+            format!("guest:{g}"),
+            format!("user:{g}"),
+        ]
+    );
+    assert_eq!(route.inbox, vec![Selector::User(g.clone())]);
+    assert_eq!(
+        route.deliveries,
+        vec![DefaultDelivery {
+            to: Selector::User(g),
+            channel: ChannelKind::Push,
+            mandatory: false
+        }]
+    );
+    assert!(!route.critical);
+}
+
+#[test]
+fn conditions_select_critical_alerts_only() {
+    let table = RoutingTable::default_table();
+    let critical = table.route(&event(EventKind::SystemAlert));
+    assert!(critical.critical);
+    assert_eq!(critical.deliveries.len(), 2);
+    assert!(
+        critical
+            .deliveries
+            .iter()
+            .all(|d| d.mandatory && d.to == Selector::Role(Role::Admin))
+    );
+    let mut info = EventKind::SystemAlert.example();
+    info["level"] = json!("info");
+    let info = table.route(&ValidatedEvent::parse_kind(EventKind::SystemAlert, info).unwrap());
+    assert!(!info.critical);
+    assert!(info.deliveries.is_empty());
+    assert_eq!(
+        info.rooms,
+        vec!["admin:events".to_owned(), "admin".to_owned()]
+    );
+}
+
+#[test]
+fn groups_expand_through_members() {
+    let route = RoutingTable::default_table().route(&event(EventKind::RestaurantStatusChanged));
+    let staff = Selector::Staff("5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d".into());
+    assert_eq!(route.groups().collect::<Vec<_>>(), vec![&staff, &staff]);
+    let members = HashMap::from([(staff, vec![UserId::from("s1"), UserId::from("s2")])]);
+    let plans = route.plan(&members, &HashMap::new(), noon());
+    assert_eq!(plans.len(), 2);
+    for plan in plans {
+        assert!(plan.in_inbox());
+        // Nobody registered an email address for them.
+        assert_eq!(
+            plan.decisions[&ChannelKind::Email],
+            Decision::Suppress {
+                reason: Reason::NoContact
+            }
+        );
+    }
+}
+
+#[test]
+fn precedence_walks_down_the_documented_list() {
+    let mut p = reachable();
+    let deliver = |reason| Decision::Deliver {
+        reason,
+        defer_until: None,
+    };
+    assert_eq!(
+        plan_for(EventKind::PointsRedeemed, p.clone()).decisions[&ChannelKind::Email],
+        deliver(Reason::RoutingDefault)
+    );
+
+    p.preferences
+        .overrides
+        .insert("points".into(), [(ChannelKind::Email, false)].into());
+    assert_eq!(
+        plan_for(EventKind::PointsRedeemed, p.clone()).decisions[&ChannelKind::Email],
+        Decision::Suppress {
+            reason: Reason::CategoryOverride
+        }
+    );
+    p.preferences.overrides.insert(
+        "points_redeemed".into(),
+        [(ChannelKind::Email, true)].into(),
+    );
+    assert_eq!(
+        plan_for(EventKind::PointsRedeemed, p.clone()).decisions[&ChannelKind::Email],
+        deliver(Reason::EventOverride)
+    );
+
+    p.preferences.channels.insert(ChannelKind::Email, false);
+    assert_eq!(
+        plan_for(EventKind::PointsRedeemed, p.clone()).decisions[&ChannelKind::Email],
+        Decision::Suppress {
+            reason: Reason::ChannelOff
+        }
+    );
+    p.preferences.enabled = false;
+    let plan = plan_for(EventKind::PointsRedeemed, p);
+    assert!(plan.decisions.values().all(|d| *d
+        == Decision::Suppress {
+            reason: Reason::GlobalOff
+        }));
+}
+
+#[test]
+fn an_override_can_add_a_channel_the_table_does_not_send() {
+    let mut p = reachable();
+    p.preferences
+        .overrides
+        .insert("points_added".into(), [(ChannelKind::Sms, true)].into());
+    let plan = plan_for(EventKind::PointsAdded, p);
+    assert_eq!(
+        plan.decisions[&ChannelKind::Sms],
+        Decision::Deliver {
+            reason: Reason::EventOverride,
+            defer_until: None
+        }
+    );
+    // And nothing else appears uninvited.
+    assert!(!plan.decisions.contains_key(&ChannelKind::Email));
+}
+
+#[test]
+fn quiet_hours_defer_push_but_not_email_nor_critical_events() {
+    let mut p = reachable();
+    p.preferences.quiet_hours = Some(
+        serde_json::from_value::<QuietHours>(json!({"start": "11:00", "end": "13:00"})).unwrap(),
+    );
+    let plan = plan_for(EventKind::PointsRedeemed, p.clone());
+    let one_pm = Utc.with_ymd_and_hms(2026, 11, 26, 13, 0, 0).unwrap();
+    assert_eq!(
+        plan.decisions[&ChannelKind::Push],
+        Decision::Deliver {
+            reason: Reason::RoutingDefault,
+            defer_until: Some(one_pm)
+        }
+    );
+    assert_eq!(
+        plan.decisions[&ChannelKind::Email],
+        Decision::Deliver {
+            reason: Reason::RoutingDefault,
+            defer_until: None
+        }
+    );
+    // A critical alert's SMS to an admin goes out at once.
+    let route = RoutingTable::default_table().route(&event(EventKind::SystemAlert));
+    let admin = UserId::from("admin-1");
+    let members = HashMap::from([(Selector::Role(Role::Admin), vec![admin.clone()])]);
+    let plans = route.plan(&members, &HashMap::from([(admin, p)]), noon());
+    assert_eq!(
+        plans[0].decisions[&ChannelKind::Sms],
+        Decision::Deliver {
+            reason: Reason::Mandatory,
+            defer_until: None
+        }
+    );
+}
+
+#[test]
+fn bad_tables_fail_with_the_key_at_fault() {
+    let cases = [
+        (
+            "[events.points_added]\nrooms = [\"guest:{guestID}\"]",
+            "events.points_added",
+        ),
+        (
+            "[events.points_gained]\n",
+            "events.points_gained: unknown event",
+        ),
+        (
+            "[events.points_added]\ninbox = [\"role:owner\"]",
+            "unknown role",
+        ),
+        (
+            "[events.points_added]\ndeliveries = [{ to = \"{guestId}\", channels = [\"in_app\"] }]",
+            "deliveries[0].channels",
+        ),
+        ("[events.points_added]\n", "no entry"),
+    ];
+    for (src, expected) in cases {
+        let err = RoutingTable::from_toml(src).unwrap_err().to_string();
+        assert!(err.contains(expected), "{src}: {err}");
+    }
+}
+
+fn channel() -> impl Strategy<Value = ChannelKind> {
+    prop::sample::select(ChannelKind::PREFERENCE.to_vec())
+}
+
+fn override_key() -> impl Strategy<Value = String> {
+    let mut keys: Vec<String> = EventKind::ALL
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .collect();
+    keys.extend(EventKind::categories().into_iter().map(str::to_owned));
+    prop::sample::select(keys)
+}
+
+fn preferences() -> impl Strategy<Value = Preferences> {
+    (
+        any::<bool>(),
+        prop::collection::btree_map(channel(), any::<bool>(), 0..4),
+        prop::collection::btree_map(
+            override_key(),
+            prop::collection::btree_map(channel(), any::<bool>(), 0..4),
+            0..4,
+        ),
+        prop::option::of((0u32..24, 0u32..24)),
+    )
+        .prop_map(|(enabled, channels, overrides, quiet)| Preferences {
+            enabled,
+            channels,
+            overrides,
+            quiet_hours: quiet.filter(|(s, e)| s != e).map(|(s, e)| QuietHours {
+                start: crate::preferences::ClockTime::new(s, 0).unwrap(),
+                end: crate::preferences::ClockTime::new(e, 0).unwrap(),
+                timezone: None,
+            }),
+        })
+}
+
+fn profile() -> impl Strategy<Value = Profile> {
+    (preferences(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(preferences, email, phone, has_device)| Profile {
+            preferences,
+            contact: Contact {
+                email: email.then(|| "a@example.com".to_owned()),
+                phone: phone.then(|| "+79161234567".to_owned()),
+                ..Contact::default()
+            },
+            has_device,
+        },
+    )
+}
+
+fn kind() -> impl Strategy<Value = EventKind> {
+    prop::sample::select(EventKind::ALL.to_vec())
+}
+
+proptest! {
+    #[test]
+    fn decisions_follow_the_precedence(kind in kind(), profile in profile(), hour in 0u32..24) {
+        let route = RoutingTable::default_table().route(&event(kind));
+        let admin = UserId::from("admin-1");
+        let staff = UserId::from("staff-1");
+        let members = HashMap::from([
+            (Selector::Role(Role::Admin), vec![admin.clone()]),
+            (Selector::Staff("5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d".into()), vec![staff.clone()]),
+        ]);
+        let profiles: HashMap<UserId, Profile> =
+            [guest(), admin, staff].into_iter().map(|u| (u, profile.clone())).collect();
+        let now = Utc.with_ymd_and_hms(2026, 11, 26, hour, 30, 0).unwrap();
+        let prefs = &profile.preferences;
+        for plan in route.plan(&members, &profiles, now) {
+            for (&ch, decision) in &plan.decisions {
+                let default = route.deliveries.iter().find(|d| d.channel == ch && route.users(&members).contains(&plan.user));
+                let mandatory = route.deliveries.iter().any(|d| d.channel == ch && d.mandatory);
+                match *decision {
+                    Decision::Deliver { reason, defer_until } => {
+                        // Anything delivered is reachable, and allowed by the top rule that applies.
+                        prop_assert!(profile.reachable(ch));
+                        if !mandatory {
+                            prop_assert!(prefs.enabled, "{kind} {ch}: global off");
+                            prop_assert!(prefs.channels.get(&ch) != Some(&false), "{kind} {ch}: channel off");
+                            prop_assert_ne!(prefs.override_for(kind, ch).map(|o| o.0), Some(false));
+                        } else {
+                            prop_assert_eq!(reason, Reason::Mandatory);
+                        }
+                        if defer_until.is_some() {
+                            prop_assert!(ch.is_intrusive() && !route.critical);
+                            prop_assert!(defer_until.unwrap() > now);
+                        }
+                        // Delivered channels come from the table or an explicit opt-in.
+                        prop_assert!(
+                            default.is_some() || ch == ChannelKind::InApp
+                                || prefs.override_for(kind, ch) == Some((true, true))
+                                || prefs.override_for(kind, ch) == Some((true, false))
+                        );
+                    }
+                    Decision::Suppress { reason } => {
+                        prop_assert!(!(mandatory && profile.reachable(ch)), "{kind} {ch}: mandatory suppressed by {reason:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn default_preferences_receive_exactly_the_table_defaults(kind in kind()) {
+        let route = RoutingTable::default_table().route(&event(kind));
+        let profiles = HashMap::from([(guest(), reachable())]);
+        for plan in route.plan(&HashMap::new(), &profiles, noon()) {
+            let delivered: BTreeSet<ChannelKind> = plan.decisions.iter().filter(|(_, d)| d.delivers()).map(|(c, _)| *c).collect();
+            let mut expected: BTreeSet<ChannelKind> = route.deliveries.iter().filter(|d| d.to == Selector::User(plan.user.clone())).map(|d| d.channel).collect();
+            if route.inbox.contains(&Selector::User(plan.user.clone())) {
+                expected.insert(ChannelKind::InApp);
+            }
+            prop_assert_eq!(delivered, expected);
+        }
+    }
+}
