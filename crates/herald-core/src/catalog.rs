@@ -238,14 +238,7 @@ impl ValidatedEvent {
 fn parse<T: Payload>(data: Value) -> Result<Value, ValidationError> {
     let payload: T = serde_path_to_error::deserialize(data).map_err(|err| {
         let path = err.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        let inner = err.into_inner().to_string();
-        // serde reports a missing field at its parent; name the field itself.
-        if let Some(rest) = inner.strip_prefix("missing field `") {
-            let name = rest.split('`').next().unwrap_or_default();
-            return ValidationError::new(crate::error::join_path(&path, name), "is required");
-        }
-        ValidationError::new(path, inner)
+        ValidationError::from_serde(&path, err.into_inner().to_string())
     })?;
     payload.check()?;
     Ok(serde_json::to_value(payload).expect("payloads serialise"))

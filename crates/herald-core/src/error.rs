@@ -22,6 +22,18 @@ impl ValidationError {
         }
     }
 
+    /// From a `serde_path_to_error` failure: `path` is where serde stood,
+    /// `message` what it said. serde reports a missing field at its parent;
+    /// this names the field itself.
+    pub fn from_serde(path: &str, message: String) -> Self {
+        let path = if path == "." { "" } else { path };
+        if let Some(rest) = message.strip_prefix("missing field `") {
+            let name = rest.split('`').next().unwrap_or_default();
+            return ValidationError::new(join_path(path, name), "is required");
+        }
+        ValidationError::new(path, message)
+    }
+
     /// Nests the error under `prefix`: `amount` under `data` becomes `data.amount`.
     #[must_use]
     pub fn within(mut self, prefix: &str) -> Self {

@@ -198,11 +198,9 @@ impl Condition {
     }
 
     fn holds(&self, event: &ValidatedEvent) -> bool {
-        self.0.iter().all(|(field, allowed)| {
-            event
-                .field(field)
-                .is_some_and(|v| allowed.contains(&v))
-        })
+        self.0
+            .iter()
+            .all(|(field, allowed)| event.field(field).is_some_and(|v| allowed.contains(&v)))
     }
 }
 

@@ -1,1 +1,38 @@
-//! herald-server
+//! Herald's server: REST API, authentication, configuration and the
+//! `herald` binary's commands.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | layered, typed settings; secrets that never print |
+//! | [`auth`] | token verification and minting; the `Caller` extractor |
+//! | [`problem`] | every HTTP error as `application/problem+json`, with its code table |
+//! | [`extract`] | JSON bodies with field-named errors |
+//! | [`ingest`] | publishing: envelopes → routed, planned, rendered, stored |
+//! | [`routes`] | the handlers of contract §7 |
+//! | [`startup`] | `Application::build` / `run_until`, the router |
+//! | [`telemetry`] | logging |
+//! | [`cli`] | the `herald` commands: `serve`, `migrate`, `token` |
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod extract;
+pub mod ingest;
+pub mod problem;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use startup::{AppState, Application};
+
+/// Why Herald could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("storage: {0}")]
+    Store(#[from] herald_store::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,1 +1,207 @@
-//! herald-store
+//! Herald's storage: the database is the source of truth.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`records`] | the rows Herald reads and writes, as plain structs |
+//! | [`events`] | ingest: one transaction writes events, inbox entries and deliveries |
+//! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
+//! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
+//!
+//! One [`Store`] speaks to SQLite (the embedded default) or PostgreSQL,
+//! chosen by the URL's scheme, through sqlx's `Any` driver. The schema and
+//! every query are written once in the SQL both understand (`$1`
+//! placeholders, `ON CONFLICT`, `RETURNING`); ids are text, times are epoch
+//! milliseconds, flags are 0/1, so no type differs between the two.
+//!
+//! SQLite allows one writer at a time. Rather than let concurrent
+//! transactions race for the lock and fail with `SQLITE_BUSY`, the store
+//! keeps a single-connection pool for writes and a wider one for reads (WAL
+//! lets them run side by side). On PostgreSQL both are the same pool.
+
+pub mod directory;
+pub mod events;
+pub mod inbox;
+pub mod records;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use records::*;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL `{0}`: use sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+    /// An event id was published before with a different payload. `index`
+    /// is its position in the batch.
+    #[error("event {event_id} was already published with a different payload")]
+    IdempotencyConflict { index: usize, event_id: String },
+    /// A stored value Herald cannot read back: a bug or a hand-edited row.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle to Herald's database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+    read: AnyPool,
+    write: AnyPool,
+}
+
+static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+impl Store {
+    /// Connects to `url` (`sqlite://data/herald.db`, `postgres://…`). A SQLite
+    /// file and its directory are created when missing, and put in WAL mode.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(Error::UnsupportedUrl(url.to_owned()));
+        };
+        let options = AnyConnectOptions::from_str(&sqlite_create_mode(url, backend))?;
+        let pool = |max: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(10))
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            conn.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON")
+                                .await?;
+                        }
+                        Ok(())
+                    })
+                })
+        };
+        match backend {
+            Backend::Sqlite => {
+                if let Some(dir) = sqlite_dir(url) {
+                    std::fs::create_dir_all(dir).map_err(|e| Error::Database(e.into()))?;
+                }
+                let write = pool(1).connect_with(options.clone()).await?;
+                // WAL is a property of the file: set once, it stays.
+                write.execute("PRAGMA journal_mode = WAL").await?;
+                let read = pool(max_connections.max(1)).connect_with(options).await?;
+                Ok(Store {
+                    backend,
+                    read,
+                    write,
+                })
+            }
+            Backend::Postgres => {
+                let pool = pool(max_connections.max(2)).connect_with(options).await?;
+                Ok(Store {
+                    backend,
+                    read: pool.clone(),
+                    write: pool,
+                })
+            }
+        }
+    }
+
+    /// Applies pending migrations of this backend.
+    pub async fn migrate(&self) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => MIGRATE_SQLITE.run(&self.write).await?,
+            Backend::Postgres => MIGRATE_POSTGRES.run(&self.write).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A round trip to the database, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    /// Closes the pools, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+/// SQLite URLs open read-write-create unless they say otherwise.
+fn sqlite_create_mode(url: &str, backend: Backend) -> String {
+    if backend == Backend::Sqlite && !url.contains("mode=") && !url.contains(":memory:") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}mode=rwc")
+    } else {
+        url.to_owned()
+    }
+}
+
+/// The directory of a SQLite file URL, if it has one.
+fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next()?;
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(std::path::Path::to_path_buf)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// `$from, $from+1, …` placeholders for an `IN (…)` list of `n` values.
+pub(crate) fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_their_file_and_directory() {
+        assert_eq!(
+            sqlite_create_mode("sqlite://data/herald.db", Backend::Sqlite),
+            "sqlite://data/herald.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_create_mode("sqlite://x.db?mode=ro", Backend::Sqlite),
+            "sqlite://x.db?mode=ro"
+        );
+        assert_eq!(sqlite_dir("sqlite://data/herald.db"), Some("data".into()));
+        assert_eq!(sqlite_dir("sqlite://herald.db"), None);
+        assert_eq!(sqlite_dir("sqlite::memory:"), None);
+        assert_eq!(placeholders(2, 3), "$2, $3, $4");
+    }
+}

@@ -1,0 +1,204 @@
+//! Publishing: from a producer's envelopes to durable inbox entries and
+//! pending deliveries.
+//!
+//! validate → route (the table) → look up recipients (the store) → plan
+//! (preferences) → render inbox text (templates) → one transaction. A batch
+//! is validated whole before anything is written, and written whole or not
+//! at all; recipients and profiles are looked up once per batch.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::Utc;
+use herald_core::ids::MAX_KEY_LEN;
+use herald_core::routing::{Decision, Route, Selector};
+use herald_core::{
+    ChannelKind, DeliveryId, EventId, Locale, NotificationId, RoutingTable, ValidatedEvent,
+    ValidationError,
+};
+use herald_delivery::{InboxText, Templates};
+use herald_store::{DeliveryStatus, Ingested, NewDelivery, NewEvent, NewNotification, Store};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::extract::from_value;
+use crate::problem::ApiError;
+
+/// What a producer sends: one event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    /// The idempotency key: the same id is one event, however often sent.
+    #[serde(default)]
+    id: Option<String>,
+    event: String,
+    data: Value,
+}
+
+/// Turns envelopes into stored events.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    store: Store,
+    routing: Arc<RoutingTable>,
+    templates: Arc<Templates>,
+}
+
+/// One event, checked and routed, waiting to be written.
+struct Prepared {
+    id: EventId,
+    key: Option<String>,
+    event: ValidatedEvent,
+    route: Route,
+}
+
+impl Publisher {
+    pub fn new(store: Store, routing: Arc<RoutingTable>, templates: Arc<Templates>) -> Self {
+        Publisher {
+            store,
+            routing,
+            templates,
+        }
+    }
+
+    /// Publishes envelopes (JSON values, so each error can name its item).
+    /// `batch` says whether the caller sent an array, so errors read `[3].data.amount`
+    /// rather than `data.amount`.
+    pub async fn publish(&self, items: Vec<Value>, batch: bool) -> Result<Vec<Ingested>, ApiError> {
+        let now = Utc::now();
+        let prepared = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let prefix = if batch {
+                    format!("[{i}]")
+                } else {
+                    String::new()
+                };
+                self.prepare(item, now.timestamp_millis())
+                    .map_err(|e| ApiError::invalid(e.within(&prefix)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let groups: Vec<Selector> = prepared
+            .iter()
+            .flat_map(|p| p.route.groups().cloned())
+            .collect();
+        let members = self.store.members(&groups).await?;
+        let users: BTreeSet<_> = prepared
+            .iter()
+            .flat_map(|p| p.route.users(&members))
+            .collect();
+        let profiles = self.store.profiles(&users).await?;
+
+        let mut events = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let plans = p.route.plan(&members, &profiles, now);
+            let mut rendered: HashMap<Locale, InboxText> = HashMap::new();
+            let mut notifications = Vec::with_capacity(plans.len());
+            for plan in plans {
+                let deliveries: Vec<NewDelivery> = plan
+                    .decisions
+                    .iter()
+                    .filter(|(c, _)| c.is_external())
+                    .map(|(&channel, decision)| delivery(channel, decision))
+                    .collect();
+                if deliveries.is_empty() && !plan.in_inbox() {
+                    continue;
+                }
+                let locale = profiles
+                    .get(&plan.user)
+                    .and_then(|p| p.contact.locale)
+                    .unwrap_or(self.templates.default_locale());
+                let text = match rendered.get(&locale) {
+                    Some(text) => text.clone(),
+                    None => {
+                        let text = self
+                            .templates
+                            .render_inbox(p.event.kind, locale, &p.event.data)
+                            .map_err(ApiError::internal)?;
+                        rendered.insert(locale, text.clone());
+                        text
+                    }
+                };
+                notifications.push(NewNotification {
+                    id: NotificationId::new(),
+                    in_inbox: plan.in_inbox(),
+                    recipient: plan.user,
+                    title: text.title,
+                    body: text.body,
+                    deliveries,
+                });
+            }
+            events.push(NewEvent {
+                id: p.id,
+                key: p.key,
+                kind: p.event.kind,
+                payload: Value::Object(p.event.data).to_string(),
+                hash: p.event.hash,
+                received_at: now.timestamp_millis(),
+                notifications,
+            });
+        }
+        self.store.ingest(&events).await.map_err(|err| match err {
+            herald_store::Error::IdempotencyConflict { index, .. } => {
+                let field = if batch {
+                    format!("[{index}].id")
+                } else {
+                    "id".to_owned()
+                };
+                ApiError::from(err).field(field)
+            }
+            other => other.into(),
+        })
+    }
+
+    fn prepare(&self, item: Value, now_ms: i64) -> Result<Prepared, ValidationError> {
+        if !item.is_object() {
+            return Err(ValidationError::new(
+                "",
+                "an event is an object with `event` and `data`",
+            ));
+        }
+        let envelope: Envelope = from_value(item)?;
+        if let Some(key) = &envelope.id
+            && (key.is_empty() || key.len() > MAX_KEY_LEN)
+        {
+            return Err(ValidationError::new(
+                "id",
+                format!("must be 1 to {MAX_KEY_LEN} characters"),
+            ));
+        }
+        let mut event = ValidatedEvent::parse(&envelope.event, envelope.data)?;
+        event.stamp(now_ms);
+        let route = self.routing.route(&event);
+        Ok(Prepared {
+            id: envelope
+                .id
+                .as_deref()
+                .map_or_else(EventId::new, EventId::from_key),
+            key: envelope.id,
+            event,
+            route,
+        })
+    }
+}
+
+fn delivery(channel: ChannelKind, decision: &Decision) -> NewDelivery {
+    let (status, next_attempt_at) = match *decision {
+        Decision::Deliver {
+            defer_until: None, ..
+        } => (DeliveryStatus::Pending, None),
+        Decision::Deliver {
+            defer_until: Some(t),
+            ..
+        } => (DeliveryStatus::Deferred, Some(t.timestamp_millis())),
+        Decision::Suppress { .. } => (DeliveryStatus::Suppressed, None),
+    };
+    NewDelivery {
+        id: DeliveryId::new(),
+        channel,
+        status,
+        reason: decision.reason().as_str().to_owned(),
+        next_attempt_at,
+    }
+}

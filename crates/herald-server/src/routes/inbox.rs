@@ -1,0 +1,177 @@
+//! The caller's own notification centre.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use herald_core::{NotificationId, Role, ValidationError};
+use herald_store::inbox::InboxQuery;
+use herald_store::{DeliveryRecord, Notification};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::problem::ApiError;
+use crate::startup::AppState;
+
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    items: Vec<Notification>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/notifications?unread=&cursor=&limit=`, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Page>, ApiError> {
+    let query = parse_query(&params)?;
+    let items = state.store.inbox(&me.user_id, query).await?;
+    let next_cursor = (items.len() == query.limit as usize)
+        .then(|| items.last().map(|n| n.seq.to_string()))
+        .flatten();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+fn parse_query(params: &HashMap<String, String>) -> Result<InboxQuery, ApiError> {
+    let mut query = InboxQuery {
+        limit: DEFAULT_LIMIT,
+        ..InboxQuery::default()
+    };
+    for (key, value) in params {
+        match key.as_str() {
+            "unread" => {
+                query.unread_only = match value.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" | "" => false,
+                    _ => return Err(ValidationError::new("unread", "must be true or false").into()),
+                }
+            }
+            "cursor" if !value.is_empty() => {
+                query.before =
+                    Some(value.parse().ok().filter(|c: &i64| *c > 0).ok_or_else(|| {
+                        ApiError::from(ValidationError::new(
+                            "cursor",
+                            "is not a cursor this API returned",
+                        ))
+                    })?);
+            }
+            "cursor" => {}
+            "limit" => {
+                query.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=MAX_LIMIT).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::from(ValidationError::new(
+                            "limit",
+                            format!("must be 1 to {MAX_LIMIT}"),
+                        ))
+                    })?;
+            }
+            other => {
+                return Err(ValidationError::new(
+                    other,
+                    "is not a query parameter of this endpoint",
+                )
+                .into());
+            }
+        }
+    }
+    Ok(query)
+}
+
+/// `GET /v1/notifications/unread-count`.
+pub async fn unread_count(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let count = state.store.unread_count(&me.user_id).await?;
+    Ok(Json(json!({ "count": count })))
+}
+
+/// `GET /v1/notifications/{id}`.
+pub async fn get_one(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Notification>, ApiError> {
+    let id = notification_id(&id)?;
+    state
+        .store
+        .notification(&me.user_id, id)
+        .await?
+        .map(Json)
+        .ok_or_else(no_such_notification)
+}
+
+/// `POST /v1/notifications/{id}/read`: idempotent; answers the entry.
+pub async fn read(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Notification>, ApiError> {
+    let id = notification_id(&id)?;
+    state
+        .store
+        .mark_read(&me.user_id, id)
+        .await?
+        .map(Json)
+        .ok_or_else(no_such_notification)
+}
+
+/// `POST /v1/notifications/read-all`.
+pub async fn read_all(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let updated = state.store.mark_all_read(&me.user_id).await?;
+    Ok(Json(json!({ "updated": updated })))
+}
+
+/// `DELETE /v1/notifications/{id}`: 204, then 404 for it.
+pub async fn delete(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = notification_id(&id)?;
+    if state.store.delete_notification(&me.user_id, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_such_notification())
+    }
+}
+
+/// `GET /v1/notifications/{id}/deliveries`: the owner or an admin. Someone
+/// else's notification is 404, so ids cannot be probed.
+pub async fn deliveries(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = notification_id(&id)?;
+    let owner = state.store.notification_owner(id).await?;
+    match owner {
+        Some(owner) if me.role == Role::Admin || owner == me.user_id => {
+            let items: Vec<DeliveryRecord> = state.store.deliveries(id).await?;
+            Ok(Json(json!({ "notificationId": id, "items": items })))
+        }
+        _ => Err(no_such_notification()),
+    }
+}
+
+fn notification_id(raw: &str) -> Result<NotificationId, ApiError> {
+    raw.parse().map_err(|_| no_such_notification())
+}
+
+fn no_such_notification() -> ApiError {
+    ApiError::not_found("no such notification")
+}

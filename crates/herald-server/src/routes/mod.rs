@@ -1,0 +1,6 @@
+//! HTTP handlers, one module per resource of contract §7.
+
+pub mod events;
+pub mod health;
+pub mod inbox;
+pub mod users;

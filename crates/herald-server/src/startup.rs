@@ -1,0 +1,151 @@
+//! Wiring: settings in, a running server out (zero2prod's `startup.rs`).
+//!
+//! [`Application::build`] does everything that can fail at start — keys,
+//! database, migrations, routing table, templates, the listening socket — so
+//! a misconfigured Herald stops before it accepts a request.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use axum::routing::{delete, get, post};
+use herald_core::RoutingTable;
+use herald_delivery::Templates;
+use herald_store::Store;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::Error;
+use crate::auth::Authenticator;
+use crate::config::{ConfigError, Settings};
+use crate::ingest::Publisher;
+use crate::problem::ApiError;
+use crate::routes::{events, health, inbox, users};
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub auth: Arc<Authenticator>,
+    pub publisher: Publisher,
+}
+
+/// A built, bound, not yet serving Herald.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Application, Error> {
+        let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
+        let routing = Arc::new(load_routing(&settings)?);
+        let templates = Arc::new(
+            Templates::load(&settings.templates.dir, settings.templates.default_locale)
+                .map_err(|e| ConfigError::new("templates.dir", e.to_string()))?,
+        );
+        let store = Store::connect(
+            settings.database.url.expose(),
+            settings.database.max_connections,
+        )
+        .await?;
+        store.migrate().await?;
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .await
+            .map_err(|e| {
+                ConfigError::new(
+                    "server.port",
+                    format!(
+                        "cannot listen on {}:{}: {e}",
+                        settings.server.host, settings.server.port
+                    ),
+                )
+            })?;
+        let publisher = Publisher::new(store.clone(), routing, templates);
+        Ok(Application {
+            listener,
+            state: AppState {
+                settings: Arc::new(settings),
+                store,
+                auth,
+                publisher,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests
+    /// and closes the database pools.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let store = self.state.store.clone();
+        let app = router(self.state);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        store.close().await;
+        Ok(())
+    }
+}
+
+fn load_routing(settings: &Settings) -> Result<RoutingTable, ConfigError> {
+    let path = &settings.routing.file;
+    let src = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("routing.file", format!("{}: {e}", path.display())))?;
+    RoutingTable::from_toml(&src)
+        .map_err(|e| ConfigError::new("routing.file", format!("{}: {e}", path.display())))
+}
+
+/// The HTTP surface of contract §7.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.server.max_body_bytes;
+    Router::new()
+        .route("/v1/events", post(events::publish))
+        .route("/v1/notifications", get(inbox::list))
+        .route("/v1/notifications/unread-count", get(inbox::unread_count))
+        .route("/v1/notifications/read-all", post(inbox::read_all))
+        .route("/v1/notifications/{id}", get(inbox::get_one).delete(inbox::delete))
+        .route("/v1/notifications/{id}/read", post(inbox::read))
+        .route("/v1/notifications/{id}/deliveries", get(inbox::deliveries))
+        .route(
+            "/v1/users/{user}/preferences",
+            get(users::get_preferences).put(users::put_preferences),
+        )
+        .route("/v1/users/{user}/contact", get(users::get_contact).put(users::put_contact))
+        .route("/v1/users/{user}/devices", get(users::list_devices).post(users::add_device))
+        .route("/v1/users/{user}/devices/{id}", delete(users::delete_device))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(
+            // The path only: query strings may carry tokens.
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .with_state(state)
+}

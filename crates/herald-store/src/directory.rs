@@ -1,0 +1,262 @@
+//! Who people are and how to reach them: contacts (with the role and
+//! restaurant that group recipients expand through), preferences and push
+//! devices. Also the two look-ups routing needs before it can plan.
+
+use std::collections::{BTreeSet, HashMap};
+
+use herald_core::ids::DeviceId;
+use herald_core::preferences::Contact;
+use herald_core::routing::{Profile, Selector};
+use herald_core::{Locale, Preferences, Role, UserId};
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::inbox::parse_id;
+use crate::records::{ContactRecord, Device, DeviceKind};
+use crate::{Error, Result, Store, now_ms, placeholders};
+
+/// A device to register.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub kind: DeviceKind,
+    pub token: String,
+    pub subscription: Option<serde_json::Value>,
+}
+
+impl Store {
+    pub async fn contact(&self, user: &UserId) -> Result<Option<ContactRecord>> {
+        let row = sqlx::query(
+            "SELECT email, phone, locale, timezone, role, restaurant_id FROM contacts WHERE user_id = $1",
+        )
+        .bind(user.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            let locale: Option<String> = r.try_get(2)?;
+            let role: Option<String> = r.try_get(4)?;
+            Ok(ContactRecord {
+                contact: Contact {
+                    email: r.try_get(0)?,
+                    phone: r.try_get(1)?,
+                    locale: locale.as_deref().and_then(Locale::parse),
+                    timezone: r.try_get(3)?,
+                },
+                role: role.as_deref().and_then(Role::parse),
+                restaurant_id: r.try_get(5)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Replaces a user's contact record.
+    pub async fn put_contact(&self, user: &UserId, record: &ContactRecord) -> Result<()> {
+        let c = &record.contact;
+        sqlx::query(
+            "INSERT INTO contacts (user_id, email, phone, locale, timezone, role, restaurant_id, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (user_id) DO UPDATE SET email = $2, phone = $3, locale = $4, timezone = $5, \
+             role = $6, restaurant_id = $7, updated_at = $8",
+        )
+        .bind(user.as_str())
+        .bind(c.email.clone())
+        .bind(c.phone.clone())
+        .bind(c.locale.map(|l| l.as_str()))
+        .bind(c.timezone.clone())
+        .bind(record.role.map(|r| r.as_str()))
+        .bind(record.restaurant_id.clone())
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// A user's preferences; defaults when they never set any.
+    pub async fn preferences(&self, user: &UserId) -> Result<Preferences> {
+        let row = sqlx::query("SELECT document FROM preferences WHERE user_id = $1")
+            .bind(user.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+        match row {
+            None => Ok(Preferences::default()),
+            Some(r) => parse_preferences(&r.try_get::<String, _>(0)?),
+        }
+    }
+
+    pub async fn put_preferences(&self, user: &UserId, prefs: &Preferences) -> Result<()> {
+        let doc = serde_json::to_string(prefs).expect("preferences serialise");
+        sqlx::query(
+            "INSERT INTO preferences (user_id, document, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE SET document = $2, updated_at = $3",
+        )
+        .bind(user.as_str())
+        .bind(doc)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn devices(&self, user: &UserId) -> Result<Vec<Device>> {
+        let rows = sqlx::query(
+            "SELECT id, kind, token, subscription, created_at FROM devices \
+             WHERE user_id = $1 ORDER BY created_at, id",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get(1)?;
+                let subscription: Option<String> = r.try_get(3)?;
+                Ok(Device {
+                    id: parse_id::<DeviceId>(r, 0)?,
+                    kind: match kind.as_str() {
+                        "fcm" => DeviceKind::Fcm,
+                        "webpush" => DeviceKind::Webpush,
+                        other => return Err(Error::Corrupt(format!("device kind `{other}`"))),
+                    },
+                    token: r.try_get(2)?,
+                    subscription: subscription
+                        .map(|s| serde_json::from_str(&s))
+                        .transpose()
+                        .map_err(|e| Error::Corrupt(format!("device subscription: {e}")))?,
+                    created_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Registers a device; registering the same token again returns the
+    /// existing device (with its subscription refreshed).
+    pub async fn add_device(&self, user: &UserId, device: &NewDevice) -> Result<(Device, bool)> {
+        let now = now_ms();
+        let id = DeviceId::new();
+        let subscription = device.subscription.as_ref().map(|s| s.to_string());
+        let row = sqlx::query(
+            "INSERT INTO devices (id, user_id, kind, token, subscription, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (user_id, token) DO UPDATE SET subscription = $5 \
+             RETURNING id, created_at",
+        )
+        .bind(id.to_string())
+        .bind(user.as_str())
+        .bind(device.kind.as_str())
+        .bind(device.token.clone())
+        .bind(subscription)
+        .bind(now)
+        .fetch_one(&self.write)
+        .await?;
+        let stored: DeviceId = parse_id(&row, 0)?;
+        Ok((
+            Device {
+                id: stored,
+                kind: device.kind,
+                token: device.token.clone(),
+                subscription: device.subscription.clone(),
+                created_at: row.try_get(1)?,
+            },
+            stored == id,
+        ))
+    }
+
+    pub async fn delete_device(&self, user: &UserId, id: DeviceId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM devices WHERE id = $1 AND user_id = $2")
+            .bind(id.to_string())
+            .bind(user.as_str())
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Expands group selectors (`role:admin`, `staff:{restaurant}`) to users,
+    /// from the contacts directory.
+    pub async fn members<'a>(
+        &self,
+        groups: impl IntoIterator<Item = &'a Selector>,
+    ) -> Result<HashMap<Selector, Vec<UserId>>> {
+        let mut out = HashMap::new();
+        for selector in groups {
+            if out.contains_key(selector) {
+                continue;
+            }
+            let rows = match selector {
+                Selector::User(_) => continue,
+                Selector::Role(role) => {
+                    sqlx::query("SELECT user_id FROM contacts WHERE role = $1 ORDER BY user_id")
+                        .bind(role.as_str())
+                        .fetch_all(&self.read)
+                        .await?
+                }
+                Selector::Staff(restaurant) => sqlx::query(
+                    "SELECT user_id FROM contacts WHERE role IN ($1, $2) AND restaurant_id = $3 \
+                         ORDER BY user_id",
+                )
+                .bind(Role::Restaurant.as_str())
+                .bind(Role::Cashier.as_str())
+                .bind(restaurant.clone())
+                .fetch_all(&self.read)
+                .await?,
+            };
+            let users = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>(0).map(UserId))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.insert(selector.clone(), users);
+        }
+        Ok(out)
+    }
+
+    /// What routing needs to know of each user: preferences, contact
+    /// details, whether a push device exists. Users Herald has never heard
+    /// of are left out (routing treats them as defaults with no address).
+    pub async fn profiles(&self, users: &BTreeSet<UserId>) -> Result<HashMap<UserId, Profile>> {
+        let mut out: HashMap<UserId, Profile> = HashMap::new();
+        let ids: Vec<&UserId> = users.iter().collect();
+        // Bounded IN lists: PostgreSQL allows 65,535 parameters, SQLite 32,766.
+        for chunk in ids.chunks(1_000) {
+            let list = placeholders(1, chunk.len());
+            let sql = format!(
+                "SELECT c.user_id, c.email, c.phone, c.locale, c.timezone, p.document, \
+                        (SELECT COUNT(*) FROM devices d WHERE d.user_id = c.user_id) \
+                 FROM contacts c LEFT JOIN preferences p ON p.user_id = c.user_id \
+                 WHERE c.user_id IN ({list}) \
+                 UNION ALL \
+                 SELECT p.user_id, NULL, NULL, NULL, NULL, p.document, \
+                        (SELECT COUNT(*) FROM devices d WHERE d.user_id = p.user_id) \
+                 FROM preferences p \
+                 WHERE p.user_id IN ({list}) \
+                   AND NOT EXISTS (SELECT 1 FROM contacts c WHERE c.user_id = p.user_id)"
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            for row in query.fetch_all(&self.read).await? {
+                let locale: Option<String> = row.try_get(3)?;
+                let document: Option<String> = row.try_get(5)?;
+                let devices: i64 = row.try_get(6)?;
+                out.insert(
+                    UserId(row.try_get(0)?),
+                    Profile {
+                        preferences: document
+                            .as_deref()
+                            .map(parse_preferences)
+                            .transpose()?
+                            .unwrap_or_default(),
+                        contact: Contact {
+                            email: row.try_get(1)?,
+                            phone: row.try_get(2)?,
+                            locale: locale.as_deref().and_then(Locale::parse),
+                            timezone: row.try_get(4)?,
+                        },
+                        has_device: devices > 0,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn parse_preferences(doc: &str) -> Result<Preferences> {
+    serde_json::from_str(doc).map_err(|e| Error::Corrupt(format!("preferences: {e}")))
+}

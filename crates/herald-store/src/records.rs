@@ -1,0 +1,167 @@
+//! Rows as Herald sees them. Serialised in the REST API's camelCase.
+
+use herald_core::ids::DeviceId;
+use herald_core::preferences::Contact;
+use herald_core::{ChannelKind, DeliveryId, EventId, EventKind, NotificationId, Role, UserId};
+use serde::{Deserialize, Serialize};
+
+/// An accepted event, as its producer is told about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    pub id: EventId,
+    pub event: EventKind,
+    pub received_at: i64,
+}
+
+/// What ingest did with one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// New: its inbox entries and deliveries were written.
+    Accepted(EventRecord),
+    /// Published before with the same payload: nothing was written.
+    Duplicate(EventRecord),
+}
+
+impl Ingested {
+    pub fn record(&self) -> &EventRecord {
+        match self {
+            Ingested::Accepted(r) | Ingested::Duplicate(r) => r,
+        }
+    }
+}
+
+/// An event to write, with everything it owes.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub key: Option<String>,
+    pub kind: EventKind,
+    /// The payload, serialised once.
+    pub payload: String,
+    pub hash: String,
+    pub received_at: i64,
+    pub notifications: Vec<NewNotification>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub id: NotificationId,
+    pub recipient: UserId,
+    pub title: String,
+    pub body: String,
+    /// False when the user opted out of the inbox but is owed other channels.
+    pub in_inbox: bool,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: DeliveryId,
+    pub channel: ChannelKind,
+    pub status: DeliveryStatus,
+    /// The routing decision's reason (`routing_default`, `channel_off`, …).
+    pub reason: String,
+    /// For deferred deliveries, no earlier than this (epoch ms).
+    pub next_attempt_at: Option<i64>,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for a worker.
+    Pending,
+    /// Held back by quiet hours until `nextAttemptAt`.
+    Deferred,
+    /// Not sent, by the user's preferences or for want of an address.
+    Suppressed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Deferred => "deferred",
+            DeliveryStatus::Suppressed => "suppressed",
+        }
+    }
+}
+
+/// An inbox entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub id: NotificationId,
+    /// Per-recipient, strictly increasing: the inbox's sync cursor.
+    pub seq: i64,
+    pub event_id: EventId,
+    pub event: String,
+    pub category: String,
+    pub title: String,
+    pub body: String,
+    pub data: serde_json::Value,
+    pub read: bool,
+    pub read_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// One delivery's current state, for the decision trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryRecord {
+    pub id: DeliveryId,
+    pub recipient: String,
+    pub channel: String,
+    pub status: String,
+    pub reason: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<i64>,
+    pub provider_message_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A user's contact details and directory entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactRecord {
+    #[serde(flatten)]
+    pub contact: Contact,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restaurant_id: Option<String>,
+}
+
+/// A push target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Fcm,
+    Webpush,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Fcm => "fcm",
+            DeviceKind::Webpush => "webpush",
+        }
+    }
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    pub id: DeviceId,
+    pub kind: DeviceKind,
+    /// The FCM registration token, or the Web Push endpoint.
+    pub token: String,
+    /// The whole Web Push subscription (`endpoint`, `keys.p256dh`, `keys.auth`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<serde_json::Value>,
+    pub created_at: i64,
+}
