@@ -259,6 +259,14 @@ fn non_negative<T: PartialOrd + Default + Copy>(
     Ok(())
 }
 
+/// An amount of money in roubles, kept exactly as the producer wrote it
+/// (`150` stays `150`, `99.90` stays `99.9`).
+pub type Money = serde_json::Number;
+
+fn money(n: &Money) -> f64 {
+    n.as_f64().unwrap_or(0.0)
+}
+
 fn text(field: &str, value: &str) -> Result<(), ValidationError> {
     bounded(field, value, MAX_TEXT)
 }
@@ -507,16 +515,16 @@ payload! {
         pub guest_name: Option<String>,
         #[serde(rename = "type")]
         pub kind: TransactionType,
-        pub amount: f64,
+        pub amount: Money,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub total_today: Option<f64>,
+        pub total_today: Option<Money>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub timestamp: Option<i64>,
     }
     check(p) {
-        non_negative("amount", p.amount)?;
-        if let Some(total) = p.total_today {
-            non_negative("totalToday", total)?;
+        non_negative("amount", money(&p.amount))?;
+        if let Some(total) = &p.total_today {
+            non_negative("totalToday", money(total))?;
         }
         opt_text("guestName", p.guest_name.as_ref())?;
     }

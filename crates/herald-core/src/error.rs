@@ -26,6 +26,9 @@ impl ValidationError {
     /// `message` what it said. serde reports a missing field at its parent;
     /// this names the field itself.
     pub fn from_serde(path: &str, message: String) -> Self {
+        // serde_path_to_error writes `?` for a map key it could not read;
+        // the map itself is the field at fault then.
+        let path = path.trim_end_matches(".?").trim_end_matches('?');
         let path = if path == "." { "" } else { path };
         if let Some(rest) = message.strip_prefix("missing field `") {
             let name = rest.split('`').next().unwrap_or_default();

@@ -64,7 +64,9 @@ impl Store {
             outcomes[i] = Some(outcome);
         }
 
-        // Sequence numbers: one counter bump per recipient, in user order.
+        // Sequence numbers: one counter bump per recipient, in user order;
+        // within a recipient, in batch order.
+        fresh.sort_unstable();
         let mut per_user: BTreeMap<&UserId, Vec<(&NewEvent, &NewNotification)>> = BTreeMap::new();
         for &i in &fresh {
             for n in &batch[i].notifications {

@@ -1,1 +1,319 @@
-//! herald-testkit
+//! Test helpers for Herald's integration tests (zero2prod's `helpers.rs`).
+//!
+//! [`spawn_app`] starts a real Herald on port 0 over a fresh database:
+//! a new SQLite file, or a new PostgreSQL database created for the test and
+//! dropped when the [`TestApp`] is. PostgreSQL comes from
+//! `HERALD_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432`).
+//! When it cannot be reached the PostgreSQL variant of a test is skipped
+//! with a note, unless `HERALD_REQUIRE_SERVICES=1`, which turns the skip into
+//! a failure (CI sets it).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herald_core::Role;
+use herald_server::auth::Authenticator;
+use herald_server::config::Secret;
+use herald_server::{Application, Settings};
+use herald_store::Store;
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use sqlx::Connection;
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running Herald and a client for it.
+#[derive(Debug)]
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub backend: Backend,
+    /// The HS256 secret, for tests that forge tokens.
+    pub secret: String,
+    auth: Authenticator,
+    cleanup: Cleanup,
+}
+
+#[derive(Debug)]
+enum Cleanup {
+    Dir(PathBuf),
+    Database { admin_url: String, name: String },
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn require_services() -> bool {
+    std::env::var("HERALD_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v == "true")
+}
+
+fn postgres_base() -> String {
+    std::env::var("HERALD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Starts Herald on `backend`. `None` only when PostgreSQL is unreachable
+/// and services are not required.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// As [`spawn_app`], letting the test adjust settings first.
+pub async fn spawn_app_with(
+    backend: Backend,
+    adjust: impl FnOnce(&mut Settings),
+) -> Option<TestApp> {
+    if std::env::var_os("HERALD_TEST_LOG").is_some() {
+        let mut log = Settings::load(None).expect("default settings load").log;
+        log.filter = "info,sqlx=warn".into();
+        herald_server::telemetry::init(&log);
+    }
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("herald-test-{tag}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (url, cleanup) = match backend {
+        Backend::Sqlite => (
+            format!("sqlite://{}", dir.join("herald.db").display()),
+            Cleanup::Dir(dir.clone()),
+        ),
+        Backend::Postgres => {
+            let base = postgres_base();
+            let admin_url = format!("{base}/postgres");
+            let name = format!("herald_test_{tag}");
+            match create_database(&admin_url, &name).await {
+                Ok(()) => (
+                    format!("{base}/{name}"),
+                    Cleanup::Database { admin_url, name },
+                ),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    assert!(
+                        !require_services(),
+                        "PostgreSQL is required (HERALD_REQUIRE_SERVICES=1) but unreachable at {base}: {e}"
+                    );
+                    eprintln!("skipped: PostgreSQL unreachable at {base}: {e}");
+                    return None;
+                }
+            }
+        }
+    };
+
+    let mut settings = Settings::load(None).expect("default settings load");
+    let secret: String = format!("test-secret-{tag}-{tag}");
+    settings.server.host = "127.0.0.1".into();
+    settings.server.port = 0;
+    settings.server.data_dir = dir;
+    settings.database.url = Secret::new(url);
+    settings.database.max_connections = 8;
+    settings.auth.secret = Secret::new(secret.clone());
+    settings.routing.file = repo_root().join("config/routing.toml");
+    settings.templates.dir = repo_root().join("templates");
+    adjust(&mut settings);
+    settings.validate().expect("test settings are valid");
+
+    let auth = Authenticator::from_settings(&settings.auth).expect("auth settings");
+    let app = Application::build(settings).await.expect("Herald builds");
+    let address = format!("http://{}", app.local_addr());
+    let store = app.state().store.clone();
+    tokio::spawn(app.run_until(std::future::pending()));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client");
+    Some(TestApp {
+        address,
+        client,
+        store,
+        backend,
+        secret,
+        auth,
+        cleanup,
+    })
+}
+
+async fn create_database(admin_url: &str, name: &str) -> Result<(), sqlx::Error> {
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        sqlx::PgConnection::connect(admin_url),
+    )
+    .await
+    .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::Dir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Database { admin_url, name } => {
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                // Drop runs inside the test's runtime; drop the database from a
+                // thread of its own. FORCE ends the server's open connections.
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async {
+                        let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        )))
+                        .execute(&mut conn)
+                        .await?;
+                        conn.close().await
+                    })
+                    .map_err(std::io::Error::other)
+                })
+                .join();
+            }
+        }
+    }
+}
+
+impl TestApp {
+    /// A token for `sub` with `role`, valid for an hour.
+    pub fn token(&self, role: Role, sub: &str, restaurant: Option<&str>) -> String {
+        self.auth
+            .mint(role, sub, restaurant, Duration::from_secs(3600))
+            .expect("tokens mint")
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.token(Role::Admin, "admin-1", None)
+    }
+
+    pub fn service_token(&self) -> String {
+        self.token(Role::Service, "loyalty-platform", None)
+    }
+
+    /// A request with a bearer token (none when `token` is empty).
+    pub fn request(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        let req = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        if token.is_empty() {
+            req
+        } else {
+            req.bearer_auth(token)
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.request(Method::GET, path, token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> Response {
+        self.request(method, path, token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Publishes one event or an array as the platform's service.
+    pub async fn publish(&self, body: &Value) -> Response {
+        self.send_json(Method::POST, "/v1/events", &self.service_token(), body)
+            .await
+    }
+
+    /// Registers a user's directory entry and contact details, as the platform would.
+    pub async fn register(&self, user: &str, role: Role, restaurant: Option<&str>, contact: Value) {
+        let mut body = contact;
+        body["role"] = Value::from(role.as_str());
+        if let Some(r) = restaurant {
+            body["restaurantId"] = Value::from(r);
+        }
+        let res = self
+            .send_json(
+                Method::PUT,
+                &format!("/v1/users/{user}/contact"),
+                &self.service_token(),
+                &body,
+            )
+            .await;
+        assert_eq!(
+            res.status(),
+            200,
+            "register {user}: {}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+
+    /// `user`'s whole inbox, newest first, following cursors.
+    pub async fn inbox(&self, token: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let res = self
+                .get(
+                    &format!("/v1/notifications?limit=100&cursor={cursor}"),
+                    token,
+                )
+                .await;
+            assert_eq!(res.status(), 200);
+            let page: Value = res.json().await.expect("json");
+            items.extend(page["items"].as_array().expect("items").iter().cloned());
+            match page["nextCursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => return items,
+            }
+        }
+    }
+}
+
+/// Runs an async test body once per database:
+///
+/// ```ignore
+/// backend_tests! {
+///     async fn publishes(app) { … }
+/// }
+/// ```
+///
+/// makes `publishes::sqlite` and `publishes::postgres`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($(async fn $name:ident($app:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn run($app: $crate::TestApp) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let app = $crate::spawn_app($crate::Backend::Sqlite).await.expect("sqlite always runs");
+                    run(app).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(app) = $crate::spawn_app($crate::Backend::Postgres).await {
+                        run(app).await
+                    }
+                }
+            }
+        )*
+    };
+}

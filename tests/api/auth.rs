@@ -1,0 +1,98 @@
+//! Contract §1: who may call, and with what token.
+
+use base64::Engine as _;
+use herald_core::Role;
+use jsonwebtoken::{EncodingKey, Header, encode};
+use reqwest::Method;
+use serde_json::json;
+
+use super::*;
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn b64(v: &serde_json::Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+backend_tests! {
+    async fn bad_tokens_are_401(app) {
+        let key = EncodingKey::from_secret(app.secret.as_bytes());
+        let claims = |exp: u64| json!({"sub": "g1", "role": "guest", "exp": exp});
+        let expired = encode(&Header::default(), &claims(now() - 3600), &key).unwrap();
+        let wrong_key = encode(&Header::default(), &claims(now() + 3600), &EncodingKey::from_secret(b"another-secret-another-secret-!!")).unwrap();
+        let no_exp = encode(&Header::default(), &json!({"sub": "g1", "role": "guest"}), &key).unwrap();
+        let alg_none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims(now() + 3600)));
+        let unknown_role = encode(&Header::default(), &json!({"sub": "g1", "role": "owner", "exp": now() + 60}), &key).unwrap();
+        let staff_without_restaurant = encode(&Header::default(), &json!({"sub": "c1", "role": "cashier", "exp": now() + 60}), &key).unwrap();
+        for (name, token) in [
+            ("none", String::new()),
+            ("garbage", "not.a.jwt".to_owned()),
+            ("expired", expired),
+            ("wrong key", wrong_key),
+            ("no exp", no_exp),
+            ("alg none", alg_none),
+            ("unknown role", unknown_role),
+            ("staff without restaurant", staff_without_restaurant),
+        ] {
+            let res = app.get("/v1/notifications", &token).await;
+            assert_eq!(res.status(), 401, "{name}");
+            assert_eq!(res.headers()["content-type"], "application/problem+json", "{name}");
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(body["code"], "unauthorized", "{name}");
+        }
+    }
+
+    async fn the_seeds_id_claim_is_accepted(app) {
+        let key = EncodingKey::from_secret(app.secret.as_bytes());
+        let token = encode(&Header::default(), &json!({"id": "g-legacy", "role": "guest", "exp": now() + 60}), &key).unwrap();
+        let res = app.get("/v1/notifications/unread-count", &token).await;
+        assert_eq!(res.status(), 200);
+    }
+
+    async fn only_services_and_admins_publish(app) {
+        for (role, restaurant, expected) in [
+            (Role::Guest, None, 403),
+            (Role::Cashier, Some("r1"), 403),
+            (Role::Restaurant, Some("r1"), 403),
+            (Role::Service, None, 202),
+            (Role::Admin, None, 202),
+        ] {
+            let token = app.token(role, "someone", restaurant);
+            let res = app.send_json(Method::POST, "/v1/events", &token, &envelope(herald_core::EventKind::SystemAlert)).await;
+            assert_eq!(res.status(), expected, "{role:?}");
+        }
+    }
+
+    async fn guests_cannot_read_other_users_things(app) {
+        let guest = app.token(Role::Guest, "g1", None);
+        for path in ["/v1/users/g2/preferences", "/v1/users/g2/contact", "/v1/users/g2/devices"] {
+            let res = app.get(path, &guest).await;
+            assert_eq!(res.status(), 403, "{path}");
+        }
+        let res = app.send_json(Method::PUT, "/v1/users/g2/preferences", &guest, &json!({"enabled": false})).await;
+        assert_eq!(res.status(), 403);
+        // Another user's notification is invisible: 404, not 403, so ids cannot be probed.
+        let g2 = user("g2");
+        app.publish(&points_for(&g2, 10)).await;
+        let g2 = app.token(Role::Guest, &g2, None);
+        let theirs = app.inbox(&g2).await;
+        let id = theirs[0]["id"].as_str().unwrap();
+        for (method, path) in [
+            (Method::GET, format!("/v1/notifications/{id}")),
+            (Method::POST, format!("/v1/notifications/{id}/read")),
+            (Method::DELETE, format!("/v1/notifications/{id}")),
+            (Method::GET, format!("/v1/notifications/{id}/deliveries")),
+        ] {
+            let res = app.request(method.clone(), &path, &guest).send().await.unwrap();
+            assert_eq!(res.status(), 404, "{method} {path}");
+        }
+        // The inbox endpoint only ever shows the caller's own entries.
+        assert!(app.inbox(&guest).await.is_empty());
+        // Admins may read anyone's preferences and delivery traces.
+        let admin = app.admin_token();
+        assert_eq!(app.get(&format!("/v1/users/{}/preferences", user("g2")), &admin).await.status(), 200);
+        assert_eq!(app.get(&format!("/v1/notifications/{id}/deliveries"), &admin).await.status(), 200);
+    }
+}
