@@ -33,7 +33,9 @@ fn routing(c: &mut Criterion) {
     let mut group = c.benchmark_group("route");
     group.throughput(Throughput::Elements(1));
 
-    let points = ValidatedEvent::parse_kind(EventKind::PointsAdded, EventKind::PointsAdded.example()).unwrap();
+    let points =
+        ValidatedEvent::parse_kind(EventKind::PointsAdded, EventKind::PointsAdded.example())
+            .unwrap();
     let guest = UserId(points.data["guestId"].as_str().unwrap().to_owned());
     let profiles = HashMap::from([(
         guest,
@@ -53,7 +55,9 @@ fn routing(c: &mut Criterion) {
         })
     });
 
-    let alert = ValidatedEvent::parse_kind(EventKind::SystemAlert, EventKind::SystemAlert.example()).unwrap();
+    let alert =
+        ValidatedEvent::parse_kind(EventKind::SystemAlert, EventKind::SystemAlert.example())
+            .unwrap();
     let admins: Vec<UserId> = (0..20).map(|i| UserId(format!("admin-{i}"))).collect();
     let members = HashMap::from([(Selector::Role(Role::Admin), admins)]);
     group.bench_function("system_alert: route + plan, 20 admins", |b| {
@@ -66,12 +70,24 @@ fn routing(c: &mut Criterion) {
 }
 
 fn rendering(c: &mut Criterion) {
-    let templates = Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), Locale::Ru).unwrap();
-    let points = ValidatedEvent::parse_kind(EventKind::PointsAdded, EventKind::PointsAdded.example()).unwrap();
+    let templates = Templates::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
+        Locale::Ru,
+    )
+    .unwrap();
+    let points =
+        ValidatedEvent::parse_kind(EventKind::PointsAdded, EventKind::PointsAdded.example())
+            .unwrap();
     let mut group = c.benchmark_group("render");
     group.throughput(Throughput::Elements(1));
     group.bench_function("points_added: inbox text, ru", |b| {
-        b.iter(|| black_box(templates.render_inbox(EventKind::PointsAdded, Locale::Ru, black_box(&points.data)).unwrap()))
+        b.iter(|| {
+            black_box(
+                templates
+                    .render_inbox(EventKind::PointsAdded, Locale::Ru, black_box(&points.data))
+                    .unwrap(),
+            )
+        })
     });
     group.finish();
 }

@@ -103,7 +103,10 @@ backend_tests! {
 async fn public_key_algorithms_are_pinned() {
     use herald_server::config::TokenAlgorithm;
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    for (algorithm, name) in [(TokenAlgorithm::EdDSA, "ed25519"), (TokenAlgorithm::RS256, "rsa")] {
+    for (algorithm, name) in [
+        (TokenAlgorithm::EdDSA, "ed25519"),
+        (TokenAlgorithm::RS256, "rsa"),
+    ] {
         let app = herald_testkit::spawn_app_with(herald_testkit::Backend::Sqlite, |s| {
             s.auth.algorithm = algorithm;
             s.auth.public_key_file = fixtures.join(format!("{name}-public.pem"));
@@ -112,13 +115,21 @@ async fn public_key_algorithms_are_pinned() {
         .await
         .unwrap();
         let token = app.token(Role::Guest, "pk-user", None);
-        assert_eq!(app.get("/v1/notifications", &token).await.status(), 200, "{name}");
+        assert_eq!(
+            app.get("/v1/notifications", &token).await.status(),
+            200,
+            "{name}"
+        );
         let hs256 = encode(
             &Header::default(),
             &json!({"sub": "pk-user", "role": "guest", "exp": now() + 60}),
             &EncodingKey::from_secret(app.secret.as_bytes()),
         )
         .unwrap();
-        assert_eq!(app.get("/v1/notifications", &hs256).await.status(), 401, "{name}");
+        assert_eq!(
+            app.get("/v1/notifications", &hs256).await.status(),
+            401,
+            "{name}"
+        );
     }
 }
