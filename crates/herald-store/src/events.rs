@@ -98,25 +98,6 @@ impl Store {
             .map(|o| o.expect("every event has an outcome"))
             .collect())
     }
-
-    /// An accepted event and its payload, if Herald has it.
-    pub async fn event(&self, id: EventId) -> Result<Option<(EventRecord, serde_json::Value)>> {
-        let row = sqlx::query("SELECT kind, payload, received_at FROM events WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.read)
-            .await?;
-        row.map(|row| {
-            let record = EventRecord {
-                id,
-                event: kind(&row.try_get::<String, _>(0)?)?,
-                received_at: row.try_get(2)?,
-            };
-            let payload = serde_json::from_str(&row.try_get::<String, _>(1)?)
-                .map_err(|e| Error::Corrupt(format!("event {id} payload: {e}")))?;
-            Ok((record, payload))
-        })
-        .transpose()
-    }
 }
 
 async fn existing(tx: &mut Transaction<'_, Any>, id: EventId) -> Result<(EventRecord, String)> {

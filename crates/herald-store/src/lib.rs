@@ -8,8 +8,8 @@
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
 //!
 //! One [`Store`] speaks to SQLite (the embedded default) or PostgreSQL,
-//! chosen by the URL's scheme, through sqlx's `Any` driver. The schema and
-//! every query are written once in the SQL both understand (`$1`
+//! chosen by the URL's scheme, through sqlx's `Any` driver. The schema
+//! (`migrations/`) and every query are written once in the SQL both understand (`$1`
 //! placeholders, `ON CONFLICT`, `RETURNING`); ids are text, times are epoch
 //! milliseconds, flags are 0/1, so no type differs between the two.
 //!
@@ -66,8 +66,7 @@ pub struct Store {
     write: AnyPool,
 }
 
-static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
-static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 impl Store {
     /// Connects to `url` (`sqlite://data/herald.db`, `postgres://…`). A SQLite
@@ -122,12 +121,9 @@ impl Store {
         }
     }
 
-    /// Applies pending migrations of this backend.
+    /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<()> {
-        match self.backend {
-            Backend::Sqlite => MIGRATE_SQLITE.run(&self.write).await?,
-            Backend::Postgres => MIGRATE_POSTGRES.run(&self.write).await?,
-        }
+        MIGRATOR.run(&self.write).await?;
         Ok(())
     }
 

@@ -284,7 +284,7 @@ impl TestApp {
 
 /// Runs an async test body once per database:
 ///
-/// ```ignore
+/// ```text
 /// backend_tests! {
 ///     async fn publishes(app) { … }
 /// }

@@ -1,6 +1,7 @@
--- Herald's schema. Ids are UUID text; times are milliseconds since the epoch;
--- flags are 0/1 integers. The PostgreSQL twin of this file has the same
--- tables and columns, so every query runs unchanged on both.
+-- Herald's schema, one file for SQLite and PostgreSQL: ids are UUID text,
+-- times are milliseconds since the epoch, flags are 0/1 integers, so the
+-- same DDL and every query run unchanged on both. A migration that needs a
+-- backend's own SQL would split this directory per backend.
 
 -- One row per accepted event: the idempotency record and the outbox's source.
 CREATE TABLE events (
