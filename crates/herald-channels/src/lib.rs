@@ -1,7 +1,15 @@
 //! Herald's transports: one module per provider, each implementing
-//! [`herald_core::Channel`] — SMTP and SendGrid for email, Twilio for SMS,
-//! FCM HTTP v1 and Web Push for push, and the development outbox.
+//! [`herald_core::Channel`].
 //!
-//! The crate is part of the workspace layout from the start so that the
-//! dependency order (`core` ← `channels` ← `delivery` ← `server`) is fixed;
-//! its transports arrive with the delivery pipeline that drives them.
+//! | module | owns |
+//! |---|---|
+//! | [`outbox`] | the development outbox: every message as a file under `data/outbox` |
+//! | [`mask`] | masking of addresses for logs |
+//!
+//! A transport sends one rendered message and classifies its own failures
+//! (transient or permanent); retrying is the delivery pipeline's business.
+
+pub mod mask;
+pub mod outbox;
+
+pub use outbox::Outbox;

@@ -12,6 +12,7 @@
 //! | [`preferences`] | a user's notification preferences and quiet hours |
 //! | [`routing`] | the routing table (`config/routing.toml`) and the policy that turns an event plus preferences into rooms, inbox entries and deliveries |
 //! | [`auth`] | roles and the claims a token carries |
+//! | [`realtime`] | the [`realtime::Broadcast`] seam through which events reach live sockets |
 //! | [`error`] | the crate's error type |
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod channel;
 pub mod error;
 pub mod ids;
 pub mod preferences;
+pub mod realtime;
 pub mod routing;
 
 pub use auth::Role;

@@ -360,6 +360,20 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::Mandatory,
+        Reason::RoutingDefault,
+        Reason::EventOverride,
+        Reason::CategoryOverride,
+        Reason::GlobalOff,
+        Reason::ChannelOff,
+        Reason::NoContact,
+    ];
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Mandatory => "mandatory",
@@ -471,6 +485,27 @@ impl Route {
                 RecipientPlan { user, decisions }
             })
             .collect()
+    }
+
+    /// Decides one (recipient, channel) again at send time, for a delivery
+    /// that was scheduled for `scheduled`: what the table said then is
+    /// read back from that reason (a mandatory delivery stays mandatory, an
+    /// opt-in by override stays an opt-in), and today's preferences,
+    /// contact details and clock decide. `None` means the table no longer
+    /// sends it and no override asks for it.
+    pub fn recheck(
+        &self,
+        channel: ChannelKind,
+        scheduled: Reason,
+        profile: &Profile,
+        now: DateTime<Utc>,
+    ) -> Option<Decision> {
+        let default = match scheduled {
+            Reason::Mandatory => Some(true),
+            Reason::EventOverride | Reason::CategoryOverride => None,
+            _ => Some(false),
+        };
+        self.decide(channel, default, profile, now)
     }
 
     /// One (recipient, channel). `default` is `Some(mandatory)` when the

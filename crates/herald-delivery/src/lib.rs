@@ -8,6 +8,7 @@
 //! recipient's locale, so the notification centre never has to know about
 //! templates.
 
+pub mod sms;
 pub mod templates;
 
 pub use templates::{InboxText, Templates};

@@ -1,9 +1,24 @@
 //! Message templates.
 //!
 //! One file per event, locale and channel: `templates/ru/points_added/in_app.j2`.
-//! A file holds one block per part of the message (`title` and `body` for
-//! the inbox). Templates are loaded and compiled once at start; a template
-//! that is missing for the default locale, or does not parse, stops the start.
+//! A file holds one block per part of the message:
+//!
+//! | channel | blocks |
+//! |---|---|
+//! | `in_app` | `title`, `body` |
+//! | `email` | `subject`, `text`; the HTML part is `email.html.j2`, a whole document (usually extending `_layouts/email.html`) |
+//! | `sms` | `text` |
+//! | `push` | `title`, `body` |
+//!
+//! Shared layouts live in `templates/_layouts/NAME.j2` and are extended as
+//! `_layouts/NAME`. Templates whose name ends in `.html` escape every
+//! value they print, so a reward called `<script>` stays text. Templates are loaded and compiled once at start; a
+//! template that is missing for the default locale, or does not parse,
+//! stops the start.
+//!
+//! A channel an event has no template for (a user can opt into SMS for any
+//! event) is rendered from the event's inbox text, so an opt-in never
+//! fails for want of a template.
 //!
 //! Rendering is strict: printing a variable the payload does not have is an
 //! error, caught by the render-every-template test rather than in production.
@@ -23,6 +38,17 @@ use serde_json::{Map, Value as Json};
 
 use crate::Error;
 
+/// A message's text for one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Email subject, push title; `None` for SMS.
+    pub subject: Option<String>,
+    /// Email text part, SMS text, push body.
+    pub text: String,
+    /// Email HTML part.
+    pub html: Option<String>,
+}
+
 /// An inbox entry's text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxText {
@@ -38,34 +64,32 @@ pub struct Templates {
 }
 
 impl Templates {
-    /// Loads every `*.j2` under `dir/{locale}/{event}/`. Every event Herald
-    /// puts in an inbox must have an `in_app` template in the default locale.
+    /// Loads every `*.j2` under `dir/{locale}/{event}/` and `dir/_layouts/`.
+    /// Every event Herald puts in an inbox must have an `in_app` template in
+    /// the default locale.
     pub fn load(dir: &Path, default_locale: Locale) -> Result<Templates, Error> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.add_filter("plural", plural);
         env.add_filter("rub", rub);
         env.add_filter("datetime", datetime);
+        load_layouts(&mut env, &dir.join("_layouts"))?;
         for locale in Locale::ALL {
-            let locale_dir = dir.join(locale.as_str());
-            if !locale_dir.exists() {
-                continue;
-            }
             for &kind in EventKind::ALL {
+                let event_dir = dir.join(locale.as_str()).join(kind.as_str());
                 for channel in ChannelKind::ALL {
-                    let path = locale_dir.join(kind.as_str()).join(format!("{channel}.j2"));
-                    let source = match std::fs::read_to_string(&path) {
-                        Ok(s) => s,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(source) => {
-                            return Err(Error::TemplateDir {
-                                dir: path.display().to_string(),
-                                source,
-                            });
-                        }
-                    };
+                    let path = event_dir.join(format!("{channel}.j2"));
+                    if !path.exists() {
+                        continue;
+                    }
                     let name = name(locale, kind, channel);
-                    env.add_template_owned(name.clone(), source)
+                    env.add_template_owned(name.clone(), read(&path)?)
+                        .map_err(|source| Error::Template { name, source })?;
+                }
+                let html = event_dir.join("email.html.j2");
+                if html.exists() {
+                    let name = format!("{}.html", name(locale, kind, ChannelKind::Email));
+                    env.add_template_owned(name.clone(), read(&html)?)
                         .map_err(|source| Error::Template { name, source })?;
                 }
             }
@@ -101,33 +125,182 @@ impl Templates {
         locale: Locale,
         data: &Map<String, Json>,
     ) -> Result<InboxText, Error> {
-        let locale = if self.has(locale, kind, ChannelKind::InApp) {
-            locale
+        let [title, body] =
+            self.blocks(kind, ChannelKind::InApp, locale, data, ["title", "body"])?;
+        Ok(InboxText { title, body })
+    }
+
+    /// The message for `channel` (email, SMS or push) in `locale`: the
+    /// channel's own template in that locale, else in the default locale,
+    /// else built from the inbox text.
+    pub fn render(
+        &self,
+        kind: EventKind,
+        channel: ChannelKind,
+        locale: Locale,
+        data: &Map<String, Json>,
+    ) -> Result<Rendered, Error> {
+        let own = self.has(locale, kind, channel) || self.has(self.default_locale, kind, channel);
+        if !own {
+            let inbox = self.render_inbox(kind, locale, data)?;
+            return Ok(match channel {
+                ChannelKind::Email => Rendered {
+                    html: Some(format!(
+                        "<p><strong>{}</strong></p><p>{}</p>",
+                        escape_html(&inbox.title),
+                        escape_html(&inbox.body)
+                    )),
+                    subject: Some(inbox.title),
+                    text: inbox.body,
+                },
+                ChannelKind::Sms => Rendered {
+                    subject: None,
+                    text: format!("{}. {}", inbox.title.trim_end_matches('.'), inbox.body),
+                    html: None,
+                },
+                _ => Rendered {
+                    subject: Some(inbox.title),
+                    text: inbox.body,
+                    html: None,
+                },
+            });
+        }
+        Ok(match channel {
+            ChannelKind::Email => {
+                let [subject, text] =
+                    self.blocks(kind, channel, locale, data, ["subject", "text"])?;
+                let html = match self.email_html(kind, locale, data, &subject)? {
+                    Some(html) => html,
+                    None => text
+                        .split("\n\n")
+                        .map(|p| format!("<p>{}</p>", escape_html(p)))
+                        .collect(),
+                };
+                Rendered {
+                    subject: Some(subject),
+                    text,
+                    html: Some(html),
+                }
+            }
+            ChannelKind::Sms => {
+                let [text] = self.blocks(kind, channel, locale, data, ["text"])?;
+                Rendered {
+                    subject: None,
+                    text,
+                    html: None,
+                }
+            }
+            _ => {
+                let [title, body] = self.blocks(kind, channel, locale, data, ["title", "body"])?;
+                Rendered {
+                    subject: Some(title),
+                    text: body,
+                    html: None,
+                }
+            }
+        })
+    }
+
+    /// The HTML part from `email.html.j2`, when the event has one.
+    fn email_html(
+        &self,
+        kind: EventKind,
+        locale: Locale,
+        data: &Map<String, Json>,
+        subject: &str,
+    ) -> Result<Option<String>, Error> {
+        let own = format!("{}.html", name(locale, kind, ChannelKind::Email));
+        let fallback = format!(
+            "{}.html",
+            name(self.default_locale, kind, ChannelKind::Email)
+        );
+        let (name, locale) = if self.env.get_template(&own).is_ok() {
+            (own, locale)
+        } else if self.env.get_template(&fallback).is_ok() {
+            (fallback, self.default_locale)
         } else {
-            self.default_locale
+            return Ok(None);
         };
-        let name = name(locale, kind, ChannelKind::InApp);
         let fail = |source| Error::Template {
             name: name.clone(),
             source,
         };
         let template = self.env.get_template(&name).map_err(fail)?;
-        let mut ctx = Value::from(Serde(data));
-        ctx = minijinja::context! { locale => locale.as_str(), ..ctx };
+        let data = Value::from(Serde(data));
+        let ctx = minijinja::context! { locale => locale.as_str(), subject => subject, ..data };
+        template.render(ctx).map(Some).map_err(fail)
+    }
+
+    /// Renders the named blocks of one template, trimmed, falling back to
+    /// the default locale when `locale` lacks the template.
+    fn blocks<const N: usize>(
+        &self,
+        kind: EventKind,
+        channel: ChannelKind,
+        locale: Locale,
+        data: &Map<String, Json>,
+        blocks: [&str; N],
+    ) -> Result<[String; N], Error> {
+        let locale = if self.has(locale, kind, channel) {
+            locale
+        } else {
+            self.default_locale
+        };
+        let name = name(locale, kind, channel);
+        let fail = |source| Error::Template {
+            name: name.clone(),
+            source,
+        };
+        let template = self.env.get_template(&name).map_err(fail)?;
+        let data = Value::from(Serde(data));
+        let ctx = minijinja::context! { locale => locale.as_str(), ..data };
         let mut captured = template.render_captured(ctx).map_err(fail)?;
-        let (title, body) = captured
+        let mut out: [String; N] = std::array::from_fn(|_| String::new());
+        captured
             .with_state_mut(|state| {
-                Ok::<_, minijinja::Error>((
-                    state.render_block("title")?,
-                    state.render_block("body")?,
-                ))
+                for (slot, block) in out.iter_mut().zip(blocks) {
+                    *slot = state.render_block(block)?.trim().to_owned();
+                }
+                Ok::<_, minijinja::Error>(())
             })
             .map_err(fail)?;
-        Ok(InboxText {
-            title: title.trim().to_owned(),
-            body: body.trim().to_owned(),
-        })
+        Ok(out)
     }
+}
+
+fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|source| Error::TemplateDir {
+        dir: path.display().to_string(),
+        source,
+    })
+}
+
+/// Loads `dir/NAME.j2` as `_layouts/NAME`.
+fn load_layouts(env: &mut Environment<'static>, dir: &Path) -> Result<(), Error> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".j2"))
+        else {
+            continue;
+        };
+        let name = format!("_layouts/{stem}");
+        env.add_template_owned(name.clone(), read(&path)?)
+            .map_err(|source| Error::Template { name, source })?;
+    }
+    Ok(())
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn name(locale: Locale, kind: EventKind, channel: ChannelKind) -> String {
@@ -234,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn optional_fields_may_be_absent() {
+    fn optional_fields_may_be_absent_on_every_channel() {
         let t = templates();
         for &kind in EventKind::ALL.iter().filter(|k| !k.is_internal()) {
             let mut data = kind.example();
@@ -251,8 +424,96 @@ mod tests {
             for locale in Locale::ALL {
                 t.render_inbox(kind, locale, &event.data)
                     .unwrap_or_else(|e| panic!("{locale}/{kind} without optional fields: {e}"));
+                for channel in [ChannelKind::Email, ChannelKind::Sms, ChannelKind::Push] {
+                    t.render(kind, channel, locale, &event.data)
+                        .unwrap_or_else(|e| {
+                            panic!("{locale}/{kind}/{channel} without optional fields: {e}")
+                        });
+                }
             }
         }
+    }
+
+    #[test]
+    fn every_channel_renders_in_every_locale_and_defaults_have_their_own_templates() {
+        let t = templates();
+        let table = herald_core::RoutingTable::default_table();
+        for &kind in EventKind::ALL.iter().filter(|k| !k.is_internal()) {
+            let event = ValidatedEvent::parse_kind(kind, kind.example()).unwrap();
+            let defaults: Vec<ChannelKind> = table
+                .route(&event)
+                .deliveries
+                .iter()
+                .map(|d| d.channel)
+                .collect();
+            for channel in [ChannelKind::Email, ChannelKind::Sms, ChannelKind::Push] {
+                for locale in Locale::ALL {
+                    if defaults.contains(&channel) {
+                        assert!(
+                            t.has(locale, kind, channel),
+                            "{locale}/{kind}/{channel} missing"
+                        );
+                    }
+                    let r = t
+                        .render(kind, channel, locale, &event.data)
+                        .unwrap_or_else(|e| panic!("{locale}/{kind}/{channel}: {e}"));
+                    assert!(!r.text.is_empty(), "{locale}/{kind}/{channel}");
+                    assert_eq!(r.subject.is_some(), channel != ChannelKind::Sms);
+                    assert_eq!(r.html.is_some(), channel == ChannelKind::Email);
+                    if let Some(html) = &r.html {
+                        assert!(!html.contains("{{") && !html.contains("{%"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn email_html_escapes_and_reads_in_the_locale() {
+        let t = templates();
+        let mut data = EventKind::PointsRedeemed.example();
+        data["rewardName"] = serde_json::json!("<script>alert(1)</script>");
+        let event = ValidatedEvent::parse_kind(EventKind::PointsRedeemed, data).unwrap();
+        let r = t
+            .render(
+                EventKind::PointsRedeemed,
+                ChannelKind::Email,
+                Locale::Ru,
+                &event.data,
+            )
+            .unwrap();
+        let html = r.html.unwrap();
+        assert!(
+            html.contains("&lt;script&gt;") && !html.contains("<script>"),
+            "{html}"
+        );
+        assert!(
+            html.starts_with("<!doctype html>\n<html lang=\"ru\">"),
+            "{html}"
+        );
+        // The text part is not HTML and keeps the characters.
+        assert!(r.text.contains("«<script>alert(1)</script>»"), "{}", r.text);
+        assert_eq!(
+            r.subject.unwrap(),
+            "Списано 200 баллов: <script>alert(1)</script>"
+        );
+        let sms = t
+            .render(
+                EventKind::SystemAlert,
+                ChannelKind::Sms,
+                Locale::En,
+                &ValidatedEvent::parse_kind(
+                    EventKind::SystemAlert,
+                    EventKind::SystemAlert.example(),
+                )
+                .unwrap()
+                .data,
+            )
+            .unwrap();
+        assert_eq!(
+            sms.text,
+            "[CRITICAL] Database failover: Primary database is unreachable"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use herald_core::{EventId, EventKind, UserId};
 use sqlx::{Any, Row, Transaction};
 
-use crate::records::{EventRecord, Ingested, NewEvent, NewNotification};
+use crate::records::{DeliveryStatus, EventRecord, Ingested, NewEvent, NewNotification};
 use crate::{Error, Result, Store};
 
 impl Store {
@@ -141,8 +141,9 @@ async fn insert_notification(
     for d in &n.deliveries {
         sqlx::query(
             "INSERT INTO deliveries \
-             (id, notification_id, recipient_id, channel, status, reason, next_attempt_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+             (id, notification_id, recipient_id, channel, status, reason, next_attempt_at, \
+              enqueued_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
         )
         .bind(d.id.to_string())
         .bind(n.id.to_string())
@@ -151,6 +152,13 @@ async fn insert_notification(
         .bind(d.status.as_str())
         .bind(d.reason.clone())
         .bind(d.next_attempt_at)
+        // The publisher enqueues a job for each open delivery once this
+        // commits, due now or when the deferral ends.
+        .bind(match d.status {
+            DeliveryStatus::Pending => Some(ev.received_at),
+            DeliveryStatus::Deferred => d.next_attempt_at,
+            DeliveryStatus::Suppressed => None,
+        })
         .bind(ev.received_at)
         .execute(&mut **tx)
         .await?;

@@ -3,6 +3,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`records`] | the rows Herald reads and writes, as plain structs |
+//! | [`deliveries`] | delivery state: claim with a lease, finish by compare-and-set, sweep |
 //! | [`events`] | ingest: one transaction writes events, inbox entries and deliveries |
 //! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
@@ -18,6 +19,7 @@
 //! keeps a single-connection pool for writes and a wider one for reads (WAL
 //! lets them run side by side). On PostgreSQL both are the same pool.
 
+pub mod deliveries;
 pub mod directory;
 pub mod events;
 pub mod inbox;
