@@ -3,6 +3,7 @@
 
 mod auth;
 mod catalog;
+mod delivery;
 mod inbox;
 mod ingest;
 mod users;

@@ -1,17 +1,35 @@
-//! Herald's delivery pipeline.
+//! Herald's delivery pipeline: email, SMS and push, from scheduled to sent.
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`templates`] | localized message templates from `templates/{locale}/{event}/{channel}.j2`, rendered with minijinja |
+//! | [`queue`] | apalis jobs over SQLite (embedded) or Redis (scale-out); running workers |
+//! | [`dispatch`] | one attempt: claim, decide again, render, send, record, report failures |
+//! | [`retry`] | exponential backoff with full jitter |
+//! | [`sweeper`] | re-enqueues what the queue lost and what dead workers left |
+//! | [`templates`] | localized message templates, rendered with minijinja |
+//! | [`sms`] | SMS segment counting (GSM-7 / UCS-2) |
+//! | [`clock`] | injectable time |
 //!
-//! The inbox text of every notification is rendered here at ingest, in the
-//! recipient's locale, so the notification centre never has to know about
-//! templates.
+//! The database is the source of truth: ingest writes each delivery in the
+//! same transaction as its event, the queue only carries ids, and every
+//! state change is a compare-and-set on the delivery row. The inbox text
+//! of every notification is also rendered here, at ingest, in the
+//! recipient's locale.
 
+pub mod clock;
+pub mod dispatch;
+pub mod queue;
+pub mod retry;
 pub mod sms;
+pub mod sweeper;
 pub mod templates;
 
-pub use templates::{InboxText, Templates};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use dispatch::{Channels, Dispatcher, Outcome};
+pub use queue::Queue;
+pub use retry::RetryPolicy;
+pub use sweeper::Sweeper;
+pub use templates::{InboxText, Rendered, Templates};
 
 /// Errors of the delivery pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -29,4 +47,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("storage: {0}")]
+    Store(#[from] herald_store::Error),
+    #[error("queue: {0}")]
+    Queue(String),
 }

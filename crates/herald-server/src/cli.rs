@@ -9,7 +9,10 @@ use herald_store::Store;
 
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
+use crate::delivery::{Components, DeliveryRuntime};
+use crate::startup::load_policy;
 use crate::{Application, telemetry};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +32,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve,
+    /// Run delivery workers and the sweeper only, no HTTP (scale-out with a
+    /// Redis queue).
+    Worker,
     /// Apply database migrations and exit.
     Migrate,
     /// Print a signed token, for trying the API.
@@ -52,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut settings = Settings::load(cli.config.as_deref())?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
+        Command::Worker => worker(settings).await,
         Command::Migrate => {
             telemetry::init(&settings.log);
             let store = Store::connect(settings.database.url.expose(), 1).await?;
@@ -104,6 +111,39 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     }
     app.run_until(shutdown_signal()).await?;
     tracing::info!("Herald stopped");
+    Ok(())
+}
+
+async fn worker(settings: Settings) -> anyhow::Result<()> {
+    telemetry::init(&settings.log);
+    if settings.delivery.queue_url.expose().starts_with("sqlite:") {
+        tracing::warn!("a SQLite queue serves one node: run `herald worker` against a Redis queue");
+    }
+    let (routing, templates) = load_policy(&settings)?;
+    let store = Store::connect(
+        settings.database.url.expose(),
+        settings.database.max_connections,
+    )
+    .await?;
+    store.migrate().await?;
+    let runtime = DeliveryRuntime::build(
+        &settings,
+        store.clone(),
+        routing,
+        templates,
+        &Components::default(),
+    )
+    .await?;
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    runtime.run(stop).await?;
+    store.close().await;
     Ok(())
 }
 

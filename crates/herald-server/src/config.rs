@@ -41,6 +41,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub routing: RoutingSettings,
     pub templates: TemplateSettings,
+    pub delivery: DeliverySettings,
+    pub channels: ChannelSettings,
     pub log: LogSettings,
 }
 
@@ -99,6 +101,34 @@ pub struct RoutingSettings {
 pub struct TemplateSettings {
     pub dir: PathBuf,
     pub default_locale: Locale,
+}
+
+/// The delivery queue and its workers (`[delivery]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// `sqlite://…` (one node) or `redis://…`.
+    pub queue_url: Secret,
+    pub queue_name: String,
+    pub workers_in_serve: bool,
+    pub concurrency: usize,
+    pub poll_interval_ms: u64,
+    pub lease_seconds: u64,
+    pub sweep_interval_seconds: u64,
+    pub stale_seconds: u64,
+    pub sweep_batch: u32,
+    pub retry: herald_delivery::RetryPolicy,
+}
+
+/// Which transport serves each channel (`[channels]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettings {
+    pub email: String,
+    pub sms: String,
+    pub push: String,
+    pub outbox_dir: PathBuf,
+    pub email_from: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +224,46 @@ impl Settings {
             return Err(ConfigError::new(
                 "database.max_connections",
                 "must be at least 1",
+            ));
+        }
+        let d = &self.delivery;
+        let queue = d.queue_url.expose();
+        if !(queue.starts_with("sqlite:")
+            || queue.starts_with("redis://")
+            || queue.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "delivery.queue_url",
+                "must start with sqlite:, redis:// or rediss://",
+            ));
+        }
+        for (key, value) in [
+            ("delivery.concurrency", d.concurrency as u64),
+            ("delivery.poll_interval_ms", d.poll_interval_ms),
+            ("delivery.lease_seconds", d.lease_seconds),
+            ("delivery.sweep_interval_seconds", d.sweep_interval_seconds),
+            ("delivery.stale_seconds", d.stale_seconds),
+            ("delivery.sweep_batch", u64::from(d.sweep_batch)),
+            (
+                "delivery.retry.max_attempts",
+                u64::from(d.retry.max_attempts),
+            ),
+            ("delivery.retry.base_ms", d.retry.base_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        if !(d.retry.factor >= 1.0 && d.retry.factor.is_finite()) {
+            return Err(ConfigError::new(
+                "delivery.retry.factor",
+                "must be a number ≥ 1",
+            ));
+        }
+        if d.retry.cap_ms < d.retry.base_ms {
+            return Err(ConfigError::new(
+                "delivery.retry.cap_ms",
+                "must be at least base_ms",
             ));
         }
         let url = self.database.url.expose();

@@ -9,14 +9,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use chrono::Utc;
 use herald_core::ids::MAX_KEY_LEN;
 use herald_core::routing::{Decision, Route, Selector};
 use herald_core::{
     ChannelKind, DeliveryId, EventId, Locale, NotificationId, RoutingTable, ValidatedEvent,
     ValidationError,
 };
-use herald_delivery::{InboxText, Templates};
+use herald_delivery::{Clock, InboxText, Queue, Templates};
 use herald_store::{DeliveryStatus, Ingested, NewDelivery, NewEvent, NewNotification, Store};
 use serde::Deserialize;
 use serde_json::Value;
@@ -35,12 +34,14 @@ struct Envelope {
     data: Value,
 }
 
-/// Turns envelopes into stored events.
+/// Turns envelopes into stored events and queued deliveries.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     store: Store,
     routing: Arc<RoutingTable>,
     templates: Arc<Templates>,
+    queue: Queue,
+    clock: Arc<dyn Clock>,
 }
 
 /// One event, checked and routed, waiting to be written.
@@ -52,11 +53,19 @@ struct Prepared {
 }
 
 impl Publisher {
-    pub fn new(store: Store, routing: Arc<RoutingTable>, templates: Arc<Templates>) -> Self {
+    pub fn new(
+        store: Store,
+        routing: Arc<RoutingTable>,
+        templates: Arc<Templates>,
+        queue: Queue,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Publisher {
             store,
             routing,
             templates,
+            queue,
+            clock,
         }
     }
 
@@ -64,7 +73,7 @@ impl Publisher {
     /// `batch` says whether the caller sent an array, so errors read `[3].data.amount`
     /// rather than `data.amount`.
     pub async fn publish(&self, items: Vec<Value>, batch: bool) -> Result<Vec<Ingested>, ApiError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let prepared = items
             .into_iter()
             .enumerate()
@@ -139,7 +148,7 @@ impl Publisher {
                 notifications,
             });
         }
-        self.store.ingest(&events).await.map_err(|err| match err {
+        let outcomes = self.store.ingest(&events).await.map_err(|err| match err {
             herald_store::Error::IdempotencyConflict { index, .. } => {
                 let field = if batch {
                     format!("[{index}].id")
@@ -149,7 +158,41 @@ impl Publisher {
                 ApiError::from(err).field(field)
             }
             other => other.into(),
-        })
+        })?;
+        self.enqueue(&events, &outcomes).await;
+        Ok(outcomes)
+    }
+
+    /// Hands the new events' open deliveries to the queue. The events are
+    /// already durable: if the queue is unreachable the sweeper enqueues
+    /// them later, so a failure here is logged, not returned.
+    async fn enqueue(&self, events: &[NewEvent], outcomes: &[Ingested]) {
+        let mut due = Vec::new();
+        let mut later = Vec::new();
+        let fresh = events
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, o)| matches!(o, Ingested::Accepted(_)));
+        for d in fresh
+            .flat_map(|(e, _)| &e.notifications)
+            .flat_map(|n| &n.deliveries)
+        {
+            match (d.status, d.next_attempt_at) {
+                (DeliveryStatus::Pending, _) => due.push(d.id),
+                (DeliveryStatus::Deferred, Some(at)) => later.push((d.id, at)),
+                _ => {}
+            }
+        }
+        if let Err(e) = self.queue.enqueue(&due).await {
+            tracing::warn!(error = %e, deliveries = due.len(), "could not enqueue; the sweeper will");
+        }
+        let now = self.clock.now();
+        for (id, at) in later {
+            let at = chrono::DateTime::from_timestamp_millis(at).unwrap_or(now);
+            if let Err(e) = self.queue.schedule(id, at, now).await {
+                tracing::warn!(error = %e, delivery = %id, "could not schedule; the sweeper will");
+            }
+        }
     }
 
     fn prepare(&self, item: Value, now_ms: i64) -> Result<Prepared, ValidationError> {

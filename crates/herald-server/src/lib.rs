@@ -7,15 +7,17 @@
 //! | [`auth`] | token verification and minting; the `Caller` extractor |
 //! | [`problem`] | every HTTP error as `application/problem+json`, with its code table |
 //! | [`extract`] | JSON bodies with field-named errors |
-//! | [`ingest`] | publishing: envelopes → routed, planned, rendered, stored |
+//! | [`ingest`] | publishing: envelopes → routed, planned, rendered, stored, enqueued |
+//! | [`delivery`] | the queue, transports, workers and sweeper of a process |
 //! | [`routes`] | the handlers of contract §7 |
 //! | [`startup`] | `Application::build` / `run_until`, the router |
 //! | [`telemetry`] | logging |
-//! | [`cli`] | the `herald` commands: `serve`, `migrate`, `token` |
+//! | [`cli`] | the `herald` commands: `serve`, `worker`, `migrate`, `token` |
 
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod extract;
 pub mod ingest;
 pub mod problem;
@@ -33,6 +35,8 @@ pub enum Error {
     Config(#[from] config::ConfigError),
     #[error("storage: {0}")]
     Store(#[from] herald_store::Error),
+    #[error("delivery: {0}")]
+    Delivery(#[from] herald_delivery::Error),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -13,14 +13,17 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::routing::{delete, get, post};
 use herald_core::RoutingTable;
+use herald_delivery::Queue;
 use herald_delivery::Templates;
 use herald_store::Store;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use crate::Error;
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
+use crate::delivery::{Components, DeliveryRuntime};
 use crate::ingest::Publisher;
 use crate::problem::ApiError;
 use crate::routes::{events, health, inbox, users};
@@ -32,6 +35,7 @@ pub struct AppState {
     pub store: Store,
     pub auth: Arc<Authenticator>,
     pub publisher: Publisher,
+    pub queue: Queue,
 }
 
 /// A built, bound, not yet serving Herald.
@@ -39,16 +43,22 @@ pub struct AppState {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    delivery: DeliveryRuntime,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, Error> {
+        Self::build_with(settings, Components::default()).await
+    }
+
+    /// Builds with some parts supplied by the caller (tests supply fake
+    /// transports and a clock they control).
+    pub async fn build_with(
+        settings: Settings,
+        components: Components,
+    ) -> Result<Application, Error> {
         let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
-        let routing = Arc::new(load_routing(&settings)?);
-        let templates = Arc::new(
-            Templates::load(&settings.templates.dir, settings.templates.default_locale)
-                .map_err(|e| ConfigError::new("templates.dir", e.to_string()))?,
-        );
+        let (routing, templates) = load_policy(&settings)?;
         let store = Store::connect(
             settings.database.url.expose(),
             settings.database.max_connections,
@@ -66,7 +76,21 @@ impl Application {
                     ),
                 )
             })?;
-        let publisher = Publisher::new(store.clone(), routing, templates);
+        let delivery = DeliveryRuntime::build(
+            &settings,
+            store.clone(),
+            routing.clone(),
+            templates.clone(),
+            &components,
+        )
+        .await?;
+        let publisher = Publisher::new(
+            store.clone(),
+            routing,
+            templates,
+            delivery.queue.clone(),
+            delivery.dispatcher.clock.clone(),
+        );
         Ok(Application {
             listener,
             state: AppState {
@@ -74,7 +98,9 @@ impl Application {
                 store,
                 auth,
                 publisher,
+                queue: delivery.queue.clone(),
             },
+            delivery,
         })
     }
 
@@ -88,20 +114,49 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests
-    /// and closes the database pools.
+    pub fn delivery(&self) -> &DeliveryRuntime {
+        &self.delivery
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests,
+    /// stops the delivery workers (if `delivery.workers_in_serve`) and
+    /// closes the database pools.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), Error> {
         let store = self.state.store.clone();
+        let stop = CancellationToken::new();
+        let workers = self
+            .state
+            .settings
+            .delivery
+            .workers_in_serve
+            .then(|| tokio::spawn(self.delivery.run(stop.clone())));
         let app = router(self.state);
-        axum::serve(self.listener, app)
+        let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        stop.cancel();
+        if let Some(workers) = workers {
+            match workers.await {
+                Ok(result) => result?,
+                Err(e) => tracing::error!(error = %e, "delivery workers panicked"),
+            }
+        }
         store.close().await;
-        Ok(())
+        Ok(served?)
     }
+}
+
+/// The routing table and the templates, as configured.
+pub fn load_policy(
+    settings: &Settings,
+) -> Result<(Arc<RoutingTable>, Arc<Templates>), ConfigError> {
+    let routing = load_routing(settings)?;
+    let templates = Templates::load(&settings.templates.dir, settings.templates.default_locale)
+        .map_err(|e| ConfigError::new("templates.dir", e.to_string()))?;
+    Ok((Arc::new(routing), Arc::new(templates)))
 }
 
 fn load_routing(settings: &Settings) -> Result<RoutingTable, ConfigError> {

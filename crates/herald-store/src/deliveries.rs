@@ -74,6 +74,9 @@ struct Transition<'a> {
     next_attempt_at: Option<i64>,
     provider_message_id: Option<&'a str>,
     enqueued_at: Option<i64>,
+    /// 1 when the claim sent nothing (deferred, suppressed): it does not
+    /// count as an attempt.
+    refund: i64,
 }
 
 impl<'a> From<&'a Finish> for Transition<'a> {
@@ -89,12 +92,14 @@ impl<'a> From<&'a Finish> for Transition<'a> {
             Finish::Suppressed { reason } => Transition {
                 status: "suppressed",
                 reason: Some(reason),
+                refund: 1,
                 ..Transition::default()
             },
             Finish::Deferred { until } => Transition {
                 status: "deferred",
                 next_attempt_at: Some(*until),
                 enqueued_at: Some(*until),
+                refund: 1,
                 ..Transition::default()
             },
             Finish::Retry {
@@ -175,7 +180,8 @@ impl Store {
             "UPDATE deliveries SET status = $1, reason = COALESCE($2, reason), \
                     last_error = COALESCE($3, last_error), next_attempt_at = $4, \
                     provider_message_id = COALESCE($5, provider_message_id), \
-                    enqueued_at = COALESCE($6, enqueued_at), lease_until = NULL, updated_at = $7 \
+                    enqueued_at = COALESCE($6, enqueued_at), lease_until = NULL, updated_at = $7, \
+                    attempts = attempts - $10 \
              WHERE id = $8 AND status = 'sending' AND attempts = $9",
         )
         .bind(t.status)
@@ -187,6 +193,7 @@ impl Store {
         .bind(now)
         .bind(id.to_string())
         .bind(attempt)
+        .bind(t.refund)
         .execute(&self.write)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -228,6 +235,16 @@ impl Store {
             .fetch_all(&self.read)
             .await?;
         rows.iter().map(|r| parse_id(r, 0)).collect()
+    }
+
+    /// How many deliveries are owed an attempt, now or later.
+    pub async fn open_deliveries(&self) -> Result<u64> {
+        let sql = format!("SELECT COUNT(*) FROM deliveries WHERE status IN ({CLAIMABLE})");
+        let n: i64 = sqlx::query(AssertSqlSafe(sql))
+            .fetch_one(&self.read)
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Notes that queue jobs were made for `ids` and fall due at `at`.

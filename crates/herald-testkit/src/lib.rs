@@ -7,13 +7,23 @@
 //! When it cannot be reached the PostgreSQL variant of a test is skipped
 //! with a note, unless `HERALD_REQUIRE_SERVICES=1`, which turns the skip into
 //! a failure (CI sets it).
+//!
+//! Delivery workers do not run inside a test app unless the test sets
+//! `delivery.workers_in_serve`: most tests check what was scheduled, and
+//! drive attempts through `app.delivery.dispatcher` themselves.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herald_core::Role;
+pub mod fakes;
+
+use std::sync::Arc;
+
+use herald_core::{ChannelKind, Role};
+use herald_delivery::{Channels, ManualClock};
 use herald_server::auth::Authenticator;
 use herald_server::config::Secret;
+use herald_server::delivery::{Components, DeliveryRuntime};
 use herald_server::{Application, Settings};
 use herald_store::Store;
 use reqwest::{Method, RequestBuilder, Response};
@@ -36,6 +46,12 @@ pub struct TestApp {
     pub backend: Backend,
     /// The HS256 secret, for tests that forge tokens.
     pub secret: String,
+    /// Where this app keeps its files (SQLite database, queue, outbox).
+    pub data_dir: PathBuf,
+    /// The delivery side: dispatcher, sweeper, queue.
+    pub delivery: DeliveryRuntime,
+    /// The fake transports, when the app was spawned with them.
+    pub fakes: Option<Fakes>,
     auth: Authenticator,
     cleanup: Cleanup,
 }
@@ -65,10 +81,82 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     spawn_app_with(backend, |_| {}).await
 }
 
+/// Fake transports and a controlled clock, for delivery tests.
+#[derive(Debug, Clone)]
+pub struct Fakes {
+    pub email: fakes::FakeChannel,
+    pub sms: fakes::FakeChannel,
+    pub push: fakes::FakeChannel,
+    /// `None`: the wall clock (for tests where workers run on their own).
+    pub clock: Option<Arc<ManualClock>>,
+    pub broadcast: fakes::RecordingBroadcast,
+}
+
+impl Fakes {
+    /// Fakes on a manual clock that starts at `start`.
+    pub fn new(start: chrono::DateTime<chrono::Utc>) -> Fakes {
+        Fakes {
+            clock: Some(Arc::new(ManualClock::new(start))),
+            ..Fakes::live()
+        }
+    }
+
+    /// Fakes on the wall clock.
+    pub fn live() -> Fakes {
+        Fakes {
+            email: fakes::FakeChannel::new(ChannelKind::Email),
+            sms: fakes::FakeChannel::new(ChannelKind::Sms),
+            push: fakes::FakeChannel::new(ChannelKind::Push),
+            clock: None,
+            broadcast: fakes::RecordingBroadcast::default(),
+        }
+    }
+
+    /// The manual clock; panics for [`Fakes::live`].
+    pub fn clock(&self) -> &ManualClock {
+        self.clock
+            .as_deref()
+            .expect("these fakes run on the wall clock")
+    }
+
+    fn components(&self) -> Components {
+        let mut channels = Channels::new();
+        channels.insert(ChannelKind::Email, Arc::new(self.email.clone()));
+        channels.insert(ChannelKind::Sms, Arc::new(self.sms.clone()));
+        channels.insert(ChannelKind::Push, Arc::new(self.push.clone()));
+        Components {
+            channels: Some(channels),
+            clock: self
+                .clock
+                .clone()
+                .map(|c| c as Arc<dyn herald_delivery::Clock>),
+            broadcast: Some(Arc::new(self.broadcast.clone())),
+        }
+    }
+}
+
 /// As [`spawn_app`], letting the test adjust settings first.
 pub async fn spawn_app_with(
     backend: Backend,
     adjust: impl FnOnce(&mut Settings),
+) -> Option<TestApp> {
+    spawn(backend, adjust, None).await
+}
+
+/// As [`spawn_app_with`], with fake transports, a manual clock and a
+/// recording broadcast.
+pub async fn spawn_app_with_fakes(
+    backend: Backend,
+    fakes: Fakes,
+    adjust: impl FnOnce(&mut Settings),
+) -> Option<TestApp> {
+    spawn(backend, adjust, Some(fakes)).await
+}
+
+async fn spawn(
+    backend: Backend,
+    adjust: impl FnOnce(&mut Settings),
+    fakes: Option<Fakes>,
 ) -> Option<TestApp> {
     if std::env::var_os("HERALD_TEST_LOG").is_some() {
         let mut log = Settings::load(None).expect("default settings load").log;
@@ -113,13 +201,25 @@ pub async fn spawn_app_with(
     settings.database.url = Secret::new(url);
     settings.database.max_connections = 8;
     settings.auth.secret = Secret::new(secret.clone());
+    settings.delivery.queue_url = Secret::new(format!(
+        "sqlite://{}",
+        settings.server.data_dir.join("queue.db").display()
+    ));
+    settings.channels.outbox_dir = settings.server.data_dir.join("outbox");
+    // Tests drive delivery attempts themselves unless they turn workers on.
+    settings.delivery.workers_in_serve = false;
     settings.routing.file = repo_root().join("config/routing.toml");
     settings.templates.dir = repo_root().join("templates");
     adjust(&mut settings);
     settings.validate().expect("test settings are valid");
 
     let auth = Authenticator::from_settings(&settings.auth).expect("auth settings");
-    let app = Application::build(settings).await.expect("Herald builds");
+    let data_dir = settings.server.data_dir.clone();
+    let components = fakes.as_ref().map(Fakes::components).unwrap_or_default();
+    let app = Application::build_with(settings, components)
+        .await
+        .expect("Herald builds");
+    let delivery = app.delivery().clone();
     let address = format!("http://{}", app.local_addr());
     let store = app.state().store.clone();
     tokio::spawn(app.run_until(std::future::pending()));
@@ -133,6 +233,9 @@ pub async fn spawn_app_with(
         store,
         backend,
         secret,
+        data_dir,
+        delivery,
+        fakes,
         auth,
         cleanup,
     })
@@ -182,7 +285,26 @@ impl Drop for TestApp {
     }
 }
 
+/// Whether the test PostgreSQL answers (always true, or a panic, when
+/// services are required).
+pub async fn postgres_available() -> bool {
+    let url = format!("{}/postgres", postgres_base());
+    let ok = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&url))
+        .await
+        .is_ok_and(|c| c.is_ok());
+    assert!(
+        ok || !require_services(),
+        "PostgreSQL is required but unreachable at {url}"
+    );
+    ok
+}
+
 impl TestApp {
+    /// Where the development outbox writes.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox")
+    }
+
     /// A token for `sub` with `role`, valid for an hour.
     pub fn token(&self, role: Role, sub: &str, restaurant: Option<&str>) -> String {
         self.auth
@@ -316,4 +438,26 @@ macro_rules! backend_tests {
             }
         )*
     };
+}
+
+/// Polls `check` until it yields a value or `within` passes: for awaiting
+/// work other tasks do (a worker sending, a sweeper recovering). Panics
+/// with `what` on timeout.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut tick = tokio::time::interval(Duration::from_millis(25));
+    loop {
+        tick.tick().await;
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+    }
 }

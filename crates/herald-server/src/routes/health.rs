@@ -12,20 +12,27 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Herald can do its job: the database answers. 503 otherwise, with the
-/// failing check named.
+/// Herald can do its job: the database and the delivery queue answer. 503
+/// otherwise, naming the failing check.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "checks": { "database": "ok" } })),
-        ),
+    let (database, queue) = tokio::join!(state.store.ping(), state.queue.ping());
+    let mut ready = true;
+    let mut check = |name: &str, result: Result<(), String>| match result {
+        Ok(()) => "ok",
         Err(e) => {
-            tracing::warn!(error = %e, "readiness: database unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "checks": { "database": "unreachable" } })),
-            )
+            tracing::warn!(check = name, error = %e, "not ready");
+            ready = false;
+            "unreachable"
         }
-    }
+    };
+    let checks = json!({
+        "database": check("database", database.map_err(|e| e.to_string())),
+        "queue": check("queue", queue.map_err(|e| e.to_string())),
+    });
+    let (status, word) = if ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    (status, Json(json!({ "status": word, "checks": checks })))
 }

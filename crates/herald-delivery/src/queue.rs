@@ -1,0 +1,258 @@
+//! The delivery queue: apalis jobs that say "look at delivery X".
+//!
+//! Two storages behind one type: SQLite (`sqlite://data/queue.db`, the
+//! embedded default; workers run inside `herald serve`) and Redis
+//! (`redis://…`, for several nodes; `herald worker` runs workers alone).
+//! The queue is the fast path only. Jobs carry nothing but a delivery id,
+//! every attempt starts by claiming the delivery in the database, and the
+//! [`crate::sweeper`] re-enqueues what the queue loses — so a flushed Redis,
+//! a killed worker or a crash between commit and enqueue costs latency,
+//! never a message.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_redis::RedisStorage;
+use apalis_sqlite::callback::HookCallbackListener;
+use apalis_sqlite::{SqlitePool, SqliteStorage};
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, StreamExt};
+use herald_core::DeliveryId;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::dispatch::Dispatcher;
+
+/// The job: which delivery to look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryJob {
+    pub delivery: DeliveryId,
+}
+
+/// A handle on the queue; cheap to clone.
+#[derive(Clone)]
+pub enum Queue {
+    Sqlite {
+        storage: SqliteStorage<DeliveryJob>,
+        pool: SqlitePool,
+        name: String,
+        /// SQLite's update hook, announcing each pushed job: the workers of
+        /// this process wake on it instead of waiting for the next poll.
+        /// Taken by the first `run_workers`.
+        hook: Arc<Mutex<Option<HookCallbackListener>>>,
+    },
+    Redis {
+        storage: RedisStorage<DeliveryJob>,
+    },
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Queue::Sqlite { .. } => "Queue::Sqlite",
+            Queue::Redis { .. } => "Queue::Redis",
+        })
+    }
+}
+
+fn queue_error(e: impl std::fmt::Display) -> Error {
+    Error::Queue(e.to_string())
+}
+
+impl Queue {
+    /// Opens the queue at `url` (`sqlite://PATH` or `redis://HOST:PORT`);
+    /// `name` separates Herald's jobs from anything else in the same
+    /// storage. A worker fetches up to `batch` jobs per poll.
+    pub async fn connect(url: &str, name: &str, batch: usize) -> Result<Queue, Error> {
+        let batch = batch.max(1);
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            let conn = apalis_redis::connect(url).await.map_err(queue_error)?;
+            let storage = RedisStorage::new(conn).with_config(
+                apalis_redis::Config::default()
+                    .queue(name)
+                    .batch_size(batch),
+            );
+            return Ok(Queue::Redis { storage });
+        }
+        if !url.starts_with("sqlite:") {
+            return Err(Error::Queue(format!(
+                "`{url}`: a queue URL is sqlite://… or redis://…"
+            )));
+        }
+        if let Some(dir) = url
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:")
+            .split('?')
+            .next()
+            .map(std::path::Path::new)
+            .and_then(std::path::Path::parent)
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(queue_error)?;
+        }
+        let url = if url.contains("mode=") {
+            url.to_owned()
+        } else {
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        };
+        let (pool, hook) = SqliteStorage::<()>::connect_with_callback(&url).map_err(queue_error)?;
+        // Sets WAL and creates the jobs table.
+        SqliteStorage::<()>::setup(&pool)
+            .await
+            .map_err(queue_error)?;
+        let storage = SqliteStorage::new(&pool).with_config(
+            apalis_sqlite::Config::default()
+                .queue(name)
+                .batch_size(batch),
+        );
+        Ok(Queue::Sqlite {
+            storage,
+            pool,
+            name: name.to_owned(),
+            hook: Arc::new(Mutex::new(Some(hook))),
+        })
+    }
+
+    /// Enqueues deliveries that are due now.
+    pub async fn enqueue(&self, ids: &[DeliveryId]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let jobs: Vec<DeliveryJob> = ids
+            .iter()
+            .map(|&delivery| DeliveryJob { delivery })
+            .collect();
+        match self {
+            Queue::Sqlite { storage, .. } => {
+                storage.clone().push_bulk(jobs).await.map_err(queue_error)
+            }
+            Queue::Redis { storage } => storage.clone().push_bulk(jobs).await.map_err(queue_error),
+        }
+    }
+
+    /// Enqueues a delivery to be looked at no earlier than `at`.
+    pub async fn schedule(
+        &self,
+        id: DeliveryId,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let delay = (at - now).to_std().unwrap_or_default();
+        let task = TaskBuilder::new(DeliveryJob { delivery: id })
+            .run_after(delay)
+            .build();
+        match self {
+            Queue::Sqlite { storage, .. } => {
+                storage.clone().push_task(task).await.map_err(queue_error)
+            }
+            Queue::Redis { storage } => storage.clone().push_task(task).await.map_err(queue_error),
+        }
+    }
+
+    /// How many jobs wait in the queue (due or scheduled), not counting
+    /// those a worker is running.
+    pub async fn depth(&self) -> Result<u64, Error> {
+        match self {
+            Queue::Sqlite { pool, name, .. } => {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND status IN ('Pending', 'Queued')",
+                )
+                .bind(name)
+                .fetch_one(pool)
+                .await
+                .map_err(queue_error)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+            Queue::Redis { storage } => {
+                let mut storage = storage.clone();
+                let config = storage.get_config().clone();
+                let (active, scheduled): (u64, u64) = redis::pipe()
+                    .cmd("LLEN")
+                    .arg(config.active_jobs_list())
+                    .cmd("ZCARD")
+                    .arg(config.scheduled_jobs_set())
+                    .query_async(storage.get_connection())
+                    .await
+                    .map_err(queue_error)?;
+                Ok(active + scheduled)
+            }
+        }
+    }
+
+    /// A round trip to the storage, for readiness checks.
+    pub async fn ping(&self) -> Result<(), Error> {
+        match self {
+            Queue::Sqlite { pool, .. } => {
+                sqlx::query("SELECT 1")
+                    .execute(pool)
+                    .await
+                    .map_err(queue_error)?;
+            }
+            Queue::Redis { storage } => {
+                let mut storage = storage.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(storage.get_connection())
+                    .await
+                    .map_err(queue_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `concurrency` attempts at a time until `shutdown` resolves; an
+    /// attempt in flight then finishes (or its lease hands it to another
+    /// worker). An idle worker looks for jobs every `poll`, and at once when
+    /// this process enqueues into a SQLite queue.
+    pub async fn run_workers(
+        self,
+        name: &str,
+        dispatcher: Arc<Dispatcher>,
+        concurrency: usize,
+        poll: Duration,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let stop = shutdown.map(Ok::<(), std::io::Error>);
+        let strategy = Strategy::new().interval(poll);
+        let result = match self {
+            Queue::Sqlite { storage, hook, .. } => {
+                let hook = hook.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let strategy = match hook {
+                    Some(hook) => strategy.stream(hook.ready_chunks(64)),
+                    None => strategy,
+                };
+                WorkerBuilder::new(name)
+                    .backend(storage.poll_with_strategy(strategy))
+                    .concurrency(concurrency)
+                    .data(dispatcher)
+                    .build(handle)
+                    .run_until(stop)
+                    .await
+            }
+            Queue::Redis { storage } => {
+                WorkerBuilder::new(name)
+                    .backend(storage.poll_with_strategy(strategy))
+                    .concurrency(concurrency)
+                    .data(dispatcher)
+                    .build(handle)
+                    .run_until(stop)
+                    .await
+            }
+        };
+        result.map_err(queue_error)
+    }
+}
+
+/// The job handler. It never fails the job: what went wrong is recorded on
+/// the delivery (or, for a database outage, left to the lease and sweeper),
+/// so apalis has nothing to retry.
+async fn handle(job: DeliveryJob, dispatcher: Data<Arc<Dispatcher>>) -> Result<(), BoxDynError> {
+    match dispatcher.process(job.delivery).await {
+        Ok(outcome) => tracing::debug!(delivery = %job.delivery, ?outcome, "attempt done"),
+        Err(e) => {
+            tracing::warn!(delivery = %job.delivery, error = %e, "attempt stopped; the sweeper will retry it")
+        }
+    }
+    Ok(())
+}

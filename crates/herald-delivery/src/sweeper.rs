@@ -1,0 +1,96 @@
+//! The sweeper: the database, not the queue, decides what is owed.
+//!
+//! Every `interval` it (1) hands back deliveries still `sending` past their
+//! lease — their worker died — and (2) re-enqueues due deliveries the queue
+//! has lost (Redis flushed or restarted, a crash between commit and
+//! enqueue).
+//!
+//! The queue cannot say *which* jobs it lost, but it can say how many it
+//! holds: when the database owes more attempts than the queue has jobs,
+//! the difference is lost, and the sweeper re-enqueues that many of the due
+//! deliveries whose last job is the oldest (older than `stale`). A long
+//! but healthy backlog is left alone, and a delivery enqueued twice is
+//! still claimed once, so a wrong guess costs a query, never a duplicate
+//! message. Every node runs a sweeper; they need no coordination.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Error;
+use crate::clock::Clock;
+use crate::queue::Queue;
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Deliveries whose worker died mid-attempt, handed back.
+    pub released: u64,
+    /// Deliveries the queue had lost, enqueued again.
+    pub requeued: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sweeper {
+    pub store: herald_store::Store,
+    pub queue: Queue,
+    pub clock: Arc<dyn Clock>,
+    /// How old a job may get before the sweeper assumes it lost.
+    pub stale: Duration,
+    /// Most deliveries re-enqueued per sweep.
+    pub batch: u32,
+}
+
+impl Sweeper {
+    pub async fn sweep_once(&self) -> Result<Sweep, Error> {
+        let now = self.clock.now().timestamp_millis();
+        let released = self.store.release_expired_leases(now).await?;
+        let owed = self.store.open_deliveries().await?;
+        let queued = self.queue.depth().await?;
+        let lost = u32::try_from(owed.saturating_sub(queued)).unwrap_or(u32::MAX);
+        if lost == 0 {
+            return Ok(Sweep {
+                released,
+                requeued: 0,
+            });
+        }
+        let stale = i64::try_from(self.stale.as_millis()).unwrap_or(i64::MAX);
+        let stranded = self
+            .store
+            .stranded_deliveries(now, stale, self.batch.min(lost))
+            .await?;
+        if !stranded.is_empty() {
+            self.queue.enqueue(&stranded).await?;
+            self.store.mark_enqueued(&stranded, now).await?;
+        }
+        if released > 0 || !stranded.is_empty() {
+            tracing::info!(
+                released,
+                owed,
+                queued,
+                requeued = stranded.len(),
+                "sweep recovered deliveries"
+            );
+        }
+        Ok(Sweep {
+            released,
+            requeued: stranded.len(),
+        })
+    }
+
+    /// Sweeps every `interval` until `shutdown` resolves.
+    pub async fn run(self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = ticker.tick() => {
+                    if let Err(e) = self.sweep_once().await {
+                        tracing::warn!(error = %e, "sweep failed; trying again next tick");
+                    }
+                }
+            }
+        }
+    }
+}
