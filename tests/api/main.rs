@@ -3,9 +3,13 @@
 
 mod auth;
 mod catalog;
+mod cluster;
 mod inbox;
 mod ingest;
+mod realtime;
+mod socketio;
 mod users;
+mod ws;
 
 use herald_core::EventKind;
 use serde_json::{Value, json};

@@ -42,6 +42,8 @@ pub struct Settings {
     pub routing: RoutingSettings,
     pub templates: TemplateSettings,
     pub log: LogSettings,
+    /// The realtime gateway (Socket.IO, `/ws`, resume, Redis bus).
+    pub realtime: herald_realtime::RealtimeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,6 +207,9 @@ impl Settings {
                 "database.url",
                 "must start with sqlite:, postgres: or postgresql:",
             ));
+        }
+        if let Err(herald_realtime::Error::Config { key, message }) = self.realtime.validate() {
+            return Err(ConfigError::new(format!("realtime.{key}"), message));
         }
         match self.auth.algorithm {
             TokenAlgorithm::HS256 => {

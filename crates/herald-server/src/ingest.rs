@@ -5,6 +5,11 @@
 //! (preferences) → render inbox text (templates) → one transaction. A batch
 //! is validated whole before anything is written, and written whole or not
 //! at all; recipients and profiles are looked up once per batch.
+//!
+//! After the transaction commits, every newly accepted event (not a
+//! duplicate) is handed to the realtime hub for its rooms; the hub reaches
+//! every node. Fan-out cannot fail the publish: the events are durable and
+//! in the inbox already.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,6 +22,7 @@ use herald_core::{
     ValidationError,
 };
 use herald_delivery::{InboxText, Templates};
+use herald_realtime::{Hub, Outgoing};
 use herald_store::{DeliveryStatus, Ingested, NewDelivery, NewEvent, NewNotification, Store};
 use serde::Deserialize;
 use serde_json::Value;
@@ -41,6 +47,8 @@ pub struct Publisher {
     store: Store,
     routing: Arc<RoutingTable>,
     templates: Arc<Templates>,
+    /// Where accepted events fan out to sockets, when the gateway runs.
+    fanout: Option<Hub>,
 }
 
 /// One event, checked and routed, waiting to be written.
@@ -57,7 +65,15 @@ impl Publisher {
             store,
             routing,
             templates,
+            fanout: None,
         }
+    }
+
+    /// Fans accepted events out through `hub` after they commit.
+    #[must_use]
+    pub fn with_fanout(mut self, hub: Hub) -> Self {
+        self.fanout = Some(hub);
+        self
     }
 
     /// Publishes envelopes (JSON values, so each error can name its item).
@@ -91,6 +107,7 @@ impl Publisher {
         let profiles = self.store.profiles(&users).await?;
 
         let mut events = Vec::with_capacity(prepared.len());
+        let mut outgoing = Vec::with_capacity(prepared.len());
         for p in prepared {
             let plans = p.route.plan(&members, &profiles, now);
             let mut rendered: HashMap<Locale, InboxText> = HashMap::new();
@@ -129,6 +146,14 @@ impl Publisher {
                     deliveries,
                 });
             }
+            if self.fanout.is_some() {
+                outgoing.push(Outgoing {
+                    event: p.event.kind.as_str().to_owned(),
+                    event_id: p.id.to_string(),
+                    rooms: p.route.rooms.clone(),
+                    data: p.event.data.clone(),
+                });
+            }
             events.push(NewEvent {
                 id: p.id,
                 key: p.key,
@@ -139,7 +164,7 @@ impl Publisher {
                 notifications,
             });
         }
-        self.store.ingest(&events).await.map_err(|err| match err {
+        let outcomes = self.store.ingest(&events).await.map_err(|err| match err {
             herald_store::Error::IdempotencyConflict { index, .. } => {
                 let field = if batch {
                     format!("[{index}].id")
@@ -149,7 +174,17 @@ impl Publisher {
                 ApiError::from(err).field(field)
             }
             other => other.into(),
-        })
+        })?;
+        if let Some(hub) = &self.fanout {
+            let accepted: Vec<Outgoing> = outcomes
+                .iter()
+                .zip(outgoing)
+                .filter(|(outcome, _)| matches!(outcome, Ingested::Accepted(_)))
+                .map(|(_, out)| out)
+                .collect();
+            hub.publish(accepted).await;
+        }
+        Ok(outcomes)
     }
 
     fn prepare(&self, item: Value, now_ms: i64) -> Result<Prepared, ValidationError> {

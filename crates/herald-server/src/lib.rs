@@ -35,4 +35,6 @@ pub enum Error {
     Store(#[from] herald_store::Error),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Realtime(#[from] herald_realtime::Error),
 }

@@ -14,6 +14,7 @@ use axum::http::Request;
 use axum::routing::{delete, get, post};
 use herald_core::RoutingTable;
 use herald_delivery::Templates;
+use herald_realtime::Hub;
 use herald_store::Store;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -23,7 +24,7 @@ use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
 use crate::ingest::Publisher;
 use crate::problem::ApiError;
-use crate::routes::{events, health, inbox, users};
+use crate::routes::{admin, events, health, inbox, users};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -32,6 +33,8 @@ pub struct AppState {
     pub store: Store,
     pub auth: Arc<Authenticator>,
     pub publisher: Publisher,
+    /// The realtime gateway's hub.
+    pub realtime: Hub,
 }
 
 /// A built, bound, not yet serving Herald.
@@ -66,7 +69,9 @@ impl Application {
                     ),
                 )
             })?;
-        let publisher = Publisher::new(store.clone(), routing, templates);
+        let realtime = Hub::start(settings.realtime.clone(), auth.clone(), store.clone()).await?;
+        let publisher =
+            Publisher::new(store.clone(), routing, templates).with_fanout(realtime.clone());
         Ok(Application {
             listener,
             state: AppState {
@@ -74,6 +79,7 @@ impl Application {
                 store,
                 auth,
                 publisher,
+                realtime,
             },
         })
     }
@@ -88,16 +94,22 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests
-    /// and closes the database pools.
+    /// Serves until `shutdown` resolves; then tells realtime clients to
+    /// reconnect (with jittered delays), finishes in-flight requests and
+    /// closes the database pools.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let store = self.state.store.clone();
+        let realtime = self.state.realtime.clone();
+        let grace = self.state.settings.realtime.shutdown_grace();
         let app = router(self.state);
         axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                realtime.shutdown(grace).await;
+            })
             .await?;
         store.close().await;
         Ok(())
@@ -112,9 +124,10 @@ fn load_routing(settings: &Settings) -> Result<RoutingTable, ConfigError> {
         .map_err(|e| ConfigError::new("routing.file", format!("{}: {e}", path.display())))
 }
 
-/// The HTTP surface of contract §7.
+/// The HTTP surface of contract §7, and the realtime endpoints of §3.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.server.max_body_bytes;
+    let realtime = state.realtime.router();
     Router::new()
         .route("/v1/events", post(events::publish))
         .route("/v1/notifications", get(inbox::list))
@@ -130,8 +143,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user}/contact", get(users::get_contact).put(users::put_contact))
         .route("/v1/users/{user}/devices", get(users::list_devices).post(users::add_device))
         .route("/v1/users/{user}/devices/{id}", delete(users::delete_device))
+        .route("/v1/admin/stats", get(admin::stats))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(admin::metrics))
+        .merge(realtime)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -38,6 +38,9 @@ pub struct TestApp {
     pub secret: String,
     auth: Authenticator,
     cleanup: Cleanup,
+    /// Stops the server gracefully (see [`TestApp::shutdown`]).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 #[derive(Debug)]
@@ -122,7 +125,10 @@ pub async fn spawn_app_with(
     let app = Application::build(settings).await.expect("Herald builds");
     let address = format!("http://{}", app.local_addr());
     let store = app.state().store.clone();
-    tokio::spawn(app.run_until(std::future::pending()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -135,6 +141,8 @@ pub async fn spawn_app_with(
         secret,
         auth,
         cleanup,
+        stop: Some(stop),
+        server: Some(server),
     })
 }
 
@@ -183,6 +191,19 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// Shuts the server down as SIGTERM would, and waits until it has.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server shuts down cleanly");
+        }
+    }
+
     /// A token for `sub` with `role`, valid for an hour.
     pub fn token(&self, role: Role, sub: &str, restaurant: Option<&str>) -> String {
         self.auth
