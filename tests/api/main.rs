@@ -1,6 +1,7 @@
 //! Herald's integration tests: one binary, a real Herald per test on port
 //! 0, each scenario on SQLite and on PostgreSQL.
 
+mod actions;
 mod auth;
 mod catalog;
 mod cluster;

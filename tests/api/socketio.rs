@@ -349,3 +349,24 @@ async fn a_flood_is_rate_limited_then_closed() {
     assert!(saw_limit, "told RATE_LIMITED before the close");
     client.exit().await;
 }
+
+#[tokio::test]
+async fn shutdown_tells_socketio_clients_to_reconnect() {
+    if !node_ready() {
+        return;
+    }
+    let mut app = spawn_app(Backend::Sqlite).await.unwrap();
+    let (mut client, _) = Sio::connect(&app, &app.admin_token()).await;
+    app.shutdown().await;
+    let notice = client.event("disconnected").await;
+    assert_eq!(notice[0]["reason"], "server_restart");
+    assert!(notice[0]["reconnectDelay"].as_u64().unwrap() >= 1000);
+    // A transport close, not a server-side disconnect: socket.io-client
+    // reconnects by itself.
+    let next = client.recv().await;
+    assert_eq!(
+        (next["type"].as_str(), next["reason"].as_str()),
+        (Some("disconnect"), Some("transport close"))
+    );
+    client.exit().await;
+}

@@ -417,3 +417,70 @@ async fn a_slow_reader_is_disconnected_and_its_buffer_freed() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn admins_see_stats_and_anyone_can_scrape_metrics() {
+    let app = app().await;
+    let guest = user("stats-guest");
+    let token = app.token(Role::Guest, &guest, None);
+    let (_one, _) = Ws::connect(&app, &token).await;
+    let (mut two, _) = Ws::connect(&app, &token).await;
+    two.subscribe("guest_card", json!({"guestId": guest})).await;
+    let (_admin, _) = Ws::connect(&app, &app.admin_token()).await;
+
+    let res = app.get("/v1/admin/stats", &token).await;
+    assert_eq!(res.status(), 403);
+    let stats: Value = app
+        .get("/v1/admin/stats", &app.admin_token())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["connectedUsers"], 2, "{stats}");
+    assert_eq!(stats["totalSockets"], 3);
+    // user:{guest}, guest:{guest}, user:admin-1, admin
+    assert_eq!(stats["rooms"], 4);
+    assert_eq!(stats["transports"]["ws"], 3);
+
+    publish_ok(&app, &points_for(&guest, 1)).await;
+    two.event("points_added").await;
+    let res = app.get("/metrics", "").await;
+    assert_eq!(res.status(), 200);
+    let metrics = res.text().await.unwrap();
+    for line in [
+        r#"herald_realtime_connections{transport="ws"} 3"#,
+        "herald_realtime_rooms 4",
+        "herald_realtime_events_published_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains(r#"herald_realtime_messages_sent_total{transport="ws"}"#));
+    assert!(metrics.contains(r#"herald_realtime_disconnects_total{reason="server_restart"} 0"#));
+}
+
+#[tokio::test]
+async fn shutdown_tells_every_client_to_come_back_later() {
+    let mut app = spawn_app_with(Backend::Sqlite, |s| {
+        s.realtime.reconnect_delay_ms = 1000;
+        s.realtime.reconnect_jitter_ms = 2000;
+    })
+    .await
+    .unwrap();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let token = app.token(Role::Guest, &user(&format!("leaving-{i}")), None);
+        clients.push(Ws::connect(&app, &token).await.0);
+    }
+    app.shutdown().await;
+    for ws in &mut clients {
+        let notice = ws.event("disconnected").await;
+        assert_eq!(notice["data"]["reason"], "server_restart");
+        let delay = notice["data"]["reconnectDelay"].as_u64().unwrap();
+        assert!((1000..=3000).contains(&delay), "{delay}");
+        let close = ws.closed().await.expect("a close frame");
+        assert_eq!(close.code, CloseCode::Restart);
+    }
+    // And it is gone.
+    let request = ws_url(&app).into_client_request().unwrap();
+    assert!(Ws::try_connect(request).await.is_err());
+}
