@@ -370,3 +370,31 @@ async fn shutdown_tells_socketio_clients_to_reconnect() {
     );
     client.exit().await;
 }
+
+#[tokio::test]
+async fn long_polling_answers_cors_for_allowed_origins_only() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.realtime.allowed_origins = vec!["https://app.example".into()];
+    })
+    .await
+    .unwrap();
+    let handshake = |origin: &'static str| {
+        app.client
+            .get(format!(
+                "{}/socket.io/?EIO=4&transport=polling",
+                app.address
+            ))
+            .header("origin", origin)
+            .send()
+    };
+    let res = handshake("https://app.example").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(res.headers()["access-control-allow-credentials"], "true");
+    let res = handshake("https://elsewhere.example").await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(!res.headers().contains_key("access-control-allow-origin"));
+}

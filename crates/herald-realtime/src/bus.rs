@@ -337,12 +337,15 @@ impl RedisBus {
         }
     }
 
-    pub fn spawn_reader(&self, hub: Hub) {
+    /// Follows the shared stream from `start` (the position when the hub
+    /// started, which is also the first watermark sockets get).
+    pub fn spawn_reader(&self, hub: Hub, start: u64) {
         tokio::spawn(read_loop(
             hub,
             self.client.clone(),
             self.prefix.clone(),
             self.reading.clone(),
+            start,
         ));
     }
 }
@@ -353,13 +356,13 @@ const BLOCK_MS: u64 = 2_000;
 
 /// Follows `P:all` from the position at start and dispatches every event
 /// to this node's sockets, reconnecting with backoff when Redis fails.
-async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<AtomicBool>) {
+async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<AtomicBool>, start: u64) {
     let crate::hub::Log::Redis(bus) = &hub.inner.log else {
         return;
     };
     let mut stop = hub.inner.stop.subscribe();
     let key = format!("{prefix}all");
-    let mut last: Option<u64> = None;
+    let mut last = start;
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
@@ -374,16 +377,15 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            let (_, head) = bus.position().await.map_err(|e| e.to_string())?;
             // Detects a gap: entries after our position trimmed while we were away.
             let info: Result<Value, _> = redis::cmd("XINFO")
                 .arg("STREAM")
                 .arg(&key)
                 .query_async(&mut conn)
                 .await;
-            Ok::<_, String>((conn, head, info.ok().and_then(max_deleted)))
+            Ok::<_, String>((conn, info.ok().and_then(max_deleted)))
         };
-        let (mut conn, head, max_deleted) = match connected.await {
+        let (mut conn, max_deleted) = match connected.await {
             Ok(c) => c,
             Err(e) => {
                 reading.store(false, Ordering::SeqCst);
@@ -397,22 +399,12 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
                 continue;
             }
         };
-        let from = match last {
-            None => {
-                hub.raise_watermark(head);
-                head
-            }
-            Some(last) => {
-                if max_deleted.is_some_and(|d| d > last) {
-                    tracing::warn!(
-                        "realtime bus: events were trimmed while this node was cut off; asking its sockets to resume"
-                    );
-                    hub.kill_all(CloseReason::ServerRestart);
-                }
-                last
-            }
-        };
-        last = Some(from);
+        if max_deleted.is_some_and(|d| d > last) {
+            tracing::warn!(
+                "realtime bus: events were trimmed while this node was not reading; asking its sockets to resume"
+            );
+            hub.kill_all(CloseReason::ServerRestart);
+        }
         backoff = Duration::from_millis(100);
         reading.store(true, Ordering::SeqCst);
         hub.metrics().bus_up.set(1);
@@ -425,7 +417,7 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
                 .arg(512)
                 .arg("STREAMS")
                 .arg(&key)
-                .arg(format!("{}-0", last.unwrap_or(0)));
+                .arg(format!("{last}-0"));
             let read = read.query_async::<Value>(&mut conn);
             let reply = tokio::select! {
                 reply = read => reply,
@@ -444,7 +436,7 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
                         let Some(offset) = id_offset(&id) else {
                             continue;
                         };
-                        last = Some(offset);
+                        last = offset;
                         match serde_json::from_str::<Stored>(&frame) {
                             Ok(stored) => hub.dispatch(&Arc::new(Delivery::new(offset, stored))),
                             Err(e) => {

@@ -12,7 +12,10 @@
 //! **Once per socket.** A socket in several of an event's rooms is found
 //! once: targets are collected into a set before anything is sent. The
 //! event is serialised once per broadcast ([`Delivery`]); every queue gets
-//! the same `Arc`.
+//! the same `Arc`. A `/ws` socket is written that very frame; a Socket.IO
+//! socket gets the payload's serialised bytes spliced into its packet
+//! (socketioxide has no public per-socket raw send, so the packet's few
+//! framing bytes are written per socket, the payload is not re-encoded).
 //!
 //! **Shutdown.** [`Hub::shutdown`] refuses new connections, tells every
 //! socket `disconnected {reason: "server_restart", reconnectDelay}` with a
@@ -235,7 +238,11 @@ impl Hub {
             Log::Memory(_) => {
                 tokio::spawn(sweep_memory(hub.clone()));
             }
-            Log::Redis(bus) => bus.spawn_reader(hub.clone()),
+            Log::Redis(bus) => {
+                let (_, head) = bus.position().await?;
+                hub.raise_watermark(head);
+                bus.spawn_reader(hub.clone(), head);
+            }
         }
         hub.inner.actions.spawn_relay(hub.clone());
         tracing::info!(

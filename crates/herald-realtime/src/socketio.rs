@@ -19,6 +19,7 @@ use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler};
 use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SocketIo, TransportType};
 use tokio::sync::{mpsc, oneshot};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::hub::{Conn, Hub, Transport};
 use crate::protocol::{CloseReason, Refusal};
@@ -45,7 +46,32 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(hub: &Hub) -> (axum::Rout
             async move { admit(hub, socket, auth.ok()).await }
         }),
     );
-    (axum::Router::new().route_service("/socket.io/", svc), io)
+    // Long-polling from a browser page is a cross-origin XHR when the page
+    // is served elsewhere: answer CORS for the origins the allowlist admits
+    // (the Origin check in front has refused the others already).
+    let origins = c.allowed_origins.clone();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, parts| {
+            let host = parts
+                .headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok());
+            origin
+                .to_str()
+                .is_ok_and(|o| crate::origin::allowed(o, host, &origins))
+        }))
+        .allow_credentials(true)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+        ]);
+    (
+        axum::Router::new()
+            .route_service("/socket.io/", svc)
+            .layer(cors),
+        io,
+    )
 }
 
 /// Lets the session start once socketioxide has sent the CONNECT answer
@@ -139,8 +165,9 @@ async fn admit(hub: Hub, socket: SocketRef, auth: Option<Value>) -> Result<(), R
         exp,
         None,
     );
+    let handshake = config.ping_timeout();
     tokio::spawn(async move {
-        if ready.await.is_ok() {
+        if let Ok(Ok(())) = tokio::time::timeout(handshake, ready).await {
             session.run(resume).await;
         } else {
             // socketioxide could not complete the handshake.
