@@ -523,12 +523,12 @@ async fn flushing_redis_mid_burst_loses_nothing() {
         },
     )
     .await;
-    for fake in [&fakes.email, &fakes.sms] {
+    for (name, fake) in [("email", &fakes.email), ("sms", &fakes.sms)] {
         let sent = fake.sent();
         let keys: std::collections::HashSet<_> =
             sent.iter().map(|m| m.idempotency_key.clone()).collect();
-        assert_eq!(sent.len(), 5_000, "{:?}: every delivery sent", fake);
-        assert_eq!(keys.len(), 5_000, "{:?}: none sent twice", fake);
+        assert_eq!(keys.len(), 5_000, "{name}: every delivery sent");
+        assert_eq!(sent.len(), 5_000, "{name}: none sent twice");
     }
 }
 

@@ -1,12 +1,17 @@
 //! Herald's integration tests: one binary, a real Herald per test on port
 //! 0, each scenario on SQLite and on PostgreSQL.
 
+mod actions;
 mod auth;
 mod catalog;
+mod cluster;
 mod delivery;
 mod inbox;
 mod ingest;
+mod realtime;
+mod socketio;
 mod users;
+mod ws;
 
 use herald_core::EventKind;
 use serde_json::{Value, json};

@@ -247,12 +247,19 @@ impl Queue {
 /// The job handler. It never fails the job: what went wrong is recorded on
 /// the delivery (or, for a database outage, left to the lease and sweeper),
 /// so apalis has nothing to retry.
+///
+/// The attempt runs on a task of its own: if the apalis worker dies under
+/// it (its Redis was flushed), the attempt still finishes and records its
+/// outcome instead of leaving a sent message looking unsent.
 async fn handle(job: DeliveryJob, dispatcher: Data<Arc<Dispatcher>>) -> Result<(), BoxDynError> {
-    match dispatcher.process(job.delivery).await {
-        Ok(outcome) => tracing::debug!(delivery = %job.delivery, ?outcome, "attempt done"),
-        Err(e) => {
-            tracing::warn!(delivery = %job.delivery, error = %e, "attempt stopped; the sweeper will retry it")
+    let dispatcher = Arc::clone(&dispatcher);
+    let attempt = tokio::spawn(async move { dispatcher.process(job.delivery).await });
+    match attempt.await {
+        Ok(Ok(outcome)) => tracing::debug!(delivery = %job.delivery, ?outcome, "attempt done"),
+        Ok(Err(e)) => {
+            tracing::warn!(delivery = %job.delivery, error = %e, "attempt stopped; the sweeper will retry it");
         }
+        Err(e) => tracing::error!(delivery = %job.delivery, error = %e, "attempt panicked"),
     }
     Ok(())
 }

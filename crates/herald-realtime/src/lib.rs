@@ -1,7 +1,80 @@
-//! Herald's realtime hub: Socket.IO v4 and plain WebSocket transports over
-//! one set of rooms, subscription authorisation, resume from a room offset,
-//! and the cross-node bus.
+//! Herald's realtime gateway: one hub, two transports.
 //!
-//! The crate is part of the workspace layout from the start so that the
-//! dependency order (`core` ← `realtime` ← `server`) is fixed; the hub
-//! arrives with the realtime gateway.
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the `[realtime]` settings: every limit, typed and checked |
+//! | [`protocol`] | the wire protocol without I/O: rooms, subscription rules, error codes, resume and `action_confirm` shapes |
+//! | [`hub`] | connections, rooms and fan-out: each event serialised once, each socket served once, slow sockets cut off |
+//! | [`history`] | room streams: offsets, the per-room history resume reads, single-node storage |
+//! | [`bus`] | the same streams in Redis, and the reader that fans out events published on any node |
+//! | [`session`] | one connection's life on either transport: `connected`, resume, messages in order, the close |
+//! | [`socketio`] | Socket.IO v4 at `/socket.io/` (socketioxide): handshake auth, inline message intake |
+//! | [`ws`] | the plain JSON WebSocket at `/ws` |
+//! | [`origin`] | the Origin allowlist on both endpoints |
+//! | [`actions`] | `action_confirm`: recorded, acked, relayed to a signed webhook with retries |
+//! | [`metrics`] | the gateway's Prometheus metrics |
+//!
+//! The server wires it: [`Hub::start`] with the settings, a token
+//! [`Verifier`] and the store; [`Hub::router`] for the two endpoints;
+//! [`Hub::publish`] after ingest commits; [`Hub::shutdown`] before the
+//! process exits. Nothing here knows the server's other routes.
+
+pub mod actions;
+pub mod bus;
+pub mod config;
+pub mod history;
+pub mod hub;
+pub mod metrics;
+pub mod origin;
+pub mod protocol;
+pub mod session;
+pub mod socketio;
+pub mod ws;
+
+use axum::Router;
+use axum::routing::get;
+use herald_core::auth::Principal;
+
+pub use config::RealtimeConfig;
+pub use hub::{Hub, Outgoing, Stats};
+
+/// Checks tokens for the gateway. The server implements it with its
+/// configured algorithm and keys.
+pub trait Verifier: Send + Sync + 'static {
+    /// Who the token names, and when it stops being valid (Unix seconds,
+    /// leeway included), or a message safe to show the client.
+    fn verify(&self, token: &str) -> Result<(Principal, u64), String>;
+}
+
+/// Why the gateway could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A `[realtime]` setting is wrong; `key` is relative to the section.
+    #[error("realtime.{key}: {message}")]
+    Config { key: String, message: String },
+    /// Redis failed or answered something unexpected.
+    #[error("realtime bus: {0}")]
+    Bus(String),
+}
+
+impl Hub {
+    /// The two realtime endpoints, behind the Origin check: `GET /ws` and
+    /// `/socket.io/`. Call once; the Socket.IO engine it builds is the one
+    /// [`Hub::shutdown`] closes.
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        let (socketio, io) = socketio::router(self);
+        if self.inner.io.set(io).is_err() {
+            tracing::warn!(
+                "Hub::router called twice; shutdown closes the first Socket.IO engine only"
+            );
+        }
+        Router::new()
+            .route("/ws", get(ws::upgrade))
+            .merge(socketio)
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                origin::check,
+            ))
+            .with_state(self.clone())
+    }
+}

@@ -128,6 +128,13 @@ impl Authenticator {
 
     /// Verifies a token and reads who it names.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify_until(token).map(|(principal, _)| principal)
+    }
+
+    /// As [`Authenticator::verify`], with the moment the token stops being
+    /// accepted (Unix seconds: `exp` plus the leeway), for connections that
+    /// outlive a request.
+    pub fn verify_until(&self, token: &str) -> Result<(Principal, u64), AuthError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
@@ -151,11 +158,14 @@ impl Authenticator {
                 role.as_str()
             )));
         }
-        Ok(Principal {
-            user_id: UserId(user),
-            role,
-            restaurant_id: claims.restaurant_id,
-        })
+        Ok((
+            Principal {
+                user_id: UserId(user),
+                role,
+                restaurant_id: claims.restaurant_id,
+            },
+            claims.exp.saturating_add(self.validation.leeway),
+        ))
     }
 
     /// Signs a token for `sub` with `role`, valid for `ttl`.
@@ -249,3 +259,10 @@ impl Caller {
 
 /// Shared handle.
 pub type SharedAuth = Arc<Authenticator>;
+
+/// The realtime gateway checks tokens the same way as REST.
+impl herald_realtime::Verifier for Authenticator {
+    fn verify(&self, token: &str) -> Result<(Principal, u64), String> {
+        self.verify_until(token).map_err(|e| e.to_string())
+    }
+}

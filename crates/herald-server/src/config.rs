@@ -44,6 +44,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub channels: ChannelSettings,
     pub log: LogSettings,
+    /// The realtime gateway (Socket.IO, `/ws`, resume, Redis bus).
+    pub realtime: herald_realtime::RealtimeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -275,6 +277,9 @@ impl Settings {
                 "database.url",
                 "must start with sqlite:, postgres: or postgresql:",
             ));
+        }
+        if let Err(herald_realtime::Error::Config { key, message }) = self.realtime.validate() {
+            return Err(ConfigError::new(format!("realtime.{key}"), message));
         }
         match self.auth.algorithm {
             TokenAlgorithm::HS256 => {

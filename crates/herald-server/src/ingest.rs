@@ -5,6 +5,11 @@
 //! (preferences) → render inbox text (templates) → one transaction. A batch
 //! is validated whole before anything is written, and written whole or not
 //! at all; recipients and profiles are looked up once per batch.
+//!
+//! After the transaction commits, every newly accepted event (not a
+//! duplicate) is handed to the realtime hub for its rooms; the hub reaches
+//! every node. Fan-out cannot fail the publish: the events are durable and
+//! in the inbox already.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use herald_core::{
     ValidationError,
 };
 use herald_delivery::{Clock, InboxText, Queue, Templates};
+use herald_realtime::{Hub, Outgoing};
 use herald_store::{DeliveryStatus, Ingested, NewDelivery, NewEvent, NewNotification, Store};
 use serde::Deserialize;
 use serde_json::Value;
@@ -34,7 +40,7 @@ struct Envelope {
     data: Value,
 }
 
-/// Turns envelopes into stored events and queued deliveries.
+/// Turns envelopes into stored events.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     store: Store,
@@ -42,6 +48,8 @@ pub struct Publisher {
     templates: Arc<Templates>,
     queue: Queue,
     clock: Arc<dyn Clock>,
+    /// Where accepted events fan out to sockets, when the gateway runs.
+    fanout: Option<Hub>,
 }
 
 /// One event, checked and routed, waiting to be written.
@@ -66,7 +74,15 @@ impl Publisher {
             templates,
             queue,
             clock,
+            fanout: None,
         }
+    }
+
+    /// Fans accepted events out through `hub` after they commit.
+    #[must_use]
+    pub fn with_fanout(mut self, hub: Hub) -> Self {
+        self.fanout = Some(hub);
+        self
     }
 
     /// Publishes envelopes (JSON values, so each error can name its item).
@@ -100,6 +116,7 @@ impl Publisher {
         let profiles = self.store.profiles(&users).await?;
 
         let mut events = Vec::with_capacity(prepared.len());
+        let mut outgoing = Vec::with_capacity(prepared.len());
         for p in prepared {
             let plans = p.route.plan(&members, &profiles, now);
             let mut rendered: HashMap<Locale, InboxText> = HashMap::new();
@@ -138,6 +155,14 @@ impl Publisher {
                     deliveries,
                 });
             }
+            if self.fanout.is_some() {
+                outgoing.push(Outgoing {
+                    event: p.event.kind.as_str().to_owned(),
+                    event_id: p.id.to_string(),
+                    rooms: p.route.rooms.clone(),
+                    data: p.event.data.clone(),
+                });
+            }
             events.push(NewEvent {
                 id: p.id,
                 key: p.key,
@@ -159,6 +184,15 @@ impl Publisher {
             }
             other => other.into(),
         })?;
+        if let Some(hub) = &self.fanout {
+            let accepted: Vec<Outgoing> = outcomes
+                .iter()
+                .zip(outgoing)
+                .filter(|(outcome, _)| matches!(outcome, Ingested::Accepted(_)))
+                .map(|(_, out)| out)
+                .collect();
+            hub.publish(accepted).await;
+        }
         self.enqueue(&events, &outcomes).await;
         Ok(outcomes)
     }

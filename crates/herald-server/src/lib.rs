@@ -39,4 +39,6 @@ pub enum Error {
     Delivery(#[from] herald_delivery::Error),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Realtime(#[from] herald_realtime::Error),
 }

@@ -13,8 +13,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::routing::{delete, get, post};
 use herald_core::RoutingTable;
+use herald_core::realtime::Broadcast;
 use herald_delivery::Queue;
 use herald_delivery::Templates;
+use herald_realtime::Hub;
 use herald_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +28,7 @@ use crate::config::{ConfigError, Settings};
 use crate::delivery::{Components, DeliveryRuntime};
 use crate::ingest::Publisher;
 use crate::problem::ApiError;
-use crate::routes::{events, health, inbox, users};
+use crate::routes::{admin, events, health, inbox, users};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -35,7 +37,10 @@ pub struct AppState {
     pub store: Store,
     pub auth: Arc<Authenticator>,
     pub publisher: Publisher,
+    /// The delivery queue (for readiness).
     pub queue: Queue,
+    /// The realtime gateway's hub.
+    pub realtime: Hub,
 }
 
 /// A built, bound, not yet serving Herald.
@@ -76,6 +81,13 @@ impl Application {
                     ),
                 )
             })?;
+        let realtime = Hub::start(settings.realtime.clone(), auth.clone(), store.clone()).await?;
+        let components = Components {
+            broadcast: components
+                .broadcast
+                .or_else(|| Some(Arc::new(realtime.clone()) as Arc<dyn Broadcast>)),
+            ..components
+        };
         let delivery = DeliveryRuntime::build(
             &settings,
             store.clone(),
@@ -90,7 +102,8 @@ impl Application {
             templates,
             delivery.queue.clone(),
             delivery.dispatcher.clock.clone(),
-        );
+        )
+        .with_fanout(realtime.clone());
         Ok(Application {
             listener,
             state: AppState {
@@ -99,6 +112,7 @@ impl Application {
                 auth,
                 publisher,
                 queue: delivery.queue.clone(),
+                realtime,
             },
             delivery,
         })
@@ -118,8 +132,9 @@ impl Application {
         &self.delivery
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests,
-    /// stops the delivery workers (if `delivery.workers_in_serve`) and
+    /// Serves until `shutdown` resolves; then tells realtime clients to
+    /// reconnect (with jittered delays), finishes in-flight requests, stops
+    /// the delivery workers (if `delivery.workers_in_serve`) and
     /// closes the database pools.
     pub async fn run_until(
         self,
@@ -133,9 +148,14 @@ impl Application {
             .delivery
             .workers_in_serve
             .then(|| tokio::spawn(self.delivery.run(stop.clone())));
+        let realtime = self.state.realtime.clone();
+        let grace = self.state.settings.realtime.shutdown_grace();
         let app = router(self.state);
         let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                realtime.shutdown(grace).await;
+            })
             .await;
         stop.cancel();
         if let Some(workers) = workers {
@@ -167,9 +187,10 @@ fn load_routing(settings: &Settings) -> Result<RoutingTable, ConfigError> {
         .map_err(|e| ConfigError::new("routing.file", format!("{}: {e}", path.display())))
 }
 
-/// The HTTP surface of contract §7.
+/// The HTTP surface of contract §7, and the realtime endpoints of §3.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.server.max_body_bytes;
+    let realtime = state.realtime.router();
     Router::new()
         .route("/v1/events", post(events::publish))
         .route("/v1/notifications", get(inbox::list))
@@ -185,8 +206,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user}/contact", get(users::get_contact).put(users::put_contact))
         .route("/v1/users/{user}/devices", get(users::list_devices).post(users::add_device))
         .route("/v1/users/{user}/devices/{id}", delete(users::delete_device))
+        .route("/v1/admin/stats", get(admin::stats))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(admin::metrics))
+        .merge(realtime)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

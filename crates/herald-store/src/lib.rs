@@ -7,6 +7,7 @@
 //! | [`events`] | ingest: one transaction writes events, inbox entries and deliveries |
 //! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
+//! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
 //!
 //! One [`Store`] speaks to SQLite (the embedded default) or PostgreSQL,
 //! chosen by the URL's scheme, through sqlx's `Any` driver. The schema
@@ -19,6 +20,7 @@
 //! keeps a single-connection pool for writes and a wider one for reads (WAL
 //! lets them run side by side). On PostgreSQL both are the same pool.
 
+pub mod actions;
 pub mod deliveries;
 pub mod directory;
 pub mod events;
@@ -46,6 +48,9 @@ pub enum Error {
     /// is its position in the batch.
     #[error("event {event_id} was already published with a different payload")]
     IdempotencyConflict { index: usize, event_id: String },
+    /// An `action_confirm` id was recorded before with another action or amount.
+    #[error("action {action_id} was already confirmed with a different action or amount")]
+    ActionConflict { action_id: String },
     /// A stored value Herald cannot read back: a bug or a hand-edited row.
     #[error("corrupt row: {0}")]
     Corrupt(String),

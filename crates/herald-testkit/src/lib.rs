@@ -54,6 +54,9 @@ pub struct TestApp {
     pub fakes: Option<Fakes>,
     auth: Authenticator,
     cleanup: Cleanup,
+    /// Stops the server gracefully (see [`TestApp::shutdown`]).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<Result<(), herald_server::Error>>>,
 }
 
 #[derive(Debug)]
@@ -222,7 +225,10 @@ async fn spawn(
     let delivery = app.delivery().clone();
     let address = format!("http://{}", app.local_addr());
     let store = app.state().store.clone();
-    tokio::spawn(app.run_until(std::future::pending()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -238,6 +244,8 @@ async fn spawn(
         fakes,
         auth,
         cleanup,
+        stop: Some(stop),
+        server: Some(server),
     })
 }
 
@@ -303,6 +311,19 @@ impl TestApp {
     /// Where the development outbox writes.
     pub fn outbox_dir(&self) -> PathBuf {
         self.data_dir.join("outbox")
+    }
+
+    /// Shuts the server down as SIGTERM would, and waits until it has.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server shuts down cleanly");
+        }
     }
 
     /// A token for `sub` with `role`, valid for an hour.

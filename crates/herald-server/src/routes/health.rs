@@ -12,22 +12,28 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Herald can do its job: the database and the delivery queue answer. 503
-/// otherwise, naming the failing check.
+/// Herald can do its job: the database answers, the delivery queue
+/// answers, and realtime fan-out works (with Redis: the bus is connected).
+/// 503 otherwise, naming the failing check.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let (database, queue) = tokio::join!(state.store.ping(), state.queue.ping());
+    let (database, queue, realtime) = tokio::join!(
+        state.store.ping(),
+        state.queue.ping(),
+        state.realtime.ready()
+    );
     let mut ready = true;
     let mut check = |name: &str, result: Result<(), String>| match result {
         Ok(()) => "ok",
         Err(e) => {
             tracing::warn!(check = name, error = %e, "not ready");
             ready = false;
-            "unreachable"
+            "unavailable"
         }
     };
     let checks = json!({
         "database": check("database", database.map_err(|e| e.to_string())),
         "queue": check("queue", queue.map_err(|e| e.to_string())),
+        "realtime": check("realtime", realtime),
     });
     let (status, word) = if ready {
         (StatusCode::OK, "ready")

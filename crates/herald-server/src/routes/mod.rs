@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource of contract §7.
 
+pub mod admin;
 pub mod events;
 pub mod health;
 pub mod inbox;

@@ -1,0 +1,531 @@
+//! The cross-node bus: room streams and fan-out in Redis, so N Herald
+//! nodes share rooms and room history.
+//!
+//! Keys (under `redis_prefix`, `P` below):
+//!
+//! | key | what |
+//! |---|---|
+//! | `P:clock` | the last offset issued (see `history` for the offset clock) |
+//! | `P:epoch` | the history's identity; a new one after Redis lost its data |
+//! | `P:all` | every event, in offset order: what every node's reader follows |
+//! | `P:room:{room}` | a room's history, stream ids `{offset}-0`, at most `history_max_events`, expiring `history_max_age` after its last event |
+//! | `P:meta:{room}` | the room's horizon `h` (highest offset no longer held) |
+//! | `P:ev:{eventId}` | an event's offset, for resuming by `lastEventId` |
+//!
+//! Publishing is one Lua script per batch, so issuing offsets, appending to
+//! the rooms and to `P:all` happen atomically and in one order on every
+//! node. Each node reads `P:all` with a blocking `XREAD` from the last id
+//! it dispatched — rather than pub/sub, so a reader that reconnects
+//! continues where it stopped instead of losing what was sent meanwhile.
+//! If the stream was trimmed past that point while the node was cut off,
+//! its sockets are asked to reconnect and resume (from history, which is
+//! exact). A resume's snapshot is one script too: the head and every
+//! room's events after the client's offset, at one instant.
+//!
+//! The bus is healthy while its reader is reading and Redis answers a
+//! `PING`; `/readyz` reports it.
+
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, Client, Script, Value};
+
+use crate::history::{Delivery, Snapshot, Stored, ms_offset, recoverable};
+use crate::hub::Hub;
+use crate::protocol::CloseReason;
+use crate::{Error, RealtimeConfig};
+
+/// Issues offsets and appends a batch. ARGV: prefix, maxlen, max age (ms),
+/// a fresh epoch (used if none is set), the cap of `P:all`, then per event:
+/// frame, event id, room count, rooms…  Returns the offsets.
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local p = ARGV[1]
+local maxlen = tonumber(ARGV[2])
+local age = tonumber(ARGV[3])
+redis.call('SET', p .. 'epoch', ARGV[4], 'NX')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('GET', p .. 'clock') or '0')
+local boundary = (now - age) * 1000
+local function s(n) return string.format('%.0f', n) end
+local out = {}
+local i = 6
+while i <= #ARGV do
+  local frame = ARGV[i]
+  local eid = ARGV[i + 1]
+  local n = tonumber(ARGV[i + 2])
+  i = i + 3
+  local offset = math.max(last + 1, now * 1000)
+  last = offset
+  local id = s(offset) .. '-0'
+  for r = 0, n - 1 do
+    local room = ARGV[i + r]
+    local key = p .. 'room:' .. room
+    local meta = p .. 'meta:' .. room
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('HSET', meta, 'h', s(math.max(boundary - 1, 0)))
+    end
+    local len = redis.call('XLEN', key)
+    if len >= maxlen then
+      local old = redis.call('XRANGE', key, '-', '+', 'COUNT', len - maxlen + 1)
+      local dropped = tonumber(string.match(old[#old][1], '^(%d+)'))
+      local h = tonumber(redis.call('HGET', meta, 'h') or '0')
+      if dropped > h then redis.call('HSET', meta, 'h', s(dropped)) end
+    end
+    redis.call('XADD', key, 'MAXLEN', maxlen, id, 'e', frame)
+    redis.call('PEXPIRE', key, age)
+    redis.call('PEXPIRE', meta, age)
+  end
+  i = i + n
+  redis.call('SET', p .. 'ev:' .. eid, s(offset), 'PX', age)
+  redis.call('XADD', p .. 'all', 'MAXLEN', '~', ARGV[5], id, 'e', frame)
+  redis.call('PEXPIRE', p .. 'all', age)
+  out[#out + 1] = s(offset)
+end
+redis.call('SET', p .. 'clock', s(last))
+return out
+",
+    )
+});
+
+/// The epoch and the head: the clock moved up to Redis's `now`, so every
+/// later offset is above it. ARGV: prefix, a fresh epoch.
+static POSITION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local p = ARGV[1]
+redis.call('SET', p .. 'epoch', ARGV[2], 'NX')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local clock = tonumber(redis.call('GET', p .. 'clock') or '0')
+local head = math.max(clock, now * 1000 - 1)
+redis.call('SET', p .. 'clock', string.format('%.0f', head))
+return {redis.call('GET', p .. 'epoch'), string.format('%.0f', head)}
+",
+    )
+});
+
+/// A resume's view at one instant. ARGV: prefix, a fresh epoch, max age
+/// (ms), per-room limit, then room/offset pairs. Returns epoch, head, now
+/// (ms), then per room {horizon or '', id, frame, id, frame, …}.
+static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local p = ARGV[1]
+redis.call('SET', p .. 'epoch', ARGV[2], 'NX')
+local limit = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local clock = tonumber(redis.call('GET', p .. 'clock') or '0')
+local head = math.max(clock, now * 1000 - 1)
+redis.call('SET', p .. 'clock', string.format('%.0f', head))
+local out = {redis.call('GET', p .. 'epoch'), string.format('%.0f', head), tostring(now)}
+for i = 5, #ARGV, 2 do
+  local key = p .. 'room:' .. ARGV[i]
+  local room = {}
+  if redis.call('EXISTS', key) == 1 then
+    room[1] = redis.call('HGET', p .. 'meta:' .. ARGV[i], 'h') or '0'
+    local entries = redis.call('XRANGE', key, '(' .. ARGV[i + 1] .. '-0', '+', 'COUNT', limit)
+    for _, e in ipairs(entries) do
+      room[#room + 1] = e[1]
+      room[#room + 1] = e[2][2]
+    end
+  else
+    room[1] = ''
+  end
+  out[#out + 1] = room
+end
+return out
+",
+    )
+});
+
+/// Redis connections and the reader's health.
+#[derive(Debug)]
+pub(crate) struct RedisBus {
+    client: Client,
+    conn: ConnectionManager,
+    prefix: String,
+    max_events: usize,
+    max_age_ms: u64,
+    /// A fresh epoch, used only if Redis has none.
+    fresh_epoch: String,
+    reading: Arc<AtomicBool>,
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(bus_error)`
+fn bus_error(e: redis::RedisError) -> Error {
+    Error::Bus(e.to_string())
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+/// `1732600000123004-0` → 1732600000123004.
+fn id_offset(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+impl RedisBus {
+    pub async fn connect(config: &RealtimeConfig) -> Result<RedisBus, Error> {
+        let client = Client::open(config.redis_url.as_str()).map_err(|e| Error::Config {
+            key: "redis_url".into(),
+            message: e.to_string(),
+        })?;
+        let timeout = Some(Duration::from_secs(3));
+        let conn = client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout)
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(2)),
+            )
+            .await
+            .map_err(|e| Error::Bus(format!("cannot reach Redis: {e}")))?;
+        Ok(RedisBus {
+            client,
+            conn,
+            prefix: format!("{}:", config.redis_prefix.trim_end_matches(':')),
+            max_events: config.history_max_events,
+            max_age_ms: config.history_max_age_seconds * 1000,
+            fresh_epoch: uuid::Uuid::new_v4().simple().to_string(),
+            reading: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Appends a batch to its rooms and to the shared stream. Every node's
+    /// reader (this one's included) dispatches it.
+    pub async fn publish(&self, batch: &[Stored]) -> Result<(), Error> {
+        let mut invocation = PUBLISH.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(self.max_events)
+            .arg(self.max_age_ms)
+            .arg(&self.fresh_epoch)
+            .arg((self.max_events * 10).max(10_000));
+        for event in batch {
+            let frame = serde_json::to_string(event).map_err(|e| Error::Bus(e.to_string()))?;
+            invocation
+                .arg(frame)
+                .arg(&event.event_id)
+                .arg(event.rooms.len());
+            for room in &event.rooms {
+                invocation.arg(room);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let _offsets: Vec<String> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(bus_error)?;
+        Ok(())
+    }
+
+    pub async fn position(&self) -> Result<(String, u64), Error> {
+        let mut conn = self.conn.clone();
+        let (epoch, head): (String, String) = POSITION
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(&self.fresh_epoch)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(bus_error)?;
+        let head = head
+            .parse()
+            .map_err(|_| Error::Bus(format!("bad clock `{head}`")))?;
+        Ok((epoch, head))
+    }
+
+    pub async fn snapshot(&self, from: &[(String, u64)]) -> Result<Snapshot, Error> {
+        let mut invocation = SNAPSHOT.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(&self.fresh_epoch)
+            .arg(self.max_age_ms)
+            .arg(self.max_events);
+        for (room, offset) in from {
+            invocation.arg(room).arg(offset.to_string());
+        }
+        let mut conn = self.conn.clone();
+        let reply: Value = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(bus_error)?;
+        let mut parts = array(reply).into_iter();
+        let bad = || Error::Bus("unexpected snapshot reply".into());
+        let epoch = parts.next().as_ref().and_then(text).ok_or_else(bad)?;
+        let head: u64 = parts
+            .next()
+            .as_ref()
+            .and_then(text)
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(bad)?;
+        let now_ms: i64 = parts
+            .next()
+            .as_ref()
+            .and_then(text)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(bad)?;
+        let boundary = ms_offset(now_ms - self.max_age_ms as i64);
+        let mut rooms = Vec::with_capacity(from.len());
+        for ((room, offset), part) in from.iter().zip(parts) {
+            let mut items = array(part).into_iter();
+            let horizon = items.next().as_ref().and_then(text).ok_or_else(bad)?;
+            let horizon = if horizon.is_empty() {
+                None
+            } else {
+                Some(horizon.parse::<u64>().map_err(|_| bad())?)
+            };
+            let mut events = Vec::new();
+            while let (Some(id), Some(frame)) = (items.next(), items.next()) {
+                let (Some(id), Some(frame)) = (text(&id), text(&frame)) else {
+                    return Err(bad());
+                };
+                let offset = id_offset(&id).ok_or_else(bad)?;
+                let stored: Stored =
+                    serde_json::from_str(&frame).map_err(|e| Error::Bus(e.to_string()))?;
+                events.push(Arc::new(Delivery::new(offset, stored)));
+            }
+            let ok = *offset <= head
+                && recoverable(*offset, horizon, events.first().map(|d| d.offset), boundary);
+            rooms.push((room.clone(), ok.then_some(events)));
+        }
+        Ok(Snapshot { epoch, head, rooms })
+    }
+
+    pub async fn offset_of(&self, event_id: &str) -> Result<Option<u64>, Error> {
+        let mut conn = self.conn.clone();
+        let offset: Option<String> = redis::cmd("GET")
+            .arg(format!("{}ev:{event_id}", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .map_err(bus_error)?;
+        Ok(offset.and_then(|o| o.parse().ok()))
+    }
+
+    /// Healthy: the reader is reading and Redis answers.
+    pub async fn ready(&self) -> Result<(), String> {
+        if !self.reading.load(Ordering::SeqCst) {
+            return Err("the bus reader is not connected to Redis".into());
+        }
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        let ping = ping.query_async::<String>(&mut conn);
+        match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("Redis: {e}")),
+            Err(_) => Err("Redis did not answer in time".into()),
+        }
+    }
+
+    /// Follows the shared stream from `start` (the position when the hub
+    /// started, which is also the first watermark sockets get).
+    pub fn spawn_reader(&self, hub: Hub, start: u64) {
+        tokio::spawn(read_loop(
+            hub,
+            self.client.clone(),
+            self.prefix.clone(),
+            self.reading.clone(),
+            start,
+        ));
+    }
+}
+
+/// How long one `XREAD` blocks; also how often an idle node refreshes its
+/// watermark.
+const BLOCK_MS: u64 = 2_000;
+
+/// Follows `P:all` from the position at start and dispatches every event
+/// to this node's sockets, reconnecting with backoff when Redis fails.
+async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<AtomicBool>, start: u64) {
+    let crate::hub::Log::Redis(bus) = &hub.inner.log else {
+        return;
+    };
+    let mut stop = hub.inner.stop.subscribe();
+    let key = format!("{prefix}all");
+    let mut last = start;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let connected = async {
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(
+                    &AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(Duration::from_secs(3)))
+                        .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 3_000))),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            // Detects a gap: entries after our position trimmed while we were away.
+            let info: Result<Value, _> = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await;
+            Ok::<_, String>((conn, info.ok().and_then(max_deleted)))
+        };
+        let (mut conn, max_deleted) = match connected.await {
+            Ok(c) => c,
+            Err(e) => {
+                reading.store(false, Ordering::SeqCst);
+                hub.metrics().bus_up.set(0);
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "realtime bus: cannot reach Redis");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if max_deleted.is_some_and(|d| d > last) {
+            tracing::warn!(
+                "realtime bus: events were trimmed while this node was not reading; asking its sockets to resume"
+            );
+            hub.kill_all(CloseReason::ServerRestart);
+        }
+        backoff = Duration::from_millis(100);
+        reading.store(true, Ordering::SeqCst);
+        hub.metrics().bus_up.set(1);
+        tracing::info!("realtime bus: reading");
+        loop {
+            let mut read = redis::cmd("XREAD");
+            read.arg("BLOCK")
+                .arg(BLOCK_MS)
+                .arg("COUNT")
+                .arg(512)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(format!("{last}-0"));
+            let read = read.query_async::<Value>(&mut conn);
+            let reply = tokio::select! {
+                reply = read => reply,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match reply {
+                Ok(Value::Nil) => {
+                    // Idle: move the watermark up to Redis's now, so new
+                    // sockets get a recent offset to resume from.
+                    if let Ok((_, head)) = bus.position().await {
+                        hub.raise_watermark(head);
+                    }
+                }
+                Ok(reply) => {
+                    for (id, frame) in entries(reply) {
+                        let Some(offset) = id_offset(&id) else {
+                            continue;
+                        };
+                        last = offset;
+                        match serde_json::from_str::<Stored>(&frame) {
+                            Ok(stored) => hub.dispatch(&Arc::new(Delivery::new(offset, stored))),
+                            Err(e) => {
+                                tracing::error!(error = %e, id, "realtime bus: unreadable event")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    reading.store(false, Ordering::SeqCst);
+                    hub.metrics().bus_up.set(0);
+                    tracing::warn!(error = %e, "realtime bus: lost Redis; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `(id, frame)` pairs of an `XREAD` reply for one stream.
+fn entries(reply: Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for stream in array(reply) {
+        let mut parts = array(stream).into_iter();
+        let (Some(_key), Some(items)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        for item in array(items) {
+            let mut item = array(item).into_iter();
+            let (Some(id), Some(fields)) = (item.next(), item.next()) else {
+                continue;
+            };
+            let fields: Vec<String> = array(fields).iter().filter_map(text).collect();
+            if let (Some(id), Some(frame)) = (
+                text(&id),
+                fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == "e")
+                    .and_then(|kv| kv.get(1).cloned()),
+            ) {
+                out.push((id, frame));
+            }
+        }
+    }
+    out
+}
+
+/// `max-deleted-entry-id` of an `XINFO STREAM` reply, as an offset.
+fn max_deleted(info: Value) -> Option<u64> {
+    let items = match info {
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        other => array(other),
+    };
+    let mut it = items.iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if text(k).as_deref() == Some("max-deleted-entry-id") {
+            return text(v).as_deref().and_then(id_offset);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_offsets() {
+        assert_eq!(id_offset("1732600000123004-0"), Some(1_732_600_000_123_004));
+        assert_eq!(id_offset("x"), None);
+    }
+
+    #[test]
+    fn xread_replies_are_read() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![Value::Array(vec![
+            b("P:all"),
+            Value::Array(vec![
+                Value::Array(vec![b("5-0"), Value::Array(vec![b("e"), b("{}")])]),
+                Value::Array(vec![b("6-0"), Value::Array(vec![b("x"), b("y")])]),
+            ]),
+        ])]);
+        assert_eq!(entries(reply), vec![("5-0".to_owned(), "{}".to_owned())]);
+        let info = Value::Array(vec![
+            b("length"),
+            Value::Int(3),
+            b("max-deleted-entry-id"),
+            b("7-0"),
+        ]);
+        assert_eq!(max_deleted(info), Some(7));
+    }
+}

@@ -1,0 +1,218 @@
+//! The `[realtime]` section of Herald's settings: every limit the gateway
+//! enforces, typed, with the key named when a value makes no sense.
+//!
+//! The defaults live in `config/default.toml` next to the other sections;
+//! this struct only says what each value means and checks it. The webhook
+//! secret and the Redis URL (which may carry a password) never reach a log:
+//! `Debug` redacts them.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::Error;
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealtimeConfig {
+    /// This node's name in `connected.serverId`; empty picks `herald-<random>`.
+    pub server_id: String,
+    /// `redis://…` to share rooms and room history between nodes; empty runs
+    /// a single node with history in memory.
+    pub redis_url: String,
+    /// Prefix of every Redis key Herald writes, so several deployments (or
+    /// test runs) can share one Redis.
+    pub redis_prefix: String,
+    /// Origins allowed to open a socket (exact match on the `Origin`
+    /// header). Empty: only same-origin pages (`Origin` names the host the
+    /// request was sent to). `*`: any origin. Requests without an `Origin`
+    /// header (non-browser clients) are not cross-site and always pass.
+    #[serde(deserialize_with = "list")]
+    pub allowed_origins: Vec<String>,
+    /// Largest message a client may send, in bytes (WebSocket message,
+    /// Socket.IO packet, long-polling request body).
+    pub max_message_bytes: usize,
+    /// Sustained client messages per second per connection.
+    pub rate_limit_per_second: u32,
+    /// Messages a connection may send in a burst above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Events waiting to be written to one connection; a connection that
+    /// falls this far behind is disconnected as a slow consumer.
+    pub outbound_queue: usize,
+    /// Rooms one connection may subscribe to (auto-joined rooms excluded).
+    pub max_subscriptions: usize,
+    /// How often the server pings an idle connection.
+    pub ping_interval_ms: u64,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub ping_timeout_ms: u64,
+    /// WebSocket read buffer per connection, in bytes.
+    pub read_buffer_bytes: usize,
+    /// WebSocket write buffer per connection, in bytes (`/ws`; bytes
+    /// buffered before a flush).
+    pub write_buffer_bytes: usize,
+    /// History kept per room for resume: at most this many events…
+    pub history_max_events: usize,
+    /// …and none older than this.
+    pub history_max_age_seconds: u64,
+    /// On shutdown, clients are told to reconnect after this many ms…
+    pub reconnect_delay_ms: u64,
+    /// …plus a random share of this many, so they do not return at once.
+    pub reconnect_jitter_ms: u64,
+    /// How long shutdown waits for sockets to take their `disconnected`.
+    pub shutdown_grace_ms: u64,
+    /// Where `action_confirm` messages are relayed (POST, JSON, signed);
+    /// empty: they are recorded and acknowledged but not relayed.
+    pub webhook_url: String,
+    /// HMAC-SHA256 key for the `X-Herald-Signature` header.
+    pub webhook_secret: String,
+    /// One webhook attempt may take this long.
+    pub webhook_timeout_ms: u64,
+    /// First retry delay after a failed relay; doubles per attempt…
+    pub webhook_retry_base_ms: u64,
+    /// …up to this.
+    pub webhook_retry_max_ms: u64,
+}
+
+/// A list from TOML, or a comma-separated string from an environment variable.
+fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(items) => items,
+        Either::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+impl fmt::Debug for RealtimeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |s: &str| if s.is_empty() { "" } else { "[redacted]" };
+        f.debug_struct("RealtimeConfig")
+            .field("server_id", &self.server_id)
+            .field("redis_url", &redact(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("outbound_queue", &self.outbound_queue)
+            .field("max_subscriptions", &self.max_subscriptions)
+            .field("ping_interval_ms", &self.ping_interval_ms)
+            .field("ping_timeout_ms", &self.ping_timeout_ms)
+            .field("read_buffer_bytes", &self.read_buffer_bytes)
+            .field("write_buffer_bytes", &self.write_buffer_bytes)
+            .field("history_max_events", &self.history_max_events)
+            .field("history_max_age_seconds", &self.history_max_age_seconds)
+            .field("reconnect_delay_ms", &self.reconnect_delay_ms)
+            .field("reconnect_jitter_ms", &self.reconnect_jitter_ms)
+            .field("shutdown_grace_ms", &self.shutdown_grace_ms)
+            .field("webhook_url", &self.webhook_url)
+            .field("webhook_secret", &redact(&self.webhook_secret))
+            .field("webhook_timeout_ms", &self.webhook_timeout_ms)
+            .field("webhook_retry_base_ms", &self.webhook_retry_base_ms)
+            .field("webhook_retry_max_ms", &self.webhook_retry_max_ms)
+            .finish()
+    }
+}
+
+impl RealtimeConfig {
+    /// Checks what the types cannot. Keys are named relative to `[realtime]`.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |key: &str, message: &str| {
+            Err(Error::Config {
+                key: key.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        if !(1024..=16 << 20).contains(&self.max_message_bytes) {
+            return bad("max_message_bytes", "must be 1 KiB to 16 MiB");
+        }
+        if self.rate_limit_per_second == 0 {
+            return bad("rate_limit_per_second", "must be at least 1");
+        }
+        if self.rate_limit_burst == 0 {
+            return bad("rate_limit_burst", "must be at least 1");
+        }
+        if self.outbound_queue == 0 {
+            return bad("outbound_queue", "must be at least 1");
+        }
+        if self.ping_interval_ms == 0 || self.ping_timeout_ms == 0 {
+            return bad(
+                "ping_interval_ms",
+                "ping interval and timeout must be positive",
+            );
+        }
+        if self.read_buffer_bytes < 512 {
+            return bad("read_buffer_bytes", "must be at least 512");
+        }
+        if self.history_max_events == 0 {
+            return bad("history_max_events", "must be at least 1");
+        }
+        if self.history_max_age_seconds == 0 {
+            return bad("history_max_age_seconds", "must be at least 1");
+        }
+        if !self.redis_url.is_empty() && !self.redis_url.starts_with("redis://") {
+            return bad("redis_url", "must be empty or start with redis://");
+        }
+        if self.redis_prefix.is_empty() {
+            return bad("redis_prefix", "must not be empty");
+        }
+        if !self.webhook_url.is_empty() {
+            if self.webhook_url.starts_with("https://") {
+                return bad(
+                    "webhook_url",
+                    "https needs TLS support in Herald's HTTP client, which this build does not \
+                     include yet; relay through an http:// endpoint (a sidecar or internal address)",
+                );
+            }
+            if !self.webhook_url.starts_with("http://") {
+                return bad("webhook_url", "must be an http:// URL");
+            }
+            if self.webhook_secret.len() < 16 {
+                return bad(
+                    "webhook_secret",
+                    "is required (at least 16 bytes) when webhook_url is set",
+                );
+            }
+        }
+        if self.webhook_retry_base_ms == 0 || self.webhook_retry_max_ms < self.webhook_retry_base_ms
+        {
+            return bad(
+                "webhook_retry_base_ms",
+                "must be positive and at most webhook_retry_max_ms",
+            );
+        }
+        if self.allowed_origins.iter().any(|o| o.ends_with('/')) {
+            return bad(
+                "allowed_origins",
+                "an origin is scheme://host[:port], without a trailing slash",
+            );
+        }
+        Ok(())
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn history_max_age(&self) -> Duration {
+        Duration::from_secs(self.history_max_age_seconds)
+    }
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics of the gateway.
+//!
+//! Each hub owns its own registry rather than a process-global one, so
+//! several Herald instances in one process (the integration tests) count
+//! separately, and `GET /metrics` shows exactly this node.
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::protocol::CloseReason;
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open connections, by transport (`socketio`, `ws`).
+    pub connections: IntGaugeVec,
+    /// Connections accepted since start, by transport.
+    pub connections_total: IntCounterVec,
+    /// Rooms with at least one socket on this node.
+    pub rooms: IntGauge,
+    /// Messages written to clients, by transport.
+    pub messages_sent: IntCounterVec,
+    /// Events fanned out (each counted once, however many sockets got it).
+    pub events_published: IntCounter,
+    /// Events not delivered to a socket, by reason (`slow_consumer`).
+    pub dropped: IntCounterVec,
+    /// Closed connections, by reason.
+    pub disconnects: IntCounterVec,
+    /// Resume requests, by outcome (`recovered`, `not_recovered`).
+    pub resumes: IntCounterVec,
+    /// 1 while the cross-node bus works (always 1 on a single node).
+    pub bus_up: IntGauge,
+    /// `action_confirm` relays, by outcome (`relayed`, `failed`).
+    pub relays: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(format!("herald_realtime_{name}"), help);
+        let gauge_vec = |name, help, labels: &[&str]| {
+            let m = IntGaugeVec::new(opts(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let counter_vec = |name, help, labels: &[&str]| {
+            let m = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let connections = gauge_vec("connections", "Open connections", &["transport"]);
+        let connections_total =
+            counter_vec("connections_total", "Connections accepted", &["transport"]);
+        let messages_sent = counter_vec(
+            "messages_sent_total",
+            "Messages written to clients",
+            &["transport"],
+        );
+        let dropped = counter_vec(
+            "dropped_total",
+            "Events not delivered to a socket",
+            &["reason"],
+        );
+        let disconnects = counter_vec("disconnects_total", "Closed connections", &["reason"]);
+        let resumes = counter_vec("resumes_total", "Resume requests", &["outcome"]);
+        let relays = counter_vec(
+            "action_relays_total",
+            "action_confirm webhook relays",
+            &["outcome"],
+        );
+        let rooms = IntGauge::with_opts(opts("rooms", "Rooms with sockets on this node"))
+            .expect("valid metric");
+        registry
+            .register(Box::new(rooms.clone()))
+            .expect("unique metric");
+        let events_published =
+            IntCounter::with_opts(opts("events_published_total", "Events fanned out"))
+                .expect("valid metric");
+        registry
+            .register(Box::new(events_published.clone()))
+            .expect("unique metric");
+        let bus_up = IntGauge::with_opts(opts("bus_up", "1 while the cross-node bus works"))
+            .expect("valid metric");
+        registry
+            .register(Box::new(bus_up.clone()))
+            .expect("unique metric");
+        // Every series exists from the start, so a dashboard shows zeros
+        // rather than gaps.
+        for t in ["socketio", "ws"] {
+            connections.with_label_values(&[t]);
+            connections_total.with_label_values(&[t]);
+            messages_sent.with_label_values(&[t]);
+        }
+        for r in CloseReason::ALL {
+            disconnects.with_label_values(&[r.as_str()]);
+        }
+        dropped.with_label_values(&["slow_consumer"]);
+        for o in ["recovered", "not_recovered"] {
+            resumes.with_label_values(&[o]);
+        }
+        for o in ["relayed", "failed"] {
+            relays.with_label_values(&[o]);
+        }
+        Metrics {
+            registry,
+            connections,
+            connections_total,
+            rooms,
+            messages_sent,
+            events_published,
+            dropped,
+            disconnects,
+            resumes,
+            bus_up,
+            relays,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding does not fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

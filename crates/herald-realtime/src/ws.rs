@@ -1,0 +1,309 @@
+//! The plain JSON WebSocket at `/ws` (contract §3.2).
+//!
+//! One text frame per message: `{"event": "subscribe", "data": {…}, "ack": 7}`
+//! from the client; events as `{"event", "data", "offset"}` and answers as
+//! `{"event": "ack", "ack": 7, "data": {…}}` from the server.
+//!
+//! The token comes from `Authorization: Bearer` or, for browsers, which
+//! cannot set headers on an upgrade, `?token=`; it is checked before the
+//! upgrade, so a bad one is a plain 401 and costs no socket. The request's
+//! query never reaches a log (the server's trace span records the path
+//! only). A handshake resume rides in the query too: `?offset=` (or
+//! `?lastEventId=`) and `?epoch=`, replayed before any live event.
+//!
+//! Buffers are set explicitly — a few KiB per idle connection — and a
+//! frame larger than `max_message_bytes` closes the socket with 1009.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use futures::stream::SplitStream;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::hub::{Conn, Hub, Transport, now_ms};
+use crate::protocol::{CloseReason, Refusal};
+use crate::session::{Bucket, Inbound, Link, Reply, Session};
+
+/// A problem+json answer before the upgrade (the server's error shape).
+pub(crate) fn problem(status: StatusCode, code: &str, detail: &str) -> Response {
+    let body = json!({
+        "type": format!("urn:herald:problem:{code}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+    });
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/problem+json"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
+}
+
+/// `GET /ws`: authenticate, then upgrade.
+pub(crate) async fn upgrade(
+    State(hub): State<Hub>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned())
+        .or_else(|| query.get("token").cloned())
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing token: send `Authorization: Bearer …` or `?token=`",
+        );
+    };
+    let (principal, exp) = match hub.inner.verifier.verify(&token) {
+        Ok(who) => who,
+        Err(e) => return problem(StatusCode::UNAUTHORIZED, "unauthorized", &e),
+    };
+    if hub.is_closing() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Herald is restarting; reconnect shortly",
+        );
+    }
+    let resume = match handshake_resume(&query) {
+        Ok(resume) => resume,
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "bad_request", &detail),
+    };
+    let c = hub.config();
+    ws.read_buffer_size(c.read_buffer_bytes)
+        .write_buffer_size(c.write_buffer_bytes)
+        .max_write_buffer_size(c.write_buffer_bytes + 2 * c.max_message_bytes)
+        .max_message_size(c.max_message_bytes)
+        .max_frame_size(c.max_message_bytes)
+        .on_upgrade(move |socket| serve(hub, socket, principal, exp, resume))
+}
+
+/// `?offset=…&epoch=…` or `?lastEventId=…` as a resume request.
+fn handshake_resume(query: &HashMap<String, String>) -> Result<Option<Value>, String> {
+    let mut resume = serde_json::Map::new();
+    if let Some(offset) = query.get("offset") {
+        let offset: u64 = offset
+            .parse()
+            .map_err(|_| "`offset` must be a non-negative integer".to_owned())?;
+        resume.insert("offset".into(), offset.into());
+    }
+    if let Some(id) = query.get("lastEventId") {
+        resume.insert("lastEventId".into(), id.clone().into());
+    }
+    if resume.is_empty() {
+        return Ok(None);
+    }
+    if let Some(epoch) = query.get("epoch") {
+        resume.insert("epoch".into(), epoch.clone().into());
+    }
+    Ok(Some(Value::Object(resume)))
+}
+
+async fn serve(
+    hub: Hub,
+    socket: WebSocket,
+    principal: herald_core::auth::Principal,
+    exp: u64,
+    resume: Option<Value>,
+) {
+    let registered = match hub.register(principal, Transport::Ws) {
+        Ok(registered) => registered,
+        Err(_) => return,
+    };
+    let conn = registered.conn.clone();
+    tracing::info!(
+        conn = conn.id,
+        user = %conn.principal.user_id.as_str(),
+        role = conn.principal.role.as_str(),
+        transport = "ws",
+        "realtime connection opened"
+    );
+    let c = hub.config();
+    let (sink, stream) = socket.split();
+    let (tx, rx) = mpsc::channel(c.rate_limit_burst as usize * 2 + 8);
+    let heard = Arc::new(AtomicI64::new(now_ms()));
+    let reader = tokio::spawn(read(
+        stream,
+        tx,
+        conn,
+        Bucket::new(c.rate_limit_per_second, c.rate_limit_burst),
+        heard.clone(),
+    ));
+    let grace = c.ping_timeout();
+    let reason = Session::new(hub, registered, Link::Ws(sink), rx, exp, Some(heard))
+        .run(resume)
+        .await;
+    // After a close frame, finish the closing handshake: the reader ends
+    // when the client answers it. Dropping the socket with unread input
+    // would reset the connection and could lose the close frame on the
+    // client's side. A client that left or stopped reading gets no wait.
+    let abort = reader.abort_handle();
+    let handshake = !matches!(
+        reason,
+        CloseReason::ClientDisconnect | CloseReason::TransportError | CloseReason::SlowConsumer
+    );
+    if !handshake || tokio::time::timeout(grace, reader).await.is_err() {
+        abort.abort();
+    }
+}
+
+/// Reads frames, enforces the rate limit, and hands messages to the session.
+async fn read(
+    mut stream: SplitStream<WebSocket>,
+    tx: mpsc::Sender<Inbound>,
+    conn: Arc<Conn>,
+    mut bucket: Bucket,
+    heard: Arc<AtomicI64>,
+) {
+    while let Some(frame) = stream.next().await {
+        heard.store(now_ms(), Ordering::Relaxed);
+        // Once the connection is being closed, input is read only to reach
+        // the client's close frame.
+        if conn.is_killed() {
+            match frame {
+                Ok(Message::Close(_)) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+        let inbound = match frame {
+            Ok(Message::Text(text)) => parse(text.as_str()),
+            Ok(Message::Binary(_)) => Inbound {
+                event: String::new(),
+                data: Err(Refusal::bad_request(
+                    "binary frames are not supported; send JSON text frames",
+                )),
+                reply: Reply::None,
+            },
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) => {
+                conn.kill(CloseReason::ClientDisconnect);
+                return;
+            }
+            Err(e) => {
+                conn.kill(if too_large(&e) {
+                    CloseReason::MessageTooLarge
+                } else {
+                    CloseReason::TransportError
+                });
+                return;
+            }
+        };
+        if !bucket.take() || tx.try_send(inbound).is_err() {
+            conn.kill(CloseReason::RateLimited);
+        }
+    }
+    conn.kill(CloseReason::ClientDisconnect);
+}
+
+/// Whether a read failed on the size limit (tungstenite's capacity error).
+fn too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(t) = err.downcast_ref::<tungstenite::Error>() {
+            return matches!(t, tungstenite::Error::Capacity(_));
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// One text frame as a client message.
+fn parse(text: &str) -> Inbound {
+    let shape =
+        || Refusal::bad_request("a frame is a JSON object {\"event\": …, \"data\": …, \"ack\": n}");
+    let bad = |refusal: Refusal, reply: Reply| Inbound {
+        event: String::new(),
+        data: Err(refusal),
+        reply,
+    };
+    let Ok(Value::Object(mut frame)) = serde_json::from_str::<Value>(text) else {
+        return bad(shape(), Reply::None);
+    };
+    let reply = match frame.remove("ack") {
+        None | Some(Value::Null) => Reply::None,
+        Some(Value::Number(n)) if n.as_u64().is_some() => Reply::Ws(n.as_u64().unwrap_or_default()),
+        Some(_) => {
+            return bad(
+                Refusal::bad_request("`ack` must be a non-negative integer"),
+                Reply::None,
+            );
+        }
+    };
+    let event = match frame.remove("event") {
+        Some(Value::String(event)) => event,
+        _ => return bad(shape(), reply),
+    };
+    let data = frame.remove("data").unwrap_or(Value::Null);
+    if let Some(extra) = frame.keys().next() {
+        let extra: String = extra.chars().take(64).collect();
+        return bad(
+            Refusal::bad_request(format!("unknown frame field `{extra}`")),
+            reply,
+        );
+    }
+    Inbound {
+        event,
+        data: Ok(data),
+        reply,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_or_say_why() {
+        let ok = parse(r#"{"event":"subscribe","data":{"type":"system_events"},"ack":3}"#);
+        assert_eq!(ok.event, "subscribe");
+        assert!(matches!(ok.reply, Reply::Ws(3)));
+        assert!(ok.data.is_ok());
+        for bad in [
+            "",
+            "nope",
+            "[1]",
+            "{}",
+            r#"{"event":5}"#,
+            r#"{"event":"x","ack":-1}"#,
+            r#"{"event":"x","more":1}"#,
+        ] {
+            assert!(parse(bad).data.is_err(), "{bad}");
+        }
+        let q = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert_eq!(handshake_resume(&q(&[])).unwrap(), None);
+        assert_eq!(
+            handshake_resume(&q(&[("offset", "12"), ("epoch", "e")])).unwrap(),
+            Some(json!({"offset": 12, "epoch": "e"}))
+        );
+        assert!(handshake_resume(&q(&[("offset", "x")])).is_err());
+    }
+}

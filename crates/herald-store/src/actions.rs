@@ -1,0 +1,223 @@
+//! `action_confirm` records: written before the client's ack, relayed to
+//! the platform's webhook afterwards (the table is the outbox).
+//!
+//! The key is (user, actionId): a client that retries a confirmation is
+//! answered with the first record; the same id with another action or
+//! amount is a conflict. A relay *claims* a row with a lease before sending
+//! it, so two nodes never post the same row at once, and a node that dies
+//! mid-relay leaves a lease that simply runs out.
+
+use sqlx::Row;
+
+use crate::{Error, Result, Store, now_ms};
+
+/// Where a confirmation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionStatus {
+    /// Waiting for the webhook to accept it.
+    Pending,
+    /// The webhook accepted it.
+    Relayed,
+    /// Recorded only: no webhook is configured.
+    Unrelayed,
+}
+
+impl ActionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionStatus::Pending => "pending",
+            ActionStatus::Relayed => "relayed",
+            ActionStatus::Unrelayed => "unrelayed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<ActionStatus> {
+        match s {
+            "pending" => Ok(ActionStatus::Pending),
+            "relayed" => Ok(ActionStatus::Relayed),
+            "unrelayed" => Ok(ActionStatus::Unrelayed),
+            other => Err(Error::Corrupt(format!("action status `{other}`"))),
+        }
+    }
+}
+
+/// A confirmation as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRecord {
+    pub user_id: String,
+    pub action_id: String,
+    pub role: String,
+    pub restaurant_id: Option<String>,
+    pub action: String,
+    /// The JSON number as sent.
+    pub amount: String,
+    pub status: ActionStatus,
+    pub attempts: i64,
+    pub created_at: i64,
+}
+
+/// The outcome of recording a confirmation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Newly written.
+    New(ActionRecord),
+    /// Recorded before with the same action and amount.
+    Duplicate(ActionRecord),
+}
+
+const COLUMNS: &str =
+    "user_id, action_id, role, restaurant_id, action, amount, status, attempts, created_at";
+
+fn record(row: &sqlx::any::AnyRow) -> Result<ActionRecord> {
+    Ok(ActionRecord {
+        user_id: row.try_get(0)?,
+        action_id: row.try_get(1)?,
+        role: row.try_get(2)?,
+        restaurant_id: row.try_get(3)?,
+        action: row.try_get(4)?,
+        amount: row.try_get(5)?,
+        status: ActionStatus::parse(&row.try_get::<String, _>(6)?)?,
+        attempts: row.try_get(7)?,
+        created_at: row.try_get(8)?,
+    })
+}
+
+impl Store {
+    /// Records a confirmation durably (committed when this returns).
+    /// `relay` says whether a webhook will relay it.
+    pub async fn record_action(&self, new: &ActionRecord, relay: bool) -> Result<Recorded> {
+        let now = now_ms();
+        let status = if relay {
+            ActionStatus::Pending
+        } else {
+            ActionStatus::Unrelayed
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO action_confirms \
+             (user_id, action_id, role, restaurant_id, action, amount, status, attempts, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8) ON CONFLICT (user_id, action_id) DO NOTHING",
+        )
+        .bind(new.user_id.clone())
+        .bind(new.action_id.clone())
+        .bind(new.role.clone())
+        .bind(new.restaurant_id.clone())
+        .bind(new.action.clone())
+        .bind(new.amount.clone())
+        .bind(status.as_str())
+        .bind(now)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM action_confirms WHERE user_id = $1 AND action_id = $2"
+        )))
+        .bind(new.user_id.clone())
+        .bind(new.action_id.clone())
+        .fetch_one(&self.write)
+        .await?;
+        let stored = record(&row)?;
+        if inserted == 1 {
+            return Ok(Recorded::New(stored));
+        }
+        if stored.action != new.action || stored.amount != new.amount {
+            return Err(Error::ActionConflict {
+                action_id: new.action_id.clone(),
+            });
+        }
+        Ok(Recorded::Duplicate(stored))
+    }
+
+    /// Claims up to `limit` pending confirmations that are due, leasing
+    /// each for `lease_ms`.
+    pub async fn claim_due_actions(&self, limit: i64, lease_ms: i64) -> Result<Vec<ActionRecord>> {
+        let now = now_ms();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM action_confirms \
+             WHERE status = 'pending' AND next_attempt_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) \
+             ORDER BY next_attempt_at LIMIT $2"
+        )))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let r = record(row)?;
+            let won = sqlx::query(
+                "UPDATE action_confirms SET lease_until = $1 \
+                 WHERE user_id = $2 AND action_id = $3 AND status = 'pending' \
+                 AND (lease_until IS NULL OR lease_until < $4)",
+            )
+            .bind(now + lease_ms)
+            .bind(r.user_id.clone())
+            .bind(r.action_id.clone())
+            .bind(now)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+            if won == 1 {
+                claimed.push(r);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// The webhook accepted a confirmation.
+    pub async fn action_relayed(&self, user_id: &str, action_id: &str) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE action_confirms SET status = 'relayed', relayed_at = $1, attempts = attempts + 1, \
+             lease_until = NULL, last_error = NULL WHERE user_id = $2 AND action_id = $3",
+        )
+        .bind(now)
+        .bind(user_id.to_owned())
+        .bind(action_id.to_owned())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// A relay attempt failed; try again at `next_attempt_at`.
+    pub async fn action_retry(
+        &self,
+        user_id: &str,
+        action_id: &str,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE action_confirms SET attempts = attempts + 1, next_attempt_at = $1, \
+             last_error = $2, lease_until = NULL WHERE user_id = $3 AND action_id = $4",
+        )
+        .bind(next_attempt_at)
+        .bind(error.chars().take(500).collect::<String>())
+        .bind(user_id.to_owned())
+        .bind(action_id.to_owned())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// When the next pending confirmation falls due, if any.
+    pub async fn next_action_due(&self) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MIN(next_attempt_at) FROM action_confirms WHERE status = 'pending'",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    /// One confirmation, for tests and support.
+    pub async fn action(&self, user_id: &str, action_id: &str) -> Result<Option<ActionRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM action_confirms WHERE user_id = $1 AND action_id = $2"
+        )))
+        .bind(user_id.to_owned())
+        .bind(action_id.to_owned())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(record).transpose()
+    }
+}

@@ -1,0 +1,61 @@
+// A socket.io-client driven by Herald's integration tests.
+//
+// Usage: node client.mjs '<options JSON>'
+//   {"url": "http://127.0.0.1:PORT", "token": "…", "transports": ["websocket"],
+//    "resume": {…}, "extraHeaders": {…}}
+//
+// Everything the client sees is printed to stdout as one JSON object per
+// line: {"type": "connect"}, {"type": "connect_error", "message": …},
+// {"type": "event", "event": name, "args": [...]}, {"type": "ack", "id": n,
+// "data": …}, {"type": "disconnect", "reason": …}.
+//
+// Commands arrive on stdin, one JSON object per line:
+//   {"cmd": "emit", "event": "subscribe", "data": {…}}            fire and forget
+//   {"cmd": "emit", "event": "subscribe", "data": {…}, "id": 3}   with an ack
+//   {"cmd": "flood", "event": "subscribe", "data": {…}, "count": 500}
+//   {"cmd": "disconnect"}   {"cmd": "connect", "auth": {…}}   {"cmd": "exit"}
+import { createInterface } from "node:readline";
+import { io } from "socket.io-client";
+
+const options = JSON.parse(process.argv[2]);
+const print = (line) => process.stdout.write(JSON.stringify(line) + "\n");
+
+const socket = io(options.url, {
+  auth: { token: options.token, ...(options.resume ? { resume: options.resume } : {}) },
+  transports: options.transports ?? ["websocket", "polling"],
+  reconnection: false,
+  extraHeaders: options.extraHeaders,
+  timeout: 10000,
+});
+
+socket.on("connect", () => print({ type: "connect", transport: socket.io.engine.transport.name }));
+socket.on("connect_error", (err) => print({ type: "connect_error", message: err.message }));
+socket.on("disconnect", (reason) => print({ type: "disconnect", reason }));
+socket.onAny((event, ...args) => print({ type: "event", event, args }));
+
+createInterface({ input: process.stdin }).on("line", (line) => {
+  const command = JSON.parse(line);
+  switch (command.cmd) {
+    case "emit":
+      if (command.id === undefined) {
+        socket.emit(command.event, command.data);
+      } else {
+        socket.timeout(10000).emit(command.event, command.data, (err, data) =>
+          print({ type: "ack", id: command.id, data, error: err ? err.message : undefined }),
+        );
+      }
+      break;
+    case "flood":
+      for (let i = 0; i < command.count; i++) socket.emit(command.event, command.data);
+      break;
+    case "disconnect":
+      socket.disconnect();
+      break;
+    case "connect":
+      if (command.auth) socket.auth = { token: options.token, ...command.auth };
+      socket.connect();
+      break;
+    case "exit":
+      process.exit(0);
+  }
+}).on("close", () => process.exit(0));
