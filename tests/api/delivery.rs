@@ -192,8 +192,7 @@ async fn transient_failures_back_off_then_give_up_reporting_each_attempt() {
 
         // Each failed attempt told the guest's room and the admins.
         let reports: Vec<_> = fakes
-            .broadcast
-            .events()
+            .broadcasts()
             .into_iter()
             .filter(|e| e.kind == EventKind::DeliveryFailed)
             .collect();
@@ -237,7 +236,7 @@ async fn a_permanent_failure_stops_at_once() {
     let d = trace(&app, &token, "email").await;
     assert_eq!(d["status"], "failed");
     assert_eq!(d["lastError"], "provider rejected the address");
-    let reports = fakes.broadcast.events();
+    let reports = fakes.broadcasts();
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].data["nextRetry"], Value::Null);
 }
@@ -537,4 +536,60 @@ async fn readiness_covers_the_queue() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
     let ready: Value = app.get("/readyz", "").await.json().await.unwrap();
     assert_eq!(ready["checks"]["queue"], "ok");
+}
+
+/// The `delivery_failed` sequence as connected clients see it: the guest in
+/// its `user:` room, an admin in `admin:events`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_clients_see_each_failed_attempt() {
+    use crate::realtime::Ws;
+    let fakes = Fakes::new(late_evening()).with_realtime();
+    let app = spawn_app_with_fakes(Backend::Sqlite, fakes.clone(), |s| {
+        s.delivery.retry.max_attempts = 2;
+    })
+    .await
+    .unwrap();
+    let (guest, token) = guest_with_email(&app, "watching", json!({})).await;
+    let (mut guest_ws, _) = Ws::connect(&app, &token).await;
+    let (mut admin_ws, _) = Ws::connect(&app, &app.admin_token()).await;
+    admin_ws.subscribe("system_events", json!({})).await;
+
+    fakes.email.script([
+        Step::Transient { retry_after: None },
+        Step::Transient { retry_after: None },
+    ]);
+    app.publish(&redeemed(&guest)).await;
+    let notification = app.inbox(&token).await[0]["id"].clone();
+    let id = delivery_id(&trace(&app, &token, "email").await);
+    let Outcome::Retrying { next, .. } = app.delivery.dispatcher.process(id).await.unwrap() else {
+        panic!("the first attempt retries")
+    };
+    fakes.clock().set(next);
+    let outcome = app.delivery.dispatcher.process(id).await.unwrap();
+    assert!(
+        matches!(outcome, Outcome::Failed { attempt: 2, .. }),
+        "{outcome:?}"
+    );
+
+    for ws in [&mut guest_ws, &mut admin_ws] {
+        // The guest's room also carries the points_redeemed itself.
+        let mut reports = Vec::new();
+        while reports.len() < 2 {
+            let frame = ws.recv().await;
+            if frame["event"] == "delivery_failed" {
+                reports.push(frame);
+            }
+        }
+        let (first, second) = (&reports[0], &reports[1]);
+        for (report, attempt) in [(first, 1), (second, 2)] {
+            let data = &report["data"];
+            assert_eq!(data["notificationId"], notification);
+            assert_eq!(data["channel"], "email");
+            assert_eq!(data["retryCount"], attempt);
+            assert!(data["eventId"].is_string());
+            assert!(data["reason"].as_str().unwrap().contains("503"));
+        }
+        assert_eq!(first["data"]["nextRetry"], next.timestamp_millis());
+        assert_eq!(second["data"]["nextRetry"], Value::Null, "given up");
+    }
 }

@@ -92,7 +92,9 @@ pub struct Fakes {
     pub push: fakes::FakeChannel,
     /// `None`: the wall clock (for tests where workers run on their own).
     pub clock: Option<Arc<ManualClock>>,
-    pub broadcast: fakes::RecordingBroadcast,
+    /// Records realtime events from the workers; `None` sends them to the
+    /// app's realtime hub, as in production.
+    pub broadcast: Option<fakes::RecordingBroadcast>,
 }
 
 impl Fakes {
@@ -111,8 +113,24 @@ impl Fakes {
             sms: fakes::FakeChannel::new(ChannelKind::Sms),
             push: fakes::FakeChannel::new(ChannelKind::Push),
             clock: None,
-            broadcast: fakes::RecordingBroadcast::default(),
+            broadcast: Some(fakes::RecordingBroadcast::default()),
         }
+    }
+
+    /// Sends the workers' realtime events to the app's hub instead of
+    /// recording them.
+    #[must_use]
+    pub fn with_realtime(mut self) -> Fakes {
+        self.broadcast = None;
+        self
+    }
+
+    /// The realtime events recorded so far.
+    pub fn broadcasts(&self) -> Vec<herald_core::realtime::RealtimeEvent> {
+        self.broadcast
+            .as_ref()
+            .expect("these fakes send to the hub")
+            .events()
     }
 
     /// The manual clock; panics for [`Fakes::live`].
@@ -133,7 +151,10 @@ impl Fakes {
                 .clock
                 .clone()
                 .map(|c| c as Arc<dyn herald_delivery::Clock>),
-            broadcast: Some(Arc::new(self.broadcast.clone())),
+            broadcast: self
+                .broadcast
+                .clone()
+                .map(|b| Arc::new(b) as Arc<dyn herald_core::realtime::Broadcast>),
         }
     }
 }
