@@ -28,21 +28,12 @@ fn redeemed(guest: &str) -> Value {
 
 /// The newest notification's delivery on `channel`, as the API shows it.
 async fn trace(app: &TestApp, token: &str, channel: &str) -> Value {
-    let inbox = app.inbox(token).await;
-    let id = inbox[0]["id"].as_str().unwrap();
-    let trace: Value = app
-        .get(&format!("/v1/notifications/{id}/deliveries"), token)
-        .await
-        .json()
-        .await
-        .unwrap();
-    trace["items"]
-        .as_array()
-        .unwrap()
+    let items = newest_deliveries(app, token).await;
+    items
         .iter()
         .find(|d| d["channel"] == channel)
         .cloned()
-        .unwrap_or_else(|| panic!("no {channel} delivery in {trace}"))
+        .unwrap_or_else(|| panic!("no {channel} delivery in {items:?}"))
 }
 
 fn delivery_id(d: &Value) -> DeliveryId {

@@ -36,3 +36,16 @@ pub fn points_for(guest: &str, amount: i64) -> Value {
     e["data"]["amount"] = json!(amount);
     e
 }
+
+/// The delivery trace of `token`'s newest notification, as the API shows it.
+pub async fn newest_deliveries(app: &TestApp, token: &str) -> Vec<Value> {
+    let inbox = app.inbox(token).await;
+    let id = inbox[0]["id"].as_str().unwrap();
+    let trace: Value = app
+        .get(&format!("/v1/notifications/{id}/deliveries"), token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    trace["items"].as_array().unwrap().clone()
+}

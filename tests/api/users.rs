@@ -8,24 +8,12 @@ use serde_json::{Value, json};
 use super::*;
 
 async fn channels_of(app: &TestApp, token: &str) -> Vec<(String, String, String)> {
-    let inbox = app.inbox(token).await;
-    let id = inbox[0]["id"].as_str().unwrap();
-    let trace: Value = app
-        .get(&format!("/v1/notifications/{id}/deliveries"), token)
+    newest_deliveries(app, token)
         .await
-        .json()
-        .await
-        .unwrap();
-    trace["items"]
-        .as_array()
-        .unwrap()
         .iter()
         .map(|d| {
-            (
-                d["channel"].as_str().unwrap().to_owned(),
-                d["status"].as_str().unwrap().to_owned(),
-                d["reason"].as_str().unwrap().to_owned(),
-            )
+            let field = |k: &str| d[k].as_str().unwrap().to_owned();
+            (field("channel"), field("status"), field("reason"))
         })
         .collect()
 }

@@ -104,12 +104,7 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<Notification>, ApiError> {
     let id = notification_id(&id)?;
-    state
-        .store
-        .notification(&me.user_id, id)
-        .await?
-        .map(Json)
-        .ok_or_else(no_such_notification)
+    found(state.store.notification(&me.user_id, id).await?)
 }
 
 /// `POST /v1/notifications/{id}/read`: idempotent; answers the entry.
@@ -119,12 +114,7 @@ pub async fn read(
     Path(id): Path<String>,
 ) -> Result<Json<Notification>, ApiError> {
     let id = notification_id(&id)?;
-    state
-        .store
-        .mark_read(&me.user_id, id)
-        .await?
-        .map(Json)
-        .ok_or_else(no_such_notification)
+    found(state.store.mark_read(&me.user_id, id).await?)
 }
 
 /// `POST /v1/notifications/read-all`.
@@ -170,6 +160,10 @@ pub async fn deliveries(
 
 fn notification_id(raw: &str) -> Result<NotificationId, ApiError> {
     raw.parse().map_err(|_| no_such_notification())
+}
+
+fn found(entry: Option<Notification>) -> Result<Json<Notification>, ApiError> {
+    entry.map(Json).ok_or_else(no_such_notification)
 }
 
 fn no_such_notification() -> ApiError {
