@@ -441,6 +441,8 @@ async fn admins_see_stats_and_anyone_can_scrape_metrics() {
     // user:{guest}, guest:{guest}, user:admin-1, admin
     assert_eq!(stats["rooms"], 4);
     assert_eq!(stats["transports"]["ws"], 3);
+    // The delivery backlog: nothing owed yet.
+    assert_eq!(stats["queue"], json!({"jobs": 0, "deliveries": {}}));
 
     publish_ok(&app, &points_for(&guest, 1)).await;
     two.event("points_added").await;

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use herald_core::Role;
-use herald_realtime::Stats;
+use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
 use crate::problem::ApiError;
@@ -14,10 +14,22 @@ use crate::startup::AppState;
 
 /// `GET /v1/admin/stats`: this node's realtime sockets (`connectedUsers`,
 /// `totalSockets`, `rooms` — the number of rooms with a socket — by
-/// transport, and `serverId`). Admins only.
-pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Stats>, ApiError> {
+/// transport, and `serverId`), and the delivery backlog shared by all
+/// nodes: `queue.jobs` waiting in the queue, `queue.deliveries` owed an
+/// attempt by status. Admins only.
+pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin])?;
-    Ok(Json(state.realtime.stats()))
+    let mut stats = serde_json::to_value(state.realtime.stats()).map_err(ApiError::internal)?;
+    let jobs = state.queue.depth().await.map_err(ApiError::internal)?;
+    let deliveries: Map<String, Value> = state
+        .store
+        .delivery_backlog()
+        .await?
+        .into_iter()
+        .map(|(status, n)| (status, Value::from(n)))
+        .collect();
+    stats["queue"] = json!({ "jobs": jobs, "deliveries": deliveries });
+    Ok(Json(stats))
 }
 
 /// `GET /metrics`: Prometheus text exposition.
