@@ -230,6 +230,12 @@ async fn a_permanent_failure_stops_at_once() {
     let reports = fakes.broadcasts();
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].data["nextRetry"], Value::Null);
+    // Counted as it was logged.
+    let metrics = app.get("/metrics", "").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"herald_delivery_attempts_total{channel="email",outcome="failed"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,7 @@ use herald_store::{DeviceKind, Store};
 use serde_json::json;
 
 use crate::clock::Clock;
+use crate::metrics::DeliveryMetrics;
 use crate::queue::Queue;
 use crate::retry::RetryPolicy;
 use crate::templates::Templates;
@@ -80,6 +81,7 @@ pub struct Dispatcher {
     pub broadcast: Option<Arc<dyn Broadcast>>,
     /// Where retries and deferrals are scheduled.
     pub queue: Queue,
+    pub metrics: Arc<DeliveryMetrics>,
 }
 
 impl Dispatcher {
@@ -95,6 +97,7 @@ impl Dispatcher {
         else {
             return Ok(Outcome::Skipped);
         };
+        let started = std::time::Instant::now();
         let attempt = u32::try_from(claim.attempt).unwrap_or(u32::MAX);
         let outcome = match self.attempt(&claim, now).await {
             Ok(outcome) => outcome,
@@ -132,8 +135,12 @@ impl Dispatcher {
                 attempt,
                 "lease ran out before the attempt finished; its result is dropped"
             );
+            self.metrics
+                .record(&claim.channel, &Outcome::LeaseLost, started.elapsed());
             return Ok(Outcome::LeaseLost);
         }
+        self.metrics
+            .record(&claim.channel, &outcome, started.elapsed());
         self.after(&claim, &outcome).await;
         Ok(outcome)
     }

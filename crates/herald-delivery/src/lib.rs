@@ -8,6 +8,7 @@
 //! | [`sweeper`] | re-enqueues what the queue lost and what dead workers left |
 //! | [`templates`] | localized message templates, rendered with minijinja |
 //! | [`sms`] | SMS segment counting (GSM-7 / UCS-2) |
+//! | [`metrics`] | delivery outcomes as Prometheus metrics |
 //! | [`clock`] | injectable time |
 //!
 //! The database is the source of truth: ingest writes each delivery in the
@@ -18,6 +19,7 @@
 
 pub mod clock;
 pub mod dispatch;
+pub mod metrics;
 pub mod queue;
 pub mod retry;
 pub mod sms;
@@ -26,6 +28,7 @@ pub mod templates;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatch::{Channels, Dispatcher, Outcome};
+pub use metrics::DeliveryMetrics;
 pub use queue::Queue;
 pub use retry::RetryPolicy;
 pub use sweeper::Sweeper;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::Error;
 use crate::clock::Clock;
+use crate::metrics::DeliveryMetrics;
 use crate::queue::Queue;
 
 /// What one sweep did.
@@ -38,12 +39,17 @@ pub struct Sweeper {
     pub stale: Duration,
     /// Most deliveries re-enqueued per sweep.
     pub batch: u32,
+    pub metrics: Arc<DeliveryMetrics>,
 }
 
 impl Sweeper {
     pub async fn sweep_once(&self) -> Result<Sweep, Error> {
         let now = self.clock.now().timestamp_millis();
         let released = self.store.release_expired_leases(now).await?;
+        self.metrics
+            .recovered
+            .with_label_values(&["lease_expired"])
+            .inc_by(released);
         let owed = self.store.open_deliveries().await?;
         let queued = self.queue.depth().await?;
         let lost = u32::try_from(owed.saturating_sub(queued)).unwrap_or(u32::MAX);
@@ -61,6 +67,10 @@ impl Sweeper {
         if !stranded.is_empty() {
             self.queue.enqueue(&stranded).await?;
             self.store.mark_enqueued(&stranded, now).await?;
+            self.metrics
+                .recovered
+                .with_label_values(&["requeued"])
+                .inc_by(stranded.len() as u64);
         }
         if released > 0 || !stranded.is_empty() {
             tracing::info!(

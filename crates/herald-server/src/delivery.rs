@@ -9,7 +9,7 @@ use std::time::Duration;
 use herald_channels::Outbox;
 use herald_core::realtime::Broadcast;
 use herald_core::{ChannelKind, RoutingTable};
-use herald_delivery::{Channels, Clock, Dispatcher, Queue, Sweeper, Templates};
+use herald_delivery::{Channels, Clock, DeliveryMetrics, Dispatcher, Queue, Sweeper, Templates};
 use herald_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -89,6 +89,7 @@ impl DeliveryRuntime {
             .clone()
             .unwrap_or_else(|| Arc::new(herald_delivery::SystemClock));
         let lease = Duration::from_secs(d.lease_seconds);
+        let metrics = Arc::new(DeliveryMetrics::new());
         let dispatcher = Arc::new(Dispatcher {
             store: store.clone(),
             routing,
@@ -99,6 +100,7 @@ impl DeliveryRuntime {
             clock: clock.clone(),
             broadcast: components.broadcast.clone(),
             queue: queue.clone(),
+            metrics: metrics.clone(),
         });
         let sweeper = Sweeper {
             store,
@@ -106,6 +108,7 @@ impl DeliveryRuntime {
             clock,
             stale: Duration::from_secs(d.stale_seconds),
             batch: d.sweep_batch,
+            metrics,
         };
         Ok(DeliveryRuntime {
             dispatcher,

@@ -41,6 +41,8 @@ pub struct AppState {
     pub queue: Queue,
     /// The realtime gateway's hub.
     pub realtime: Hub,
+    /// The delivery workers' metrics, for `/metrics`.
+    pub delivery_metrics: Arc<herald_delivery::DeliveryMetrics>,
 }
 
 /// A built, bound, not yet serving Herald.
@@ -113,6 +115,7 @@ impl Application {
                 publisher,
                 queue: delivery.queue.clone(),
                 realtime,
+                delivery_metrics: delivery.dispatcher.metrics.clone(),
             },
             delivery,
         })

@@ -32,13 +32,14 @@ pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json
     Ok(Json(stats))
 }
 
-/// `GET /metrics`: Prometheus text exposition.
+/// `GET /metrics`: Prometheus text exposition of the realtime gateway and
+/// the delivery workers of this process.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.realtime.render_metrics(),
+        state.realtime.render_metrics() + &state.delivery_metrics.render(),
     )
 }
