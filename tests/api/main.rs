@@ -3,6 +3,7 @@
 
 mod actions;
 mod auth;
+mod browser;
 mod catalog;
 mod cluster;
 mod delivery;

@@ -27,11 +27,11 @@ use super::*;
 /// How long any one expected message may take.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-fn require_services() -> bool {
+pub fn require_services() -> bool {
     std::env::var("HERALD_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v == "true")
 }
 
-fn tests_dir() -> PathBuf {
+pub fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests")
 }
 

@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per resource of contract §7.
 
 pub mod admin;
+pub mod demo;
 pub mod events;
 pub mod health;
 pub mod inbox;
