@@ -7,7 +7,7 @@
 //! Files are written to a temporary name and renamed, so a reader never
 //! sees half a message. The file name is the provider message id.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use herald_core::channel::{Address, Receipt};
@@ -36,10 +36,6 @@ impl Outbox {
             kind,
             from,
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn email(&self, message: &RenderedMessage) -> Result<Vec<u8>, ChannelError> {

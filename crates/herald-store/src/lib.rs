@@ -58,9 +58,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Which database a store runs on.
+/// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+enum Backend {
     Sqlite,
     Postgres,
 }
@@ -68,7 +68,6 @@ pub enum Backend {
 /// A handle to Herald's database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    backend: Backend,
     read: AnyPool,
     write: AnyPool,
 }
@@ -111,16 +110,11 @@ impl Store {
                 // WAL is a property of the file: set once, it stays.
                 write.execute("PRAGMA journal_mode = WAL").await?;
                 let read = pool(max_connections.max(1)).connect_with(options).await?;
-                Ok(Store {
-                    backend,
-                    read,
-                    write,
-                })
+                Ok(Store { read, write })
             }
             Backend::Postgres => {
                 let pool = pool(max_connections.max(2)).connect_with(options).await?;
                 Ok(Store {
-                    backend,
                     read: pool.clone(),
                     write: pool,
                 })
@@ -132,10 +126,6 @@ impl Store {
     pub async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.write).await?;
         Ok(())
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 
     /// A round trip to the database, for readiness checks.
