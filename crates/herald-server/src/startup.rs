@@ -28,7 +28,7 @@ use crate::config::{ConfigError, Settings};
 use crate::delivery::{Components, DeliveryRuntime};
 use crate::ingest::Publisher;
 use crate::problem::ApiError;
-use crate::routes::{admin, events, health, inbox, users};
+use crate::routes::{admin, events, health, inbox, users, webhooks};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -207,6 +207,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user}/devices", get(users::list_devices).post(users::add_device))
         .route("/v1/users/{user}/devices/{id}", delete(users::delete_device))
         .route("/v1/admin/stats", get(admin::stats))
+        .route("/v1/webhooks/twilio", post(webhooks::twilio))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(admin::metrics))

@@ -1,7 +1,9 @@
-//! HTTP handlers, one module per resource of contract §7.
+//! HTTP handlers, one module per resource of contract §7, and `webhooks`
+//! for providers reporting delivery status.
 
 pub mod admin;
 pub mod events;
 pub mod health;
 pub mod inbox;
 pub mod users;
+pub mod webhooks;
