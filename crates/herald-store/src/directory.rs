@@ -69,6 +69,24 @@ impl Store {
         Ok(())
     }
 
+    /// Gives `user` an email address when Herald has none for them (the
+    /// platform named it in an event); an address already on file, set by
+    /// the user or the platform, is never overwritten. Returns whether it
+    /// filled one.
+    pub async fn fill_contact_email(&self, user: &UserId, email: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO contacts (user_id, email, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE SET email = $2, updated_at = $3 \
+             WHERE contacts.email IS NULL OR contacts.email = ''",
+        )
+        .bind(user.as_str())
+        .bind(email)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// A user's preferences; defaults when they never set any.
     pub async fn preferences(&self, user: &UserId) -> Result<Preferences> {
         let row = sqlx::query("SELECT document FROM preferences WHERE user_id = $1")
