@@ -29,9 +29,12 @@ async fn email_goes_through_sendgrid_when_configured() {
         .mount(&sendgrid)
         .await;
     let uri = sendgrid.uri();
+    let sendgrid_key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+    let public = public_key(&sendgrid_key);
     let app = spawn_app_with(Backend::Sqlite, move |s| {
         s.delivery.workers_in_serve = true;
         s.channels.email = "sendgrid".into();
+        s.channels.sendgrid.webhook_public_key = public;
         s.channels.sendgrid.base_url = uri;
         s.channels.sendgrid.api_key = Secret::new("SG.integration");
     })
@@ -52,6 +55,57 @@ async fn email_goes_through_sendgrid_when_configured() {
         "sendgrid-guest@example.com"
     );
     assert_eq!(body["custom_args"]["herald_delivery"], sent["id"]);
+
+    // SendGrid's Event Webhook reports the delivery, signed.
+    let events = serde_json::to_vec(&json!([
+        {"email": "sendgrid-guest@example.com", "event": "processed", "sg_event_id": "ev-processed",
+         "sg_message_id": "sg-e2e-1.filterdrecv-5645d9c87f-6r8pw-1-5F3B5A5E-1.0", "timestamp": 1_600_112_492},
+        {"email": "sendgrid-guest@example.com", "event": "delivered", "sg_event_id": "ev-delivered",
+         "sg_message_id": "sg-e2e-1.filterdrecv-5645d9c87f-6r8pw-1-5F3B5A5E-1.0", "timestamp": 1_600_112_493,
+         "herald_delivery": sent["id"]}
+    ]))
+    .unwrap();
+    let post = |body: Vec<u8>, signature: String| {
+        app.client
+            .post(format!("{}/v1/webhooks/sendgrid", app.address))
+            .header("content-type", "application/json")
+            .header("X-Twilio-Email-Event-Webhook-Signature", signature)
+            .header("X-Twilio-Email-Event-Webhook-Timestamp", "1600112502")
+            .body(body)
+            .send()
+    };
+    // Signed by someone else: 403, nothing changes.
+    let stranger = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+    let res = post(events.clone(), sign(&stranger, "1600112502", &events))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(trace(&app, &token, "email").await["status"], "sent");
+    for _ in 0..2 {
+        let res = post(events.clone(), sign(&sendgrid_key, "1600112502", &events))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 204);
+        assert_eq!(trace(&app, &token, "email").await["status"], "delivered");
+    }
+    // A later bounce (a new event id) still lands.
+    let bounce = serde_json::to_vec(&json!([
+        {"email": "sendgrid-guest@example.com", "event": "bounce", "sg_event_id": "ev-bounce",
+         "sg_message_id": "sg-e2e-1.filterdrecv-5645d9c87f-6r8pw-1-5F3B5A5E-1.0",
+         "reason": "550 5.1.1 The email account that you tried to reach does not exist.",
+         "type": "bounce", "timestamp": 1_600_112_600}
+    ]))
+    .unwrap();
+    let res = post(bounce.clone(), sign(&sendgrid_key, "1600112502", &bounce))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let d = trace(&app, &token, "email").await;
+    assert_eq!(d["status"], "bounced");
+    assert!(
+        d["lastError"].as_str().unwrap().contains("does not exist"),
+        "{d}"
+    );
     assert!(
         !std::fs::exists(app.outbox_dir()).unwrap_or(false)
             || std::fs::read_dir(app.outbox_dir())
@@ -59,6 +113,24 @@ async fn email_goes_through_sendgrid_when_configured() {
                 .next()
                 .is_none()
     );
+}
+
+/// The base64 DER public key, as SendGrid shows its verification key.
+fn public_key(key: &p256::ecdsa::SigningKey) -> String {
+    use base64::Engine as _;
+    use p256::pkcs8::EncodePublicKey as _;
+    let der = key.verifying_key().to_public_key_der().unwrap();
+    base64::engine::general_purpose::STANDARD.encode(der.as_bytes())
+}
+
+/// What SendGrid sends in X-Twilio-Email-Event-Webhook-Signature.
+fn sign(key: &p256::ecdsa::SigningKey, timestamp: &str, body: &[u8]) -> String {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer as _;
+    let mut signed = timestamp.as_bytes().to_vec();
+    signed.extend_from_slice(body);
+    let signature: p256::ecdsa::Signature = key.sign(&signed);
+    base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes())
 }
 
 /// Settings as the tests use them, with a SQLite database under a temp dir.
@@ -79,6 +151,13 @@ async fn a_provider_configured_wrong_stops_the_start_with_its_key() {
     s.channels.email = "sendgrid".into();
     let err = Application::build(s).await.unwrap_err().to_string();
     assert!(err.contains("channels.sendgrid.api_key"), "{err}");
+
+    let mut s = settings(&dir);
+    s.channels.sendgrid.webhook_public_key = "not a key".into();
+    assert_eq!(
+        s.validate().unwrap_err().key,
+        "channels.sendgrid.webhook_public_key"
+    );
 
     let mut s = settings(&dir);
     s.channels.sms = "sendgrid".into();
@@ -526,5 +605,98 @@ async fn push_goes_through_fcm_and_an_unregistered_token_loses_its_device() {
                 .contains("UNREGISTERED"),
             "{failed}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_registered_fills_a_missing_email_and_never_overwrites_one() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(app) = spawn_app_with(backend, |s| {
+            s.delivery.workers_in_serve = true;
+        })
+        .await
+        else {
+            continue;
+        };
+        let registered = |guest: &str, email: Option<&str>| {
+            let mut e = crate::envelope(EventKind::GuestRegistered);
+            e["data"]["guestId"] = json!(guest);
+            match email {
+                Some(email) => e["data"]["email"] = json!(email),
+                None => {
+                    e["data"].as_object_mut().unwrap().remove("email");
+                }
+            }
+            e
+        };
+        let status = |token: String| {
+            let app = &app;
+            async move {
+                eventually(
+                    "the welcome email to settle",
+                    Duration::from_secs(20),
+                    || async {
+                        let d = trace(app, &token, "email").await;
+                        (d["status"] != "pending" && d["status"] != "sending").then_some(d)
+                    },
+                )
+                .await
+            }
+        };
+
+        // Unknown to Herald: the event's email becomes the contact.
+        let new = crate::user("registered-new");
+        let token = app.token(Role::Guest, &new, None);
+        app.publish(&registered(&new, Some("new-guest@example.com")))
+            .await;
+        let d = status(token.clone()).await;
+        assert_eq!(d["status"], "sent", "{d}");
+        let contact: serde_json::Value = app
+            .get(&format!("/v1/users/{new}/contact"), &token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(contact["email"], "new-guest@example.com");
+        let eml = std::fs::read(
+            app.outbox_dir()
+                .join(d["providerMessageId"].as_str().unwrap()),
+        )
+        .unwrap();
+        let mail = mailparse::parse_mail(&eml).unwrap();
+        assert_eq!(
+            mail_header(&mail, "To").as_deref(),
+            Some("new-guest@example.com")
+        );
+
+        // An address on file wins.
+        let known = crate::user("registered-known");
+        let token = app.token(Role::Guest, &known, None);
+        app.register(
+            &known,
+            Role::Guest,
+            None,
+            json!({"email": "own@example.com"}),
+        )
+        .await;
+        app.publish(&registered(&known, Some("other@example.com")))
+            .await;
+        let d = status(token.clone()).await;
+        let eml = std::fs::read(
+            app.outbox_dir()
+                .join(d["providerMessageId"].as_str().unwrap()),
+        )
+        .unwrap();
+        let mail = mailparse::parse_mail(&eml).unwrap();
+        assert_eq!(mail_header(&mail, "To").as_deref(), Some("own@example.com"));
+
+        // No address anywhere: suppressed, not an error loop.
+        let nowhere = crate::user("registered-nowhere");
+        let token = app.token(Role::Guest, &nowhere, None);
+        app.publish(&registered(&nowhere, None)).await;
+        let d = status(token).await;
+        assert_eq!(d["status"], "suppressed");
+        assert_eq!(d["reason"], "no_contact");
+        assert_eq!(d["attempts"], 0);
     }
 }

@@ -9,6 +9,11 @@
 //! `Retry-After`) and 5xx are transient; 400 (a bad field, such as an
 //! invalid address), 401/403 (the key is wrong or lacks `mail.send`) and
 //! 413 (too large) are permanent.
+//!
+//! SendGrid's signed Event Webhook reports what became of each message:
+//! `X-Twilio-Email-Event-Webhook-Signature` is an ECDSA P-256 / SHA-256
+//! signature (base64 DER) over the `-Timestamp` header followed by the raw
+//! body, checked with the account's verification key ([`EventWebhookKey`]).
 
 use std::time::Duration;
 
@@ -159,6 +164,54 @@ impl Channel for SendGrid {
     }
 }
 
+/// The verification key of SendGrid's signed Event Webhook: the base64
+/// DER public key SendGrid shows under Mail Settings → Signed Event Webhook.
+#[derive(Debug, Clone)]
+pub struct EventWebhookKey(p256::ecdsa::VerifyingKey);
+
+impl EventWebhookKey {
+    pub fn parse(base64_der: &str) -> Result<EventWebhookKey, Error> {
+        use base64::Engine as _;
+        use p256::pkcs8::DecodePublicKey as _;
+        let pem_body: String = base64_der
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<Vec<_>>()
+            .join("");
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(pem_body.trim())
+            .map_err(|e| Error::new("webhook_public_key", format!("not base64: {e}")))?;
+        p256::ecdsa::VerifyingKey::from_public_key_der(&der)
+            .map(EventWebhookKey)
+            .map_err(|e| Error::new("webhook_public_key", format!("not a P-256 public key: {e}")))
+    }
+
+    /// Whether `signature` (the header, base64 DER) signs `timestamp ‖ body`.
+    pub fn verify(&self, signature: &str, timestamp: &str, body: &[u8]) -> bool {
+        use base64::Engine as _;
+        use p256::ecdsa::signature::Verifier as _;
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
+            return false;
+        };
+        let Ok(signature) = p256::ecdsa::Signature::from_der(&raw) else {
+            return false;
+        };
+        let mut signed = Vec::with_capacity(timestamp.len() + body.len());
+        signed.extend_from_slice(timestamp.as_bytes());
+        signed.extend_from_slice(body);
+        self.0.verify(&signed, &signature).is_ok()
+    }
+}
+
+/// The X-Message-Id a SendGrid event's `sg_message_id` belongs to: the
+/// id SendGrid returned, then `.filter…` and the processing server's suffix.
+pub fn message_id_of(sg_message_id: &str) -> &str {
+    match sg_message_id.find(".filter") {
+        Some(end) => &sg_message_id[..end],
+        None => sg_message_id.split('.').next().unwrap_or(sg_message_id),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +343,64 @@ mod tests {
         );
         let err = answer(503, json!({}), None).await;
         assert!(err.is_transient());
+    }
+
+    /// A key pair standing in for SendGrid's (it publishes no signed
+    /// sample), and the signature it would send.
+    pub(crate) fn signer() -> (p256::ecdsa::SigningKey, String) {
+        use base64::Engine as _;
+        use p256::pkcs8::EncodePublicKey as _;
+        let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let der = key.verifying_key().to_public_key_der().unwrap();
+        (
+            key,
+            base64::engine::general_purpose::STANDARD.encode(der.as_bytes()),
+        )
+    }
+
+    pub(crate) fn sign(key: &p256::ecdsa::SigningKey, timestamp: &str, body: &[u8]) -> String {
+        use base64::Engine as _;
+        use p256::ecdsa::signature::Signer as _;
+        let mut signed = timestamp.as_bytes().to_vec();
+        signed.extend_from_slice(body);
+        let signature: p256::ecdsa::Signature = key.sign(&signed);
+        base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes())
+    }
+
+    #[test]
+    fn event_webhook_signatures_are_verified() {
+        let (key, public) = signer();
+        let verifier = EventWebhookKey::parse(&public).unwrap();
+        let body = br#"[{"email":"example@test.com","event":"delivered","sg_event_id":"rbtnWrG1DVDGGGFHFyun0A==","sg_message_id":"14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0","timestamp":1600112492}]"#;
+        let signature = sign(&key, "1600112502", body);
+        assert!(verifier.verify(&signature, "1600112502", body));
+        assert!(
+            !verifier.verify(&signature, "1600112503", body),
+            "timestamp is signed"
+        );
+        let mut tampered = body.to_vec();
+        tampered[30] ^= 1;
+        assert!(!verifier.verify(&signature, "1600112502", &tampered));
+        assert!(!verifier.verify("bm90IGEgc2lnbmF0dXJl", "1600112502", body));
+        // PEM-wrapped keys are accepted too.
+        let pem = format!("-----BEGIN PUBLIC KEY-----\n{public}\n-----END PUBLIC KEY-----\n");
+        assert!(
+            EventWebhookKey::parse(&pem)
+                .unwrap()
+                .verify(&signature, "1600112502", body)
+        );
+        assert_eq!(
+            EventWebhookKey::parse("AAAA").unwrap_err().key,
+            "webhook_public_key"
+        );
+        assert_eq!(
+            message_id_of("14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0"),
+            "14c5d75ce93.dfd.64b469"
+        );
+        assert_eq!(
+            message_id_of("W86EgYT6SQKk0lRflfLRsA.filter0425p1las1-4566-5B2C3D22-1.0"),
+            "W86EgYT6SQKk0lRflfLRsA"
+        );
     }
 
     #[tokio::test]

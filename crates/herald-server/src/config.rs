@@ -198,6 +198,9 @@ pub struct SendGridSettings {
     pub base_url: String,
     /// An API key with the `mail.send` scope.
     pub api_key: Secret,
+    /// The Signed Event Webhook's verification key (base64 DER); empty
+    /// leaves `/v1/webhooks/sendgrid` off.
+    pub webhook_public_key: String,
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
 }
@@ -345,6 +348,15 @@ impl Settings {
             return Err(ConfigError::new(
                 "database.url",
                 "must start with sqlite:, postgres: or postgresql:",
+            ));
+        }
+        let sendgrid_key = &self.channels.sendgrid.webhook_public_key;
+        if !sendgrid_key.is_empty()
+            && let Err(e) = herald_channels::sendgrid::EventWebhookKey::parse(sendgrid_key)
+        {
+            return Err(ConfigError::new(
+                "channels.sendgrid.webhook_public_key",
+                e.message,
             ));
         }
         if let Err(herald_realtime::Error::Config { key, message }) = self.realtime.validate() {

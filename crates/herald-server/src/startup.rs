@@ -208,6 +208,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user}/devices/{id}", delete(users::delete_device))
         .route("/v1/admin/stats", get(admin::stats))
         .route("/v1/webhooks/twilio", post(webhooks::twilio))
+        .route("/v1/webhooks/sendgrid", post(webhooks::sendgrid))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(admin::metrics))

@@ -83,3 +83,77 @@ pub async fn twilio(
     );
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `POST /v1/webhooks/sendgrid`: SendGrid's Event Webhook, a JSON array of
+/// events signed with ECDSA (`X-Twilio-Email-Event-Webhook-Signature` over
+/// `X-Twilio-Email-Event-Webhook-Timestamp` and the raw body). `delivered`,
+/// `bounce` and `dropped` move deliveries; other events (processed,
+/// deferred, open, click …) are acknowledged and ignored. Each event is
+/// applied once, by its `sg_event_id`.
+pub async fn sendgrid(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let key = &state.settings.channels.sendgrid.webhook_public_key;
+    if key.is_empty() {
+        return Err(ApiError::not_found(
+            "the SendGrid Event Webhook is not configured (channels.sendgrid.webhook_public_key)",
+        ));
+    }
+    let key = herald_channels::sendgrid::EventWebhookKey::parse(key).map_err(ApiError::internal)?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    if !key.verify(
+        header("x-twilio-email-event-webhook-signature"),
+        header("x-twilio-email-event-webhook-timestamp"),
+        &body,
+    ) {
+        tracing::warn!("sendgrid event webhook with a bad signature refused");
+        return Err(ApiError::forbidden(
+            "X-Twilio-Email-Event-Webhook-Signature does not match",
+        ));
+    }
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("not a JSON array of events: {e}")))?;
+    let now = chrono::Utc::now().timestamp_millis();
+    for event in &events {
+        let status = match event["event"].as_str() {
+            Some("delivered") => ProviderStatus::Delivered,
+            Some("bounce") => ProviderStatus::Bounced,
+            Some("dropped") => ProviderStatus::Failed,
+            _ => continue,
+        };
+        let (Some(event_id), Some(message)) = (
+            event["sg_event_id"].as_str(),
+            event["sg_message_id"].as_str(),
+        ) else {
+            continue;
+        };
+        let error = event["reason"].as_str().map(|r| format!("sendgrid: {r}"));
+        let outcome = state
+            .store
+            .record_provider_event(
+                &ProviderEvent {
+                    provider: "sendgrid",
+                    event_id,
+                    message_id: herald_channels::sendgrid::message_id_of(message),
+                    status,
+                    error: error.as_deref(),
+                },
+                now,
+            )
+            .await?;
+        tracing::info!(
+            event_id,
+            status = status.as_str(),
+            ?outcome,
+            "sendgrid event"
+        );
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
