@@ -62,6 +62,9 @@ impl Application {
         settings: Settings,
         components: Components,
     ) -> Result<Application, Error> {
+        // Every HTTP client in the process (providers, the platform
+        // webhook) uses rustls with ring; install it before any is built.
+        herald_channels::http::install_crypto();
         let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
         let (routing, templates) = load_policy(&settings)?;
         let store = Store::connect(
