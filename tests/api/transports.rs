@@ -700,3 +700,108 @@ async fn guest_registered_fills_a_missing_email_and_never_overwrites_one() {
         assert_eq!(d["attempts"], 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_push_reaches_a_browser_encrypted_and_an_expired_subscription_is_removed() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let service = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/push/live"))
+            .and(header("content-encoding", "aes128gcm"))
+            .respond_with(
+                ResponseTemplate::new(201)
+                    .insert_header("Location", "https://push.example/m/live-1"),
+            )
+            .mount(&service)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/push/expired"))
+            .respond_with(
+                ResponseTemplate::new(410)
+                    .set_body_string("push subscription has unsubscribed or expired."),
+            )
+            .mount(&service)
+            .await;
+        let vapid = p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
+        let vapid_private = URL_SAFE_NO_PAD.encode(vapid.to_bytes());
+        let Some(app) = spawn_app_with(backend, move |s| {
+            s.delivery.workers_in_serve = true;
+            s.channels.push = "fcm+webpush".into();
+            // FCM is configured too (a user may have both kinds of device);
+            // this guest has browsers only.
+            s.channels.fcm.service_account_json =
+                Secret::new(service_account("https://oauth2.googleapis.com/token"));
+            s.channels.webpush.vapid_private_key = Secret::new(vapid_private);
+            s.channels.webpush.subject = "mailto:ops@herald.test".into();
+        })
+        .await
+        else {
+            continue;
+        };
+        let guest = crate::user("webpush-guest");
+        let token = app.token(Role::Guest, &guest, None);
+        let (keys, auth) = ece::generate_keypair_and_auth_secret().unwrap();
+        for name in ["live", "expired"] {
+            let subscription = json!({
+                "endpoint": format!("{}/push/{name}", service.uri()),
+                "expirationTime": null,
+                "keys": {
+                    "p256dh": URL_SAFE_NO_PAD.encode(keys.pub_as_raw().unwrap()),
+                    "auth": URL_SAFE_NO_PAD.encode(auth),
+                }
+            });
+            // The API accepts https endpoints only; the fake push service
+            // is plain http, so the device goes straight into the store.
+            app.store
+                .add_device(
+                    &herald_core::UserId(guest.clone()),
+                    &herald_store::directory::NewDevice {
+                        kind: herald_store::DeviceKind::Webpush,
+                        token: subscription["endpoint"].as_str().unwrap().to_owned(),
+                        subscription: Some(subscription.clone()),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        app.publish(&crate::points_for(&guest, 50)).await;
+        let sent = eventually("the push to be sent", Duration::from_secs(20), || async {
+            let d = trace(&app, &token, "push").await;
+            (d["status"] == "sent").then_some(d)
+        })
+        .await;
+        assert_eq!(sent["providerMessageId"], "https://push.example/m/live-1");
+        // The browser decrypts what it got (RFC 8291).
+        let requests = service.received_requests().await.unwrap();
+        let live = requests
+            .iter()
+            .find(|r| r.url.path() == "/push/live")
+            .unwrap();
+        let plain = ece::decrypt(&keys.raw_components().unwrap(), &auth, &live.body).unwrap();
+        let payload: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+        assert!(
+            payload["body"].as_str().unwrap().contains("50"),
+            "{payload}"
+        );
+        assert_eq!(payload["data"]["event"], "points_added");
+        // The expired subscription is forgotten.
+        let devices: serde_json::Value = app
+            .get(&format!("/v1/users/{guest}/devices"), &token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let endpoints: Vec<&str> = devices["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|d| d["token"].as_str())
+            .collect();
+        assert_eq!(
+            endpoints,
+            vec![format!("{}/push/live", service.uri()).as_str()]
+        );
+    }
+}

@@ -8,6 +8,8 @@
 //! | [`sendgrid`] | email through SendGrid's v3 Mail Send API |
 //! | [`twilio`] | SMS through Twilio's Messages API |
 //! | [`fcm`] | push through Firebase Cloud Messaging's HTTP v1 API (OAuth2 service account) |
+//! | [`webpush`] | push to browsers: Web Push with RFC 8291 encryption and VAPID |
+//! | [`push`] | one push channel over FCM tokens and Web Push subscriptions |
 //! | [`email`] | building RFC 5322 messages (shared by the outbox and SMTP) |
 //! | [`http`] | the pooled HTTP client and the failure classes HTTP providers share |
 //! | [`mask`] | masking of addresses for logs |
@@ -24,13 +26,17 @@ pub mod fcm;
 pub mod http;
 pub mod mask;
 pub mod outbox;
+pub mod push;
 pub mod sendgrid;
 pub mod smtp;
 pub mod twilio;
+pub mod webpush;
 
 pub use error::Error;
 pub use fcm::{Fcm, FcmConfig};
 pub use outbox::Outbox;
+pub use push::PushRouter;
 pub use sendgrid::{SendGrid, SendGridConfig};
 pub use smtp::{Security, Smtp, SmtpConfig};
 pub use twilio::{Twilio, TwilioConfig};
+pub use webpush::{WebPush, WebPushConfig};

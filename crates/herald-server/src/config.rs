@@ -139,6 +139,21 @@ pub struct ChannelSettings {
     pub twilio: TwilioSettings,
     /// `push = "fcm"`.
     pub fcm: FcmSettings,
+    /// `push = "webpush"`.
+    pub webpush: WebPushSettings,
+}
+
+/// Web Push with VAPID (`[channels.webpush]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushSettings {
+    /// The VAPID private key (P-256, base64url, no padding).
+    pub vapid_private_key: Secret,
+    /// `mailto:` or `https:` contact for push services.
+    pub subject: String,
+    pub ttl_seconds: u64,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
 }
 
 /// Firebase Cloud Messaging HTTP v1 (`[channels.fcm]`).

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_channels::{
-    Fcm, FcmConfig, Outbox, Security, SendGrid, SendGridConfig, Smtp, SmtpConfig, Twilio,
-    TwilioConfig,
+    Fcm, FcmConfig, Outbox, PushRouter, Security, SendGrid, SendGridConfig, Smtp, SmtpConfig,
+    Twilio, TwilioConfig, WebPush, WebPushConfig,
 };
+use herald_core::Channel;
 use herald_core::realtime::Broadcast;
 use herald_core::{ChannelKind, RoutingTable};
 use herald_delivery::{Channels, Clock, Dispatcher, Queue, Sweeper, Templates};
@@ -17,7 +18,7 @@ use herald_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::config::{ConfigError, Settings};
+use crate::config::{ChannelSettings, ConfigError, Settings};
 
 /// How long to wait before replacing a worker that died.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
@@ -98,34 +99,10 @@ pub fn channels_from(settings: &Settings) -> Result<Channels, ConfigError> {
                     .map_err(|e| provider_error("channels.twilio", e))?,
                 )
             }
-            "fcm" if kind == ChannelKind::Push => {
-                let f = &c.fcm;
-                let json = if f.service_account_json.is_empty() {
-                    if f.service_account_file.as_os_str().is_empty() {
-                        return Err(ConfigError::new(
-                            "channels.fcm.service_account_file",
-                            "is required (or service_account_json)",
-                        ));
-                    }
-                    std::fs::read_to_string(&f.service_account_file).map_err(|e| {
-                        ConfigError::new(
-                            "channels.fcm.service_account_file",
-                            format!("{}: {e}", f.service_account_file.display()),
-                        )
-                    })?
-                } else {
-                    f.service_account_json.expose().to_owned()
-                };
-                Arc::new(
-                    Fcm::new(&FcmConfig {
-                        base_url: f.base_url.clone(),
-                        service_account_json: json,
-                        token_url: f.token_url.clone(),
-                        timeout: Duration::from_millis(f.timeout_ms),
-                        connect_timeout: Duration::from_millis(f.connect_timeout_ms),
-                    })
-                    .map_err(|e| provider_error("channels.fcm", e))?,
-                )
+            "fcm" | "webpush" | "fcm+webpush" | "webpush+fcm" if kind == ChannelKind::Push => {
+                let fcm = choice.contains("fcm").then(|| fcm(c)).transpose()?;
+                let webpush = choice.contains("webpush").then(|| webpush(c)).transpose()?;
+                Arc::new(PushRouter::new(fcm, webpush))
             }
             other => {
                 return Err(ConfigError::new(
@@ -142,12 +119,58 @@ pub fn channels_from(settings: &Settings) -> Result<Channels, ConfigError> {
     Ok(channels)
 }
 
+/// FCM HTTP v1 from `[channels.fcm]`.
+fn fcm(c: &ChannelSettings) -> Result<Arc<dyn Channel>, ConfigError> {
+    let f = &c.fcm;
+    let json = if f.service_account_json.is_empty() {
+        if f.service_account_file.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "channels.fcm.service_account_file",
+                "is required (or service_account_json)",
+            ));
+        }
+        std::fs::read_to_string(&f.service_account_file).map_err(|e| {
+            ConfigError::new(
+                "channels.fcm.service_account_file",
+                format!("{}: {e}", f.service_account_file.display()),
+            )
+        })?
+    } else {
+        f.service_account_json.expose().to_owned()
+    };
+    Ok(Arc::new(
+        Fcm::new(&FcmConfig {
+            base_url: f.base_url.clone(),
+            service_account_json: json,
+            token_url: f.token_url.clone(),
+            timeout: Duration::from_millis(f.timeout_ms),
+            connect_timeout: Duration::from_millis(f.connect_timeout_ms),
+        })
+        .map_err(|e| provider_error("channels.fcm", e))?,
+    ))
+}
+
+/// Web Push from `[channels.webpush]`.
+fn webpush(c: &ChannelSettings) -> Result<Arc<dyn Channel>, ConfigError> {
+    let w = &c.webpush;
+    Ok(Arc::new(
+        WebPush::new(&WebPushConfig {
+            vapid_private_key: w.vapid_private_key.expose().to_owned(),
+            subject: w.subject.clone(),
+            ttl: Duration::from_secs(w.ttl_seconds),
+            timeout: Duration::from_millis(w.timeout_ms),
+            connect_timeout: Duration::from_millis(w.connect_timeout_ms),
+        })
+        .map_err(|e| provider_error("channels.webpush", e))?,
+    ))
+}
+
 /// The transports that can serve a channel kind.
 fn available(kind: ChannelKind) -> &'static str {
     match kind {
         ChannelKind::Email => "outbox, smtp, sendgrid",
         ChannelKind::Sms => "outbox, twilio",
-        ChannelKind::Push => "outbox, fcm",
+        ChannelKind::Push => "outbox, fcm, webpush, fcm+webpush",
         _ => "outbox",
     }
 }
