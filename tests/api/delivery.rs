@@ -20,14 +20,14 @@ fn late_evening() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 26, 20, 30, 0).unwrap()
 }
 
-fn redeemed(guest: &str) -> Value {
+pub(crate) fn redeemed(guest: &str) -> Value {
     let mut e = envelope(EventKind::PointsRedeemed);
     e["data"]["guestId"] = json!(guest);
     e
 }
 
 /// The newest notification's delivery on `channel`, as the API shows it.
-async fn trace(app: &TestApp, token: &str, channel: &str) -> Value {
+pub(crate) async fn trace(app: &TestApp, token: &str, channel: &str) -> Value {
     let items = newest_deliveries(app, token).await;
     items
         .iter()
@@ -40,7 +40,7 @@ fn delivery_id(d: &Value) -> DeliveryId {
     d["id"].as_str().unwrap().parse().unwrap()
 }
 
-async fn guest_with_email(app: &TestApp, name: &str, extra: Value) -> (String, String) {
+pub(crate) async fn guest_with_email(app: &TestApp, name: &str, extra: Value) -> (String, String) {
     let guest = user(name);
     let token = app.token(Role::Guest, &guest, None);
     let mut contact = json!({"email": format!("{name}@example.com")});

@@ -11,6 +11,7 @@ mod inbox;
 mod ingest;
 mod realtime;
 mod socketio;
+mod transports;
 mod users;
 mod ws;
 

@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use herald_core::channel::{Address, Receipt};
+use herald_core::channel::Receipt;
 use herald_core::{Channel, ChannelError, ChannelKind, RenderedMessage};
-use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
+use lettre::message::Mailbox;
 use serde_json::json;
 
 use crate::mask::mask;
@@ -28,9 +28,7 @@ pub struct Outbox {
 impl Outbox {
     /// `from` is the sender shown on outbox emails (`Herald <no-reply@…>`).
     pub fn new(dir: impl Into<PathBuf>, kind: ChannelKind, from: &str) -> Result<Outbox, String> {
-        let from = from
-            .parse()
-            .map_err(|e| format!("`{from}` is not a mailbox: {e}"))?;
+        let from = crate::email::sender(from).map_err(|e| e.message)?;
         Ok(Outbox {
             dir: dir.into(),
             kind,
@@ -39,30 +37,7 @@ impl Outbox {
     }
 
     fn email(&self, message: &RenderedMessage) -> Result<Vec<u8>, ChannelError> {
-        let Address::Email { email } = &message.to else {
-            return Err(ChannelError::permanent("an email needs an email address"));
-        };
-        let to: Mailbox = email.parse().map_err(|e| {
-            ChannelError::permanent(format!("invalid address {}: {e}", mask(&message.to)))
-        })?;
-        let builder = lettre::Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(message.subject.clone().unwrap_or_default())
-            .message_id(Some(format!("<{}@herald.outbox>", message.idempotency_key)));
-        let built = match &message.html {
-            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
-                message.text.clone(),
-                html.clone(),
-            )),
-            None => builder.singlepart(
-                SinglePart::builder()
-                    .header(ContentType::TEXT_PLAIN)
-                    .body(message.text.clone()),
-            ),
-        }
-        .map_err(|e| ChannelError::permanent(format!("cannot build the email: {e}")))?;
-        Ok(built.formatted())
+        Ok(crate::email::build(&self.from, message, "herald.outbox")?.formatted())
     }
 }
 
@@ -115,6 +90,7 @@ impl Channel for Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_core::channel::Address;
 
     fn message(channel: ChannelKind, to: Address) -> RenderedMessage {
         RenderedMessage {

@@ -135,6 +135,11 @@ pub enum ChannelError {
     /// Never going to work: bad address, unregistered token, misconfiguration.
     #[error("permanent: {reason}")]
     Permanent { reason: String },
+    /// Permanent, and the address itself no longer exists: an FCM token
+    /// that is unregistered, a Web Push subscription that expired. The
+    /// pipeline forgets the device so no later message tries it again.
+    #[error("address gone: {reason}")]
+    Gone { reason: String },
 }
 
 impl ChannelError {
@@ -148,6 +153,21 @@ impl ChannelError {
     pub fn permanent(reason: impl Into<String>) -> Self {
         ChannelError::Permanent {
             reason: reason.into(),
+        }
+    }
+
+    pub fn gone(reason: impl Into<String>) -> Self {
+        ChannelError::Gone {
+            reason: reason.into(),
+        }
+    }
+
+    /// The reason, whatever the class.
+    pub fn reason(&self) -> &str {
+        match self {
+            ChannelError::Transient { reason, .. }
+            | ChannelError::Permanent { reason }
+            | ChannelError::Gone { reason } => reason,
         }
     }
 

@@ -230,7 +230,12 @@ impl Dispatcher {
             };
             match transport.send(&message).await {
                 Ok(receipt) => receipts.push(receipt),
-                Err(err) => errors.push(err),
+                Err(err) => {
+                    if let ChannelError::Gone { reason } = &err {
+                        self.forget(claim, &message.to, reason).await?;
+                    }
+                    errors.push(err);
+                }
             }
         }
         if !receipts.is_empty() {
@@ -283,6 +288,30 @@ impl Dispatcher {
         })
     }
 
+    /// The provider says a push address no longer exists: remove the
+    /// device, so no later message tries it. Email and phone are the
+    /// user's contact details and stay; the delivery just fails.
+    async fn forget(
+        &self,
+        claim: &Claimed,
+        to: &Address,
+        reason: &str,
+    ) -> Result<(), AttemptError> {
+        let token = match to {
+            Address::Fcm { token } => token,
+            Address::WebPush { endpoint, .. } => endpoint,
+            Address::Email { .. } | Address::Phone { .. } => return Ok(()),
+        };
+        if let Some(device) = self
+            .store
+            .delete_device_by_token(&claim.recipient, token)
+            .await?
+        {
+            tracing::info!(%device, %reason, "push address gone; device removed");
+        }
+        Ok(())
+    }
+
     /// A failed send: retry later, or give up.
     fn failed(
         &self,
@@ -312,7 +341,7 @@ impl Dispatcher {
                     reason: format!("gave up after {attempt} attempts: {reason}"),
                 }
             }
-            ChannelError::Permanent { reason } => {
+            ChannelError::Permanent { reason } | ChannelError::Gone { reason } => {
                 tracing::warn!(attempt, channel = %claim.channel, %reason, "delivery failed permanently");
                 Outcome::Failed { attempt, reason }
             }
@@ -407,7 +436,7 @@ fn combine(errors: Vec<ChannelError>) -> ChannelError {
                 let reason = transient.map_or(reason, |t| t.0);
                 transient = Some((reason, after));
             }
-            ChannelError::Permanent { reason } => {
+            ChannelError::Permanent { reason } | ChannelError::Gone { reason } => {
                 permanent.get_or_insert(reason);
             }
         }

@@ -55,6 +55,9 @@ impl Actions {
             None
         } else {
             let timeout = Duration::from_millis(config.webhook_timeout_ms.max(1));
+            // reqwest's rustls needs a process-wide crypto provider; the
+            // first caller installs ring's, later calls find it in place.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let client = reqwest::Client::builder()
                 .timeout(timeout)
                 .build()

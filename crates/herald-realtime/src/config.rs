@@ -167,15 +167,10 @@ impl RealtimeConfig {
             return bad("redis_prefix", "must not be empty");
         }
         if !self.webhook_url.is_empty() {
-            if self.webhook_url.starts_with("https://") {
-                return bad(
-                    "webhook_url",
-                    "https needs TLS support in Herald's HTTP client, which this build does not \
-                     include yet; relay through an http:// endpoint (a sidecar or internal address)",
-                );
-            }
-            if !self.webhook_url.starts_with("http://") {
-                return bad("webhook_url", "must be an http:// URL");
+            if !(self.webhook_url.starts_with("http://")
+                || self.webhook_url.starts_with("https://"))
+            {
+                return bad("webhook_url", "must be an http:// or https:// URL");
             }
             if self.webhook_secret.len() < 16 {
                 return bad(

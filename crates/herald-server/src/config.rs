@@ -131,6 +131,93 @@ pub struct ChannelSettings {
     pub push: String,
     pub outbox_dir: PathBuf,
     pub email_from: String,
+    /// `email = "smtp"`.
+    pub smtp: SmtpSettings,
+    /// `email = "sendgrid"`.
+    pub sendgrid: SendGridSettings,
+    /// `sms = "twilio"`.
+    pub twilio: TwilioSettings,
+    /// `push = "fcm"`.
+    pub fcm: FcmSettings,
+    /// `push = "webpush"`.
+    pub webpush: WebPushSettings,
+}
+
+/// Web Push with VAPID (`[channels.webpush]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushSettings {
+    /// The VAPID private key (P-256, base64url, no padding).
+    pub vapid_private_key: Secret,
+    /// `mailto:` or `https:` contact for push services.
+    pub subject: String,
+    pub ttl_seconds: u64,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+/// Firebase Cloud Messaging HTTP v1 (`[channels.fcm]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmSettings {
+    pub base_url: String,
+    /// The service account key file downloaded from Firebase.
+    pub service_account_file: PathBuf,
+    /// The same key's JSON inline (for environments that pass secrets as
+    /// variables); wins over the file.
+    pub service_account_json: Secret,
+    /// Overrides the key's `token_uri`; empty uses the key's.
+    pub token_url: String,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+/// Twilio's Messages API (`[channels.twilio]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioSettings {
+    pub base_url: String,
+    /// `AC…`.
+    pub account_sid: String,
+    /// Also the key of `X-Twilio-Signature` on status callbacks.
+    pub auth_token: Secret,
+    /// The sending number (E.164); empty when `messaging_service_sid` is set.
+    pub from: String,
+    /// `MG…`: let a Messaging Service choose the sender.
+    pub messaging_service_sid: String,
+    /// The public URL of Herald's `/v1/webhooks/twilio`, or empty.
+    pub status_callback: String,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+/// An SMTP server (`[channels.smtp]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    /// `starttls`, `tls` (implicit, port 465) or `none`.
+    pub security: String,
+    /// Empty: no authentication.
+    pub username: String,
+    pub password: Secret,
+    pub timeout_ms: u64,
+    pub pool_max_size: u32,
+}
+
+/// SendGrid's v3 Mail Send API (`[channels.sendgrid]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendGridSettings {
+    pub base_url: String,
+    /// An API key with the `mail.send` scope.
+    pub api_key: Secret,
+    /// The Signed Event Webhook's verification key (base64 DER); empty
+    /// leaves `/v1/webhooks/sendgrid` off.
+    pub webhook_public_key: String,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +363,15 @@ impl Settings {
             return Err(ConfigError::new(
                 "database.url",
                 "must start with sqlite:, postgres: or postgresql:",
+            ));
+        }
+        let sendgrid_key = &self.channels.sendgrid.webhook_public_key;
+        if !sendgrid_key.is_empty()
+            && let Err(e) = herald_channels::sendgrid::EventWebhookKey::parse(sendgrid_key)
+        {
+            return Err(ConfigError::new(
+                "channels.sendgrid.webhook_public_key",
+                e.message,
             ));
         }
         if let Err(herald_realtime::Error::Config { key, message }) = self.realtime.validate() {

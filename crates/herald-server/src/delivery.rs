@@ -6,7 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_channels::Outbox;
+use herald_channels::{
+    Fcm, FcmConfig, Outbox, PushRouter, Security, SendGrid, SendGridConfig, Smtp, SmtpConfig,
+    Twilio, TwilioConfig, WebPush, WebPushConfig,
+};
+use herald_core::Channel;
 use herald_core::realtime::Broadcast;
 use herald_core::{ChannelKind, RoutingTable};
 use herald_delivery::{Channels, Clock, DeliveryMetrics, Dispatcher, Queue, Sweeper, Templates};
@@ -14,7 +18,7 @@ use herald_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::config::{ConfigError, Settings};
+use crate::config::{ChannelSettings, ConfigError, Settings};
 
 /// How long to wait before replacing a worker that died.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
@@ -44,16 +48,141 @@ pub fn channels_from(settings: &Settings) -> Result<Channels, ConfigError> {
                 Outbox::new(&c.outbox_dir, kind, &c.email_from)
                     .map_err(|e| ConfigError::new("channels.email_from", e))?,
             ),
+            "smtp" if kind == ChannelKind::Email => {
+                let m = &c.smtp;
+                let security = Security::parse(&m.security).ok_or_else(|| {
+                    ConfigError::new(
+                        "channels.smtp.security",
+                        format!("`{}`: expected starttls, tls or none", m.security),
+                    )
+                })?;
+                Arc::new(
+                    Smtp::new(&SmtpConfig {
+                        host: m.host.clone(),
+                        port: m.port,
+                        security,
+                        username: m.username.clone(),
+                        password: m.password.expose().to_owned(),
+                        from: c.email_from.clone(),
+                        timeout: Duration::from_millis(m.timeout_ms),
+                        pool_max_size: m.pool_max_size,
+                    })
+                    .map_err(|e| provider_error("channels.smtp", e))?,
+                )
+            }
+            "sendgrid" if kind == ChannelKind::Email => {
+                let s = &c.sendgrid;
+                Arc::new(
+                    SendGrid::new(&SendGridConfig {
+                        base_url: s.base_url.clone(),
+                        api_key: s.api_key.expose().to_owned(),
+                        from: c.email_from.clone(),
+                        timeout: Duration::from_millis(s.timeout_ms),
+                        connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+                    })
+                    .map_err(|e| provider_error("channels.sendgrid", e))?,
+                )
+            }
+            "twilio" if kind == ChannelKind::Sms => {
+                let t = &c.twilio;
+                Arc::new(
+                    Twilio::new(&TwilioConfig {
+                        base_url: t.base_url.clone(),
+                        account_sid: t.account_sid.clone(),
+                        auth_token: t.auth_token.expose().to_owned(),
+                        from: t.from.clone(),
+                        messaging_service_sid: t.messaging_service_sid.clone(),
+                        status_callback: t.status_callback.clone(),
+                        timeout: Duration::from_millis(t.timeout_ms),
+                        connect_timeout: Duration::from_millis(t.connect_timeout_ms),
+                    })
+                    .map_err(|e| provider_error("channels.twilio", e))?,
+                )
+            }
+            "fcm" | "webpush" | "fcm+webpush" | "webpush+fcm" if kind == ChannelKind::Push => {
+                let fcm = choice.contains("fcm").then(|| fcm(c)).transpose()?;
+                let webpush = choice.contains("webpush").then(|| webpush(c)).transpose()?;
+                Arc::new(PushRouter::new(fcm, webpush))
+            }
             other => {
                 return Err(ConfigError::new(
                     key,
-                    format!("unknown transport `{other}` (available: outbox)"),
+                    format!(
+                        "unknown transport `{other}` for {kind} (available: {})",
+                        available(kind)
+                    ),
                 ));
             }
         };
         channels.insert(kind, transport);
     }
     Ok(channels)
+}
+
+/// FCM HTTP v1 from `[channels.fcm]`.
+fn fcm(c: &ChannelSettings) -> Result<Arc<dyn Channel>, ConfigError> {
+    let f = &c.fcm;
+    let json = if f.service_account_json.is_empty() {
+        if f.service_account_file.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "channels.fcm.service_account_file",
+                "is required (or service_account_json)",
+            ));
+        }
+        std::fs::read_to_string(&f.service_account_file).map_err(|e| {
+            ConfigError::new(
+                "channels.fcm.service_account_file",
+                format!("{}: {e}", f.service_account_file.display()),
+            )
+        })?
+    } else {
+        f.service_account_json.expose().to_owned()
+    };
+    Ok(Arc::new(
+        Fcm::new(&FcmConfig {
+            base_url: f.base_url.clone(),
+            service_account_json: json,
+            token_url: f.token_url.clone(),
+            timeout: Duration::from_millis(f.timeout_ms),
+            connect_timeout: Duration::from_millis(f.connect_timeout_ms),
+        })
+        .map_err(|e| provider_error("channels.fcm", e))?,
+    ))
+}
+
+/// Web Push from `[channels.webpush]`.
+fn webpush(c: &ChannelSettings) -> Result<Arc<dyn Channel>, ConfigError> {
+    let w = &c.webpush;
+    Ok(Arc::new(
+        WebPush::new(&WebPushConfig {
+            vapid_private_key: w.vapid_private_key.expose().to_owned(),
+            subject: w.subject.clone(),
+            ttl: Duration::from_secs(w.ttl_seconds),
+            timeout: Duration::from_millis(w.timeout_ms),
+            connect_timeout: Duration::from_millis(w.connect_timeout_ms),
+        })
+        .map_err(|e| provider_error("channels.webpush", e))?,
+    ))
+}
+
+/// The transports that can serve a channel kind.
+fn available(kind: ChannelKind) -> &'static str {
+    match kind {
+        ChannelKind::Email => "outbox, smtp, sendgrid",
+        ChannelKind::Sms => "outbox, twilio",
+        ChannelKind::Push => "outbox, fcm, webpush, fcm+webpush",
+        _ => "outbox",
+    }
+}
+
+/// A provider's construction error, named by its full key.
+fn provider_error(section: &str, e: herald_channels::Error) -> ConfigError {
+    let key = if e.key == "email_from" {
+        "channels.email_from".to_owned()
+    } else {
+        format!("{section}.{}", e.key)
+    };
+    ConfigError::new(key, e.message)
 }
 
 /// A process's delivery machinery.

@@ -104,6 +104,7 @@ impl Publisher {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        self.fill_contacts(&prepared).await?;
         let groups: Vec<Selector> = prepared
             .iter()
             .flat_map(|p| p.route.groups().cloned())
@@ -195,6 +196,28 @@ impl Publisher {
         }
         self.enqueue(&events, &outcomes).await;
         Ok(outcomes)
+    }
+
+    /// `guest_registered` names the guest's email: it becomes their
+    /// contact address when Herald has none, before routing looks, so the
+    /// welcome email has somewhere to go. An address on file wins.
+    async fn fill_contacts(&self, prepared: &[Prepared]) -> Result<(), ApiError> {
+        for p in prepared {
+            if p.event.kind != herald_core::EventKind::GuestRegistered {
+                continue;
+            }
+            let (Some(guest), Some(email)) = (
+                p.event.data.get("guestId").and_then(Value::as_str),
+                p.event.data.get("email").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            // (The catalog has checked that it looks like an address.)
+            self.store
+                .fill_contact_email(&herald_core::UserId(guest.to_owned()), email)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Hands the new events' open deliveries to the queue. The events are

@@ -28,7 +28,7 @@ use crate::config::{ConfigError, Settings};
 use crate::delivery::{Components, DeliveryRuntime};
 use crate::ingest::Publisher;
 use crate::problem::ApiError;
-use crate::routes::{admin, demo, events, health, inbox, users};
+use crate::routes::{admin, demo, events, health, inbox, users, webhooks};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -64,6 +64,9 @@ impl Application {
         settings: Settings,
         components: Components,
     ) -> Result<Application, Error> {
+        // Every HTTP client in the process (providers, the platform
+        // webhook) uses rustls with ring; install it before any is built.
+        herald_channels::http::install_crypto();
         let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
         let (routing, templates) = load_policy(&settings)?;
         let store = Store::connect(
@@ -210,6 +213,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user}/devices", get(users::list_devices).post(users::add_device))
         .route("/v1/users/{user}/devices/{id}", delete(users::delete_device))
         .route("/v1/admin/stats", get(admin::stats))
+        .route("/v1/webhooks/twilio", post(webhooks::twilio))
+        .route("/v1/webhooks/sendgrid", post(webhooks::sendgrid))
         .route("/demo", get(demo::page))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

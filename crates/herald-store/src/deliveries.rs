@@ -13,6 +13,10 @@
 //! transition out of `sending` names the attempt it finishes; if the lease
 //! ran out and another worker claimed the delivery meanwhile, the late
 //! finish changes nothing.
+//!
+//! After `sent`, the provider may report more (a status webhook):
+//! `sent → delivered | bounced | failed`, and `delivered → bounced | failed`
+//! (a late bounce). Each report is applied once, by its event id.
 
 use herald_core::{DeliveryId, EventId, EventKind, NotificationId, UserId};
 use sqlx::{AssertSqlSafe, Row};
@@ -199,6 +203,53 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Applies a provider's report about message `message_id` once:
+    /// the first time `(provider, event_id)` is seen it moves the delivery
+    /// that message belongs to (from `sent`, or from `delivered` to a late
+    /// bounce or failure); a repeat changes nothing.
+    pub async fn record_provider_event(
+        &self,
+        event: &ProviderEvent<'_>,
+        now: i64,
+    ) -> Result<ProviderEventOutcome> {
+        let mut tx = self.write.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO provider_events (provider, event_id, message_id, status, received_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, event_id) DO NOTHING",
+        )
+        .bind(event.provider)
+        .bind(event.event_id)
+        .bind(event.message_id)
+        .bind(event.status.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if fresh.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(ProviderEventOutcome::Duplicate);
+        }
+        let from = match event.status {
+            ProviderStatus::Delivered => "'sent'",
+            ProviderStatus::Bounced | ProviderStatus::Failed => "'sent', 'delivered'",
+        };
+        let moved = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE deliveries SET status = $1, last_error = COALESCE($2, last_error), updated_at = $3 \
+             WHERE provider_message_id = $4 AND status IN ({from})"
+        )))
+        .bind(event.status.as_str())
+        .bind(event.error)
+        .bind(now)
+        .bind(event.message_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(if moved.rows_affected() > 0 {
+            ProviderEventOutcome::Applied
+        } else {
+            ProviderEventOutcome::NoChange
+        })
+    }
+
     /// Hands deliveries whose worker died (still `sending` past their lease)
     /// back for another attempt. Returns how many.
     pub async fn release_expired_leases(&self, now: i64) -> Result<u64> {
@@ -276,4 +327,51 @@ impl Store {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
     }
+}
+
+/// What a provider says became of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderStatus {
+    /// It reached the handset or the mailbox.
+    Delivered,
+    /// The receiving server refused it (the address does not exist, …).
+    Bounced,
+    /// The provider gave up (undeliverable, dropped, carrier rejection).
+    Failed,
+}
+
+impl ProviderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderStatus::Delivered => "delivered",
+            ProviderStatus::Bounced => "bounced",
+            ProviderStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One report from a provider's status webhook.
+#[derive(Debug, Clone)]
+pub struct ProviderEvent<'a> {
+    /// `twilio`, `sendgrid`.
+    pub provider: &'a str,
+    /// The provider's id for this report; a repeat is ignored.
+    pub event_id: &'a str,
+    /// The provider's id for the message (the delivery's `provider_message_id`).
+    pub message_id: &'a str,
+    pub status: ProviderStatus,
+    /// The provider's error, recorded on the delivery.
+    pub error: Option<&'a str>,
+}
+
+/// What [`Store::record_provider_event`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderEventOutcome {
+    /// The delivery moved.
+    Applied,
+    /// New report, but no delivery to move (unknown message, or the
+    /// delivery already says as much or more).
+    NoChange,
+    /// Seen before: nothing done.
+    Duplicate,
 }

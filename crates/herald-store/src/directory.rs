@@ -69,6 +69,24 @@ impl Store {
         Ok(())
     }
 
+    /// Gives `user` an email address when Herald has none for them (the
+    /// platform named it in an event); an address already on file, set by
+    /// the user or the platform, is never overwritten. Returns whether it
+    /// filled one.
+    pub async fn fill_contact_email(&self, user: &UserId, email: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO contacts (user_id, email, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE SET email = $2, updated_at = $3 \
+             WHERE contacts.email IS NULL OR contacts.email = ''",
+        )
+        .bind(user.as_str())
+        .bind(email)
+        .bind(now_ms())
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// A user's preferences; defaults when they never set any.
     pub async fn preferences(&self, user: &UserId) -> Result<Preferences> {
         let row = sqlx::query("SELECT document FROM preferences WHERE user_id = $1")
@@ -167,6 +185,22 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Removes the device a provider reported gone (an unregistered FCM
+    /// token, an expired Web Push endpoint), returning its id if it was
+    /// still there.
+    pub async fn delete_device_by_token(
+        &self,
+        user: &UserId,
+        token: &str,
+    ) -> Result<Option<DeviceId>> {
+        let row = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND token = $2 RETURNING id")
+            .bind(user.as_str())
+            .bind(token)
+            .fetch_optional(&self.write)
+            .await?;
+        row.map(|r| parse_id::<DeviceId>(&r, 0)).transpose()
+    }
+
     /// Expands group selectors (`role:admin`, `staff:{restaurant}`) to users,
     /// from the contacts directory.
     pub async fn members<'a>(
@@ -206,8 +240,10 @@ impl Store {
     }
 
     /// What routing needs to know of each user: preferences, contact
-    /// details, whether a push device exists. Users Herald has never heard
-    /// of are left out (routing treats them as defaults with no address).
+    /// details, whether a push device exists. A user known only by a
+    /// registered device counts too (push reaches them). Users Herald has
+    /// never heard of are left out (routing treats them as defaults with no
+    /// address).
     pub async fn profiles(&self, users: &BTreeSet<UserId>) -> Result<HashMap<UserId, Profile>> {
         let mut out: HashMap<UserId, Profile> = HashMap::new();
         let ids: Vec<&UserId> = users.iter().collect();
@@ -224,7 +260,14 @@ impl Store {
                         (SELECT COUNT(*) FROM devices d WHERE d.user_id = p.user_id) \
                  FROM preferences p \
                  WHERE p.user_id IN ({list}) \
-                   AND NOT EXISTS (SELECT 1 FROM contacts c WHERE c.user_id = p.user_id)"
+                   AND NOT EXISTS (SELECT 1 FROM contacts c WHERE c.user_id = p.user_id) \
+                 UNION ALL \
+                 SELECT d.user_id, NULL, NULL, NULL, NULL, NULL, COUNT(*) \
+                 FROM devices d \
+                 WHERE d.user_id IN ({list}) \
+                   AND NOT EXISTS (SELECT 1 FROM contacts c WHERE c.user_id = d.user_id) \
+                   AND NOT EXISTS (SELECT 1 FROM preferences p WHERE p.user_id = d.user_id) \
+                 GROUP BY d.user_id"
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for id in chunk {

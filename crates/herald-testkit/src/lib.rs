@@ -8,6 +8,9 @@
 //! with a note, unless `HERALD_REQUIRE_SERVICES=1`, which turns the skip into
 //! a failure (CI sets it).
 //!
+//! [`smtp::SmtpSink`] is a real SMTP server on a local port for the SMTP
+//! transport's tests.
+//!
 //! Delivery workers do not run inside a test app unless the test sets
 //! `delivery.workers_in_serve`: most tests check what was scheduled, and
 //! drive attempts through `app.delivery.dispatcher` themselves.
@@ -16,6 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod fakes;
+pub mod smtp;
 
 use std::sync::Arc;
 

@@ -1,4 +1,5 @@
-//! HTTP handlers, one module per resource of contract §7.
+//! HTTP handlers, one module per resource of contract §7, and `webhooks`
+//! for providers reporting delivery status.
 
 pub mod admin;
 pub mod demo;
@@ -6,3 +7,4 @@ pub mod events;
 pub mod health;
 pub mod inbox;
 pub mod users;
+pub mod webhooks;
