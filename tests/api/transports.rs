@@ -805,3 +805,30 @@ async fn web_push_reaches_a_browser_encrypted_and_an_expired_subscription_is_rem
         );
     }
 }
+
+/// A configured but unreachable provider shows on `/readyz` (and in the
+/// log at start) before any send, without taking the node out of rotation:
+/// its deliveries wait and retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_a_broken_provider_without_failing() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
+        s.channels.email = "smtp".into();
+        s.channels.smtp.host = "127.0.0.1".into();
+        s.channels.smtp.port = port;
+        s.channels.smtp.security = "none".into();
+    })
+    .await
+    .unwrap();
+    let res = app.get("/readyz", "").await;
+    assert_eq!(res.status(), 200);
+    let ready: serde_json::Value = res.json().await.unwrap();
+    let email = ready["checks"]["channels"]["email"].as_str().unwrap();
+    assert!(email.starts_with("unavailable: smtp 127.0.0.1"), "{ready}");
+    assert_eq!(
+        ready["checks"]["channels"]["sms"], "ok",
+        "the outbox is fine"
+    );
+}

@@ -255,6 +255,15 @@ fn error_code(body: &Value) -> Option<String> {
 
 #[async_trait]
 impl Channel for Fcm {
+    /// Exchanges the service account's signed grant for an access token
+    /// (cached, so a healthy check costs nothing).
+    async fn check(&self) -> Result<(), String> {
+        self.access_token()
+            .await
+            .map(drop)
+            .map_err(|e| format!("fcm: {e}"))
+    }
+
     fn kind(&self) -> ChannelKind {
         ChannelKind::Push
     }

@@ -43,6 +43,13 @@ impl Outbox {
 
 #[async_trait]
 impl Channel for Outbox {
+    /// The directory exists (or can be made).
+    async fn check(&self) -> Result<(), String> {
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(|e| format!("outbox {}: {e}", self.dir.display()))
+    }
+
     fn kind(&self) -> ChannelKind {
         self.kind
     }

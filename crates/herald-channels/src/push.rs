@@ -39,6 +39,13 @@ impl Channel for PushRouter {
         &self.name
     }
 
+    async fn check(&self) -> Result<(), String> {
+        for transport in [&self.fcm, &self.webpush].into_iter().flatten() {
+            transport.check().await?;
+        }
+        Ok(())
+    }
+
     async fn send(&self, message: &RenderedMessage) -> Result<Receipt, ChannelError> {
         let transport = match &message.to {
             Address::Fcm { .. } => self.fcm.as_ref(),

@@ -129,15 +129,6 @@ impl Smtp {
             server: format!("{host}:{}", config.port),
         })
     }
-
-    /// Opens a connection and says EHLO: a readiness probe.
-    pub async fn check(&self) -> Result<(), String> {
-        match self.transport.test_connection().await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!("smtp {}: not answering", self.server)),
-            Err(e) => Err(format!("smtp {}: {e}", self.server)),
-        }
-    }
 }
 
 fn classify(err: &lettre::transport::smtp::Error) -> ChannelError {
@@ -158,6 +149,15 @@ impl Channel for Smtp {
 
     fn provider(&self) -> &str {
         "smtp"
+    }
+
+    /// Opens a connection and says EHLO.
+    async fn check(&self) -> Result<(), String> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("smtp {}: not answering", self.server)),
+            Err(e) => Err(format!("smtp {}: {e}", self.server)),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(provider = "smtp", to = %mask(&message.to)))]

@@ -188,6 +188,14 @@ pub trait Channel: Send + Sync + fmt::Debug {
 
     /// Sends one message.
     async fn send(&self, message: &RenderedMessage) -> Result<Receipt, ChannelError>;
+
+    /// Whether the transport can work right now (a server answers, the
+    /// credentials are accepted), without sending anything. Herald asks at
+    /// start and on `/readyz`, so a broken provider shows before the first
+    /// send. Transports with no cheap probe say yes.
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

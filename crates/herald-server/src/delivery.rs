@@ -254,6 +254,28 @@ impl DeliveryRuntime {
         })
     }
 
+    /// Asks every transport whether it can work now (`Channel::check`), at
+    /// most `within` each. A broken provider is reported, not fatal: the
+    /// deliveries it owes wait and retry until it comes back.
+    pub async fn check_channels(&self, within: Duration) -> Vec<(ChannelKind, Result<(), String>)> {
+        let mut kinds: Vec<ChannelKind> = self.dispatcher.channels.keys().copied().collect();
+        kinds.sort();
+        let mut out = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            let channel = &self.dispatcher.channels[&kind];
+            let result = tokio::time::timeout(within, channel.check())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "{}: no answer within {within:?}",
+                        channel.provider()
+                    ))
+                });
+            out.push((kind, result));
+        }
+        out
+    }
+
     /// Runs the workers and the sweeper until `stop` is cancelled. A worker
     /// that dies (its queue storage was flushed or restarted under it) is
     /// replaced after a pause; what it held comes back through the sweeper.

@@ -30,6 +30,9 @@ use crate::ingest::Publisher;
 use crate::problem::ApiError;
 use crate::routes::{admin, demo, events, health, inbox, users, webhooks};
 
+/// How long a transport may take to answer `check` (at start, on `/readyz`).
+pub const CHANNEL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -41,6 +44,8 @@ pub struct AppState {
     pub queue: Queue,
     /// The realtime gateway's hub.
     pub realtime: Hub,
+    /// The delivery side, for readiness (its transports) and `/metrics`.
+    pub delivery: DeliveryRuntime,
     /// The delivery workers' metrics, for `/metrics`.
     pub delivery_metrics: Arc<herald_delivery::DeliveryMetrics>,
 }
@@ -101,6 +106,11 @@ impl Application {
             &components,
         )
         .await?;
+        for (kind, result) in delivery.check_channels(CHANNEL_CHECK_TIMEOUT).await {
+            if let Err(e) = result {
+                tracing::error!(channel = %kind, error = %e, "transport not working; its deliveries will wait and retry");
+            }
+        }
         let publisher = Publisher::new(
             store.clone(),
             routing,
@@ -119,6 +129,7 @@ impl Application {
                 queue: delivery.queue.clone(),
                 realtime,
                 delivery_metrics: delivery.dispatcher.metrics.clone(),
+                delivery: delivery.clone(),
             },
             delivery,
         })

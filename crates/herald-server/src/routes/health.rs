@@ -14,7 +14,8 @@ pub async fn healthz() -> Json<Value> {
 
 /// Herald can do its job: the database answers, the delivery queue
 /// answers, and realtime fan-out works (with Redis: the bus is connected).
-/// 503 otherwise, naming the failing check.
+/// 503 otherwise, naming the failing check. Each transport's own check is
+/// listed under `channels`, for information.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (database, queue, realtime) = tokio::join!(
         state.store.ping(),
@@ -35,6 +36,27 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "queue": check("queue", queue.map_err(|e| e.to_string())),
         "realtime": check("realtime", realtime),
     });
+    // Transports are reported but do not decide readiness: a provider
+    // outage is what delivery retries are for, and taking the node out of
+    // rotation would stop ingest too.
+    let channels: serde_json::Map<String, Value> = state
+        .delivery
+        .check_channels(crate::startup::CHANNEL_CHECK_TIMEOUT)
+        .await
+        .into_iter()
+        .map(|(kind, result)| {
+            let word = match result {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => {
+                    tracing::warn!(channel = %kind, error = %e, "transport not working");
+                    format!("unavailable: {e}")
+                }
+            };
+            (kind.to_string(), Value::String(word))
+        })
+        .collect();
+    let mut checks = checks;
+    checks["channels"] = Value::Object(channels);
     let (status, word) = if ready {
         (StatusCode::OK, "ready")
     } else {
