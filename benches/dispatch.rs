@@ -1,6 +1,7 @@
 //! Micro benches for the per-event work on Herald's ingest path: validating
 //! a payload, routing it, planning deliveries against preferences, rendering
-//! inbox text. The baseline for later work; run with `cargo bench`.
+//! inbox text, encoding the realtime frame. Run with `cargo bench`; the
+//! load harness (`crates/herald-bench`) measures the whole path.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -12,6 +13,7 @@ use herald_core::preferences::Contact;
 use herald_core::routing::{Profile, Selector};
 use herald_core::{EventKind, Locale, Role, RoutingTable, UserId, ValidatedEvent};
 use herald_delivery::Templates;
+use herald_realtime::history::{Delivery, Stored};
 use serde_json::Value;
 
 fn validation(c: &mut Criterion) {
@@ -92,5 +94,33 @@ fn rendering(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, validation, routing, rendering);
+/// What a broadcast costs before it reaches any socket: the payload
+/// serialised once with its `eventId`, and the `/ws` frame built once; every
+/// socket in the rooms then shares that `Arc`.
+fn framing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("frame");
+    group.throughput(Throughput::Elements(1));
+    let event =
+        ValidatedEvent::parse_kind(EventKind::PointsAdded, EventKind::PointsAdded.example())
+            .unwrap();
+    group.bench_function("points_added: encode once for every socket", |b| {
+        b.iter(|| {
+            let mut data = black_box(event.data.clone());
+            data.insert(
+                "eventId".to_owned(),
+                Value::String("0192f4c3-8a2e-7c1d-9b5a-3e4f5a6b7c8d".to_owned()),
+            );
+            let stored = Stored {
+                event: "points_added".to_owned(),
+                event_id: "0192f4c3-8a2e-7c1d-9b5a-3e4f5a6b7c8d".to_owned(),
+                rooms: vec!["guest:g".to_owned(), "user:g".to_owned()],
+                data: serde_json::value::to_raw_value(&data).unwrap(),
+            };
+            black_box(Delivery::new(42, stored))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, validation, routing, rendering, framing);
 criterion_main!(benches);

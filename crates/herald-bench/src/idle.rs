@@ -1,0 +1,87 @@
+//! Scenario (b): what an idle connection costs the server, and how fast it
+//! takes new ones. Sockets connect (Engine.IO handshake, JWT, the
+//! `connected` event) 256 at a time; the server's resident memory is read
+//! before and after, once the heap has settled.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::fanout::{Audience, Recorder};
+use crate::population::token;
+use crate::server::Proc;
+use crate::sio::Socket;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Idle {
+    pub server: String,
+    pub connections: u64,
+    pub connect_seconds: f64,
+    pub connects_per_s: f64,
+    pub rss_before_mib: f64,
+    pub rss_after_mib: f64,
+    pub kib_per_connection: f64,
+    pub connect_cpu_s: f64,
+}
+
+pub async fn run(server: &Proc, secret: &str, n: u64) -> Result<Idle> {
+    let limit = open_files_limit();
+    // The harness holds one end of each connection, the server the other
+    // (a process of its own, with its own limit).
+    anyhow::ensure!(
+        limit >= n + 1024,
+        "{n} connections need `ulimit -n` ≥ {} (it is {limit})",
+        n + 1024
+    );
+    // One socket first, so the baseline includes the first-use allocations.
+    let warm = Socket::connect(server.port, &token(secret, "idle-warm", "guest", None)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = server.sample()?;
+    let start = Instant::now();
+    let sockets: Vec<Socket> = futures::stream::iter((0..n).map(|i| {
+        let token = token(secret, &format!("idle-{i}"), "guest", None);
+        async move { Socket::connect(server.port, &token).await }
+    }))
+    .buffer_unordered(256)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<Result<_>>()
+    .context("connecting idle sockets")?;
+    let connect_seconds = start.elapsed().as_secs_f64();
+    let connected = server.sample()?;
+    // Hand them to listeners that answer pings, and let the heap settle.
+    let audience = Audience::hold(sockets, &Recorder::new(1));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = server.sample()?;
+    let result = Idle {
+        server: server.name.clone(),
+        connections: n,
+        connect_seconds,
+        connects_per_s: n as f64 / connect_seconds,
+        rss_before_mib: before.rss_kib as f64 / 1024.0,
+        rss_after_mib: after.rss_kib as f64 / 1024.0,
+        kib_per_connection: (after.rss_kib.saturating_sub(before.rss_kib)) as f64 / n as f64,
+        connect_cpu_s: connected.cpu_secs - before.cpu_secs,
+    };
+    eprintln!(
+        "  {}: {n} connections in {connect_seconds:.2} s ({:.0}/s), {:.2} KiB each",
+        server.name, result.connects_per_s, result.kib_per_connection
+    );
+    audience.close().await;
+    drop(warm);
+    Ok(result)
+}
+
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(1024)
+}

@@ -1,0 +1,217 @@
+//! `herald-bench`: Herald side by side with the seed's Node stack, on
+//! loopback, every run bounded in count and time.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`server`] | starting and stopping the servers under test (Herald, the Node peers) |
+//! | [`proc`] | their CPU seconds and memory, from `/proc` |
+//! | [`sio`] | the Socket.IO v4 client both servers are driven with |
+//! | [`population`] | the seed scenario's people, tokens and events |
+//! | [`fanout`] | (a) fan-out: rate sweep, fastest, latency histograms |
+//! | [`idle`] | (b) idle memory per connection and connect rate |
+//! | [`ingest`] | (c) durable ingest on SQLite and PostgreSQL |
+//! | [`queue`] | (d) email/SMS/push dispatch through Redis, Herald and BullMQ, and the fake provider |
+//! | [`report`] | the table, the JSON and the plot |
+//!
+//! `benches/run.sh` builds everything and runs the whole table;
+//! `herald-bench --smoke` is the 10-second version CI runs.
+
+mod fanout;
+mod idle;
+mod ingest;
+mod population;
+mod proc;
+mod queue;
+mod report;
+mod server;
+mod sio;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use crate::population::Population;
+use crate::server::{Db, HeraldSpec, Paths};
+
+#[derive(Debug, Parser)]
+#[command(about = "Herald's load harness: Herald and the seed's Node stack, side by side")]
+struct Args {
+    /// A quick pass over every scenario (seconds, not minutes): proves the
+    /// harness works; its figures mean nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Scenarios to run: fanout, idle, ingest, queue.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fanout,idle,ingest,queue"
+    )]
+    only: Vec<String>,
+    /// Where results.json, table.md and fanout-p99.svg go.
+    #[arg(long, default_value = "benches/results")]
+    out: PathBuf,
+    /// The `herald` binary (default: next to this one).
+    #[arg(long)]
+    herald: Option<PathBuf>,
+    /// Idle connections for scenario (b).
+    #[arg(long, default_value_t = 10_000)]
+    connections: u64,
+    /// Events per provider mode in scenario (d) (three jobs each).
+    #[arg(long, default_value_t = 2_000)]
+    queue_events: u64,
+    /// Seconds per measured step.
+    #[arg(long, default_value_t = 5)]
+    step_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root = server::find_root(&std::env::current_dir()?)?;
+    let herald = match &args.herald {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory")?
+            .join("herald"),
+    };
+    anyhow::ensure!(
+        herald.is_file(),
+        "no herald binary at {} (cargo build --release -p herald-server)",
+        herald.display()
+    );
+    let scratch = std::env::temp_dir().join(format!("herald-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let paths = Paths {
+        root: root.clone(),
+        herald,
+        node: "node".into(),
+        scratch: scratch.clone(),
+    };
+    anyhow::ensure!(
+        paths.peers().join("node_modules").is_dir(),
+        "the Node peers are not installed: npm ci --prefix benches/peers"
+    );
+    let secret = format!("herald-bench-{:032x}", rand::random::<u128>());
+    let wants = |s: &str| args.only.iter().any(|o| o == s);
+    let step = Duration::from_secs(if args.smoke { 1 } else { args.step_seconds });
+
+    let mut results = report::Results {
+        machine: machine(),
+        date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        herald_commit: git_commit(&root),
+        ..Default::default()
+    };
+
+    if wants("fanout") {
+        eprintln!("(a) fan-out, seed scenario, Socket.IO");
+        let plan = if args.smoke {
+            fanout::Plan {
+                step,
+                start_rate: 200.0,
+                max_rate: 400.0,
+                bisections: 0,
+                concurrency: 8,
+                max_events: 2_000,
+            }
+        } else {
+            fanout::Plan {
+                step,
+                start_rate: 500.0,
+                max_rate: 128_000.0,
+                bisections: 3,
+                concurrency: 64,
+                max_events: 1_000_000,
+            }
+        };
+        let pop = Population::SEED;
+        let peer = server::start_peer(&paths, &secret).await?;
+        let p = fanout::run(&peer, &secret, pop, plan, None).await?;
+        peer.stop().await;
+        let env = server::prepare_herald(&paths, &HeraldSpec::embedded(), &secret).await?;
+        let herald = server::start_herald(&paths, &env).await?;
+        let h = fanout::run(&herald, &secret, pop, plan, Some(p.max_sustainable)).await?;
+        herald.stop().await;
+        results.fanout = vec![h, p];
+    }
+    if wants("idle") {
+        let n = if args.smoke { 200 } else { args.connections };
+        eprintln!("(b) idle connections: {n}");
+        let peer = server::start_peer(&paths, &secret).await?;
+        let p = idle::run(&peer, &secret, n).await?;
+        peer.stop().await;
+        let env = server::prepare_herald(&paths, &HeraldSpec::embedded(), &secret).await?;
+        let herald = server::start_herald(&paths, &env).await?;
+        let h = idle::run(&herald, &secret, n).await?;
+        herald.stop().await;
+        results.idle = vec![h, p];
+    }
+    if wants("ingest") {
+        eprintln!("(c) durable ingest");
+        let runs: &[(u64, usize)] = &[(1, 64), (100, 8)];
+        let duration = if args.smoke { step } else { step * 2 };
+        for db in [Db::Sqlite, Db::Postgres] {
+            results
+                .ingest
+                .extend(ingest::run(&paths, &secret, db, runs, duration).await?);
+        }
+    }
+    if wants("queue") {
+        let events = if args.smoke { 20 } else { args.queue_events };
+        eprintln!("(d) queue dispatch: {} jobs per mode", 3 * events);
+        let (provider, url) = queue::Provider::start().await?;
+        let p = queue::bullmq(&paths, &provider, &url, events).await?;
+        let h = queue::herald(&paths, &secret, &provider, &url, events).await?;
+        results.dispatch = h.into_iter().chain(p).collect();
+    }
+
+    std::fs::create_dir_all(&args.out)?;
+    let table = results.table();
+    std::fs::write(args.out.join("table.md"), &table)?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    if !results.fanout.is_empty() {
+        std::fs::write(args.out.join("fanout-p99.svg"), results.plot())?;
+    }
+    println!("{} — {}\n\n{table}", results.machine, results.date);
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    format!(
+        "{cpus} vCPU ({model}), {} GiB, Linux",
+        (mem as f64 / 1024.0 / 1024.0).round()
+    )
+}
+
+fn git_commit(root: &std::path::Path) -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
