@@ -75,6 +75,44 @@ impl Hub {
                 self.clone(),
                 origin::check,
             ))
+            .layer(axum::middleware::from_fn(own_request_bytes))
             .with_state(self.clone())
     }
+}
+
+/// Copies the handshake request's headers and URIs out of the connection's
+/// read buffer. hyper parses a request head into views of that buffer (8 to
+/// 16 KiB), and Socket.IO keeps the request head for the socket's whole
+/// life: without the copy every idle socket would pin a whole buffer for a
+/// few hundred bytes of headers.
+async fn own_request_bytes(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::extract::OriginalUri;
+    use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+    let shared = std::mem::take(request.headers_mut());
+    let mut owned = HeaderMap::with_capacity(shared.len());
+    for (name, value) in &shared {
+        let (Ok(name), Ok(mut copy)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) else {
+            continue;
+        };
+        copy.set_sensitive(value.is_sensitive());
+        owned.append(name, copy);
+    }
+    *request.headers_mut() = owned;
+    drop(shared);
+    if let Ok(uri) = request.uri().to_string().parse::<Uri>() {
+        *request.uri_mut() = uri;
+    }
+    // axum keeps the URI as received in an extension too.
+    if let Some(original) = request.extensions_mut().remove::<OriginalUri>()
+        && let Ok(uri) = original.0.to_string().parse::<Uri>()
+    {
+        request.extensions_mut().insert(OriginalUri(uri));
+    }
+    next.run(request).await
 }

@@ -50,7 +50,9 @@ impl Reply {
     }
 }
 
-/// A client message, parsed as far as the transport can.
+/// A client message, parsed as far as the transport can. Queued boxed:
+/// a queue allocates its first block of slots when the socket connects, so
+/// small slots keep an idle connection small.
 pub(crate) struct Inbound {
     pub event: String,
     pub data: Result<Value, Refusal>,
@@ -139,7 +141,7 @@ pub(crate) struct Session {
     conn: Arc<Conn>,
     link: Link,
     outbound: mpsc::Receiver<Arc<Delivery>>,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: mpsc::Receiver<Box<Inbound>>,
     kill: watch::Receiver<Option<CloseReason>>,
     rooms: HashSet<String>,
     auto: usize,
@@ -167,7 +169,7 @@ impl Session {
         hub: Hub,
         registered: Registered,
         link: Link,
-        inbound: mpsc::Receiver<Inbound>,
+        inbound: mpsc::Receiver<Box<Inbound>>,
         exp: u64,
         last_heard: Option<Arc<AtomicI64>>,
     ) -> Session {
@@ -455,8 +457,8 @@ impl Session {
         self.reply(reply, &refusal.to_ack()).await
     }
 
-    async fn handle(&mut self, message: Inbound) -> Result<(), CloseReason> {
-        let Inbound { event, data, reply } = message;
+    async fn handle(&mut self, message: Box<Inbound>) -> Result<(), CloseReason> {
+        let Inbound { event, data, reply } = *message;
         let data = match data {
             Ok(data) => data,
             Err(refusal) => return self.refuse(reply, refusal).await,

@@ -180,7 +180,7 @@ async fn admit(hub: Hub, socket: SocketRef, auth: Option<Value>) -> Result<(), R
 /// Takes every client event of one socket, inline and in order.
 #[derive(Clone)]
 struct Inlet {
-    tx: mpsc::Sender<Inbound>,
+    tx: mpsc::Sender<Box<Inbound>>,
     conn: Arc<Conn>,
     bucket: Arc<Mutex<Bucket>>,
 }
@@ -218,7 +218,11 @@ impl MessageHandler<LocalAdapter, InletMarker> for Inlet {
             },
             None => Reply::None,
         };
-        if self.tx.try_send(Inbound { event, data, reply }).is_err() {
+        if self
+            .tx
+            .try_send(Box::new(Inbound { event, data, reply }))
+            .is_err()
+        {
             self.conn.kill(CloseReason::RateLimited);
         }
     }

@@ -174,7 +174,7 @@ async fn serve(
 /// Reads frames, enforces the rate limit, and hands messages to the session.
 async fn read(
     mut stream: SplitStream<WebSocket>,
-    tx: mpsc::Sender<Inbound>,
+    tx: mpsc::Sender<Box<Inbound>>,
     conn: Arc<Conn>,
     mut bucket: Bucket,
     heard: Arc<AtomicI64>,
@@ -212,7 +212,7 @@ async fn read(
                 return;
             }
         };
-        if !bucket.take() || tx.try_send(inbound).is_err() {
+        if !bucket.take() || tx.try_send(Box::new(inbound)).is_err() {
             conn.kill(CloseReason::RateLimited);
         }
     }
