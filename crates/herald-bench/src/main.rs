@@ -61,6 +61,9 @@ struct Args {
     /// Events per provider mode in scenario (d) (three jobs each).
     #[arg(long, default_value_t = 2_000)]
     queue_events: u64,
+    /// Measure Herald alone (profiling runs); the table then has no ratios.
+    #[arg(long)]
+    herald_only: bool,
     /// Seconds per measured step.
     #[arg(long, default_value_t = 5)]
     step_seconds: u64,
@@ -129,26 +132,31 @@ async fn main() -> Result<()> {
             }
         };
         let pop = Population::SEED;
-        let peer = server::start_peer(&paths, &secret).await?;
-        let p = fanout::run(&peer, &secret, pop, plan, None).await?;
-        peer.stop().await;
+        let mut peer_result = None;
+        if !args.herald_only {
+            let peer = server::start_peer(&paths, &secret).await?;
+            peer_result = Some(fanout::run(&peer, &secret, pop, plan, None).await?);
+            peer.stop().await;
+        }
         let env = server::prepare_herald(&paths, &HeraldSpec::embedded(), &secret).await?;
         let herald = server::start_herald(&paths, &env).await?;
-        let h = fanout::run(&herald, &secret, pop, plan, Some(p.max_sustainable)).await?;
+        let at_rate = peer_result.as_ref().map(|p| p.max_sustainable);
+        let h = fanout::run(&herald, &secret, pop, plan, at_rate).await?;
         herald.stop().await;
-        results.fanout = vec![h, p];
+        results.fanout = std::iter::once(h).chain(peer_result).collect();
     }
     if wants("idle") {
         let n = if args.smoke { 200 } else { args.connections };
         eprintln!("(b) idle connections: {n}");
-        let peer = server::start_peer(&paths, &secret).await?;
-        let p = idle::run(&peer, &secret, n).await?;
-        peer.stop().await;
+        if !args.herald_only {
+            let peer = server::start_peer(&paths, &secret).await?;
+            results.idle.push(idle::run(&peer, &secret, n).await?);
+            peer.stop().await;
+        }
         let env = server::prepare_herald(&paths, &HeraldSpec::embedded(), &secret).await?;
         let herald = server::start_herald(&paths, &env).await?;
-        let h = idle::run(&herald, &secret, n).await?;
+        results.idle.insert(0, idle::run(&herald, &secret, n).await?);
         herald.stop().await;
-        results.idle = vec![h, p];
     }
     if wants("ingest") {
         eprintln!("(c) durable ingest");
@@ -164,9 +172,13 @@ async fn main() -> Result<()> {
         let events = if args.smoke { 20 } else { args.queue_events };
         eprintln!("(d) queue dispatch: {} jobs per mode", 3 * events);
         let (provider, url) = queue::Provider::start().await?;
-        let p = queue::bullmq(&paths, &provider, &url, events).await?;
+        if !args.herald_only {
+            results
+                .dispatch
+                .extend(queue::bullmq(&paths, &provider, &url, events).await?);
+        }
         let h = queue::herald(&paths, &secret, &provider, &url, events).await?;
-        results.dispatch = h.into_iter().chain(p).collect();
+        results.dispatch.splice(0..0, h);
     }
 
     std::fs::create_dir_all(&args.out)?;
