@@ -169,3 +169,6 @@ async fn insert_notification(
 pub(crate) fn kind(name: &str) -> Result<EventKind> {
     EventKind::parse(name).ok_or_else(|| Error::Corrupt(format!("unknown event kind `{name}`")))
 }
+
+#[cfg(test)]
+mod tests;

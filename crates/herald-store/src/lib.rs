@@ -26,6 +26,8 @@ pub mod directory;
 pub mod events;
 pub mod inbox;
 pub mod records;
+#[cfg(test)]
+mod testing;
 
 use std::str::FromStr;
 use std::time::Duration;
