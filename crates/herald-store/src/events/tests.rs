@@ -1,9 +1,40 @@
 use std::time::Instant;
 
 use herald_core::{ChannelKind, DeliveryId, EventId, EventKind, NotificationId, UserId};
+use sqlx::Row;
 
-use crate::records::{DeliveryStatus, NewDelivery, NewEvent, NewNotification};
+use crate::records::{DeliveryStatus, Ingested, NewDelivery, NewEvent, NewNotification};
 use crate::testing::{Backend, TestDb};
+use crate::{Error, Store};
+
+/// Runs each `async fn name(db: TestDb)` on a fresh SQLite and a fresh
+/// PostgreSQL database (skipped when PostgreSQL is unreachable).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Some(db) = TestDb::new(Backend::Sqlite, 8).await {
+                    super::$name(db).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = TestDb::new(Backend::Postgres, 8).await {
+                    super::$name(db).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    duplicate_ids_in_one_batch,
+    a_batch_larger_than_a_statement_is_written_whole,
+);
 
 /// A `points_added` event for `recipient`, with its inbox entry and one
 /// pending email delivery, as the publisher would make it.
@@ -34,6 +65,118 @@ fn points_added(id: EventId, amount: i64, recipient: &str) -> NewEvent {
             }],
         }],
     }
+}
+
+/// An event for `recipient` whose payload hash is `hash`.
+fn event_with_hash(key: &str, hash: &str, recipient: &str) -> NewEvent {
+    let mut ev = points_added(EventId::from_key(key), 1, recipient);
+    ev.hash = hash.to_owned();
+    ev
+}
+
+/// `recipient`'s inbox as (seq, notification id), in seq order.
+async fn inbox(store: &Store, recipient: &str) -> Vec<(i64, String)> {
+    sqlx::query("SELECT seq, id FROM notifications WHERE recipient_id = $1 ORDER BY seq")
+        .bind(recipient)
+        .fetch_all(&store.read)
+        .await
+        .expect("inbox")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+async fn count(store: &Store, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+        .fetch_one(&store.read)
+        .await
+        .expect("count")
+}
+
+/// The notification ids of `events` for `recipient`, in batch order.
+fn entries_for<'a>(events: impl IntoIterator<Item = &'a NewEvent>, recipient: &str) -> Vec<String> {
+    events
+        .into_iter()
+        .flat_map(|ev| &ev.notifications)
+        .filter(|n| n.recipient.as_str() == recipient)
+        .map(|n| n.id.to_string())
+        .collect()
+}
+
+/// Asserts that `recipient`'s inbox is exactly `expected` (notification
+/// ids), numbered 1..=n in that order.
+async fn assert_inbox(store: &Store, recipient: &str, expected: &[String]) {
+    let got = inbox(store, recipient).await;
+    let seqs: Vec<i64> = got.iter().map(|(seq, _)| *seq).collect();
+    let want: Vec<i64> = (1..=expected.len() as i64).collect();
+    assert_eq!(seqs, want, "{recipient}'s seq numbers");
+    let ids: Vec<&String> = got.iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        ids,
+        expected.iter().collect::<Vec<_>>(),
+        "{recipient}'s entries in order"
+    );
+}
+
+async fn duplicate_ids_in_one_batch(db: TestDb) {
+    let store = &db.store;
+    let a = event_with_hash("a", "h-a", "u1");
+    let a_again = event_with_hash("a", "h-a", "u2");
+    let b = event_with_hash("b", "h-b", "u1");
+    let batch = vec![a.clone(), b.clone(), a_again];
+    let outcomes = store.ingest(&batch).await.expect("ingest");
+    assert!(matches!(&outcomes[0], Ingested::Accepted(r) if r.id == a.id));
+    assert!(matches!(&outcomes[1], Ingested::Accepted(r) if r.id == b.id));
+    // The later occurrence is a duplicate of the first, which it reports.
+    assert_eq!(
+        outcomes[2],
+        Ingested::Duplicate(outcomes[0].record().clone())
+    );
+    assert_inbox(store, "u1", &entries_for([&a, &b], "u1")).await;
+    assert!(inbox(store, "u2").await.is_empty());
+
+    // A batch that repeats an id with another payload writes nothing; the
+    // error names the later occurrence.
+    let c = event_with_hash("c", "h-c", "u1");
+    let c_changed = event_with_hash("c", "h-c2", "u1");
+    let d = event_with_hash("d", "h-d", "u1");
+    match store.ingest(&[d.clone(), c, c_changed.clone()]).await {
+        Err(Error::IdempotencyConflict { index, event_id }) => {
+            assert_eq!((index, event_id), (2, c_changed.id.to_string()));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // Known ids are duplicates (same hash) beside new ones, and numbering
+    // goes on without a gap.
+    let outcomes = store.ingest(&[b.clone(), d.clone()]).await.expect("ingest");
+    assert!(matches!(&outcomes[0], Ingested::Duplicate(r) if r.id == b.id));
+    assert!(matches!(&outcomes[1], Ingested::Accepted(r) if r.id == d.id));
+    assert_inbox(store, "u1", &entries_for([&a, &b, &d], "u1")).await;
+    assert_eq!(count(store, "events").await, 3);
+    assert_eq!(count(store, "deliveries").await, 3);
+}
+
+async fn a_batch_larger_than_a_statement_is_written_whole(db: TestDb) {
+    let store = &db.store;
+    let users = ["u1", "u2", "u3", "u4", "u5", "u6", "u7"];
+    let batch: Vec<NewEvent> = (0..5_000)
+        .map(|i| points_added(EventId::new(), i, users[i as usize % users.len()]))
+        .collect();
+    let outcomes = store.ingest(&batch).await.expect("ingest");
+    assert_eq!(outcomes.len(), batch.len());
+    for (outcome, ev) in outcomes.iter().zip(&batch) {
+        assert_eq!(outcome, &Ingested::Accepted(super::record(ev)));
+    }
+    assert_eq!(count(store, "events").await, 5_000);
+    assert_eq!(count(store, "notifications").await, 5_000);
+    assert_eq!(count(store, "deliveries").await, 5_000);
+    for user in users {
+        assert_inbox(store, user, &entries_for(&batch, user)).await;
+    }
+    // Sent again, all of it is duplicate and nothing more is written.
+    let again = store.ingest(&batch).await.expect("ingest");
+    assert!(again.iter().all(|o| matches!(o, Ingested::Duplicate(_))));
+    assert_eq!(count(store, "notifications").await, 5_000);
 }
 
 /// Events/s of ingest from 8 concurrent producers sending batches of 1 and
