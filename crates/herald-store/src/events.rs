@@ -23,10 +23,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use herald_core::{EventId, EventKind, UserId};
-use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
 
 use crate::records::{DeliveryStatus, EventRecord, Ingested, NewEvent, NewNotification};
-use crate::{Error, Result, Store, placeholders};
+use crate::{Backend, Error, Result, Store};
 
 /// The most bind parameters in one statement: SQLite's limit (PostgreSQL's
 /// is 65,535).
@@ -49,6 +49,7 @@ impl Store {
 /// Writes `batch` in `tx`: all of it, or an error after which the caller
 /// rolls back. Outcomes are in batch order.
 async fn write(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Result<Vec<Ingested>> {
+    let backend = backend_of(tx);
     let ids: Vec<String> = batch.iter().map(|ev| ev.id.to_string()).collect();
     // Events are written in id order, so concurrent batches sharing ids
     // wait on each other instead of deadlocking. The sort is stable: of the
@@ -58,13 +59,13 @@ async fn write(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Result<Vec<
     let mut firsts = order.clone();
     firsts.dedup_by_key(|i| batch[*i].id);
 
-    let inserted = insert_events(tx, batch, &ids, &firsts).await?;
+    let inserted = insert_events(tx, backend, batch, &ids, &firsts).await?;
     let seen: Vec<&str> = firsts
         .iter()
         .map(|&i| ids[i].as_str())
         .filter(|id| !inserted.contains(*id))
         .collect();
-    let stored = existing(tx, &seen).await?;
+    let stored = existing(tx, backend, &seen).await?;
 
     // Each event is new, a duplicate (of an earlier event or of the first
     // with its id in this batch: same hash) or a conflict (different hash).
@@ -112,7 +113,7 @@ async fn write(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Result<Vec<
             per_user.entry(&n.recipient).or_default().push((i, n));
         }
     }
-    let last = bump_counters(tx, &per_user).await?;
+    let last = bump_counters(tx, backend, &per_user).await?;
     let mut entries = Vec::new();
     for (user, notifications) in &per_user {
         let count = notifications.len() as i64;
@@ -121,12 +122,21 @@ async fn write(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Result<Vec<
             entries.push((&batch[i], &ids[i], n, first_seq + k as i64));
         }
     }
-    insert_notifications(tx, &entries).await?;
-    insert_deliveries(tx, &entries).await?;
+    insert_notifications(tx, backend, &entries).await?;
+    insert_deliveries(tx, backend, &entries).await?;
     Ok(outcomes
         .into_iter()
         .map(|o| o.expect("every event has an outcome"))
         .collect())
+}
+
+/// The database a connection speaks to.
+fn backend_of(conn: &AnyConnection) -> Backend {
+    if conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
+        Backend::Sqlite
+    } else {
+        Backend::Postgres
+    }
 }
 
 fn record(ev: &NewEvent) -> EventRecord {
@@ -149,16 +159,35 @@ fn rows_per_statement(columns: usize) -> usize {
     (MAX_BINDS / columns).min(MAX_ROWS)
 }
 
-/// `($1, $2), ($3, $4), …`: `rows` tuples of `columns` placeholders.
-fn values(rows: usize, columns: usize) -> String {
-    let mut sql = String::with_capacity(rows * columns * 6);
+/// `rows` tuples of `columns` parameters: `($1, $2), ($3, $4), …` on
+/// PostgreSQL, `(?, ?), (?, ?), …` on SQLite. SQLite finds a numbered
+/// parameter by scanning the statement's list of names, which makes binding
+/// thousands of them quadratic; anonymous ones are bound by position.
+fn values(backend: Backend, rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * (columns * 7 + 4));
     for r in 0..rows {
         if r > 0 {
             sql.push_str(", ");
         }
         sql.push('(');
-        sql.push_str(&placeholders(r * columns + 1, columns));
+        sql.push_str(&params(backend, r * columns + 1, columns));
         sql.push(')');
+    }
+    sql
+}
+
+/// `n` parameters numbered from `from`, comma-separated (see [`values`]).
+fn params(backend: Backend, from: usize, n: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(n * 7);
+    for i in from..from + n {
+        if i > from {
+            sql.push_str(", ");
+        }
+        match backend {
+            Backend::Postgres => write!(sql, "${i}").expect("writing to a String"),
+            Backend::Sqlite => sql.push('?'),
+        }
     }
     sql
 }
@@ -167,6 +196,7 @@ fn values(rows: usize, columns: usize) -> String {
 /// ids that were new.
 async fn insert_events(
     tx: &mut Transaction<'_, Any>,
+    backend: Backend,
     batch: &[NewEvent],
     ids: &[String],
     firsts: &[usize],
@@ -176,7 +206,7 @@ async fn insert_events(
         let sql = format!(
             "INSERT INTO events (id, idempotency_key, kind, payload, payload_hash, received_at) \
              VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
-            values(chunk.len(), 6)
+            values(backend, chunk.len(), 6)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for &i in chunk {
@@ -199,13 +229,14 @@ async fn insert_events(
 /// The stored record and payload hash of each of `ids`.
 async fn existing(
     tx: &mut Transaction<'_, Any>,
+    backend: Backend,
     ids: &[&str],
 ) -> Result<HashMap<String, (EventRecord, String)>> {
     let mut stored = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(MAX_ROWS) {
         let sql = format!(
             "SELECT id, kind, payload_hash, received_at FROM events WHERE id IN ({})",
-            placeholders(1, chunk.len())
+            params(backend, 1, chunk.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for id in chunk {
@@ -230,6 +261,7 @@ async fn existing(
 /// returns each user's last number.
 async fn bump_counters(
     tx: &mut Transaction<'_, Any>,
+    backend: Backend,
     per_user: &BTreeMap<&UserId, Vec<(usize, &NewNotification)>>,
 ) -> Result<HashMap<String, i64>> {
     let users: Vec<(&UserId, i64)> = per_user
@@ -242,7 +274,7 @@ async fn bump_counters(
             "INSERT INTO inbox_counters (user_id, last_seq) VALUES {} \
              ON CONFLICT (user_id) DO UPDATE SET last_seq = inbox_counters.last_seq + excluded.last_seq \
              RETURNING user_id, last_seq",
-            values(chunk.len(), 2)
+            values(backend, chunk.len(), 2)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for (user, count) in chunk {
@@ -263,13 +295,17 @@ async fn bump_counters(
 /// An inbox entry to write: its event, the event's id, the entry, its seq.
 type Entry<'a> = (&'a NewEvent, &'a String, &'a NewNotification, i64);
 
-async fn insert_notifications(tx: &mut Transaction<'_, Any>, entries: &[Entry<'_>]) -> Result<()> {
+async fn insert_notifications(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    entries: &[Entry<'_>],
+) -> Result<()> {
     for chunk in entries.chunks(rows_per_statement(10)) {
         let sql = format!(
             "INSERT INTO notifications \
              (id, recipient_id, seq, event_id, kind, category, title, body, in_inbox, created_at) \
              VALUES {}",
-            values(chunk.len(), 10)
+            values(backend, chunk.len(), 10)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for &(ev, event_id, n, seq) in chunk {
@@ -290,7 +326,11 @@ async fn insert_notifications(tx: &mut Transaction<'_, Any>, entries: &[Entry<'_
     Ok(())
 }
 
-async fn insert_deliveries(tx: &mut Transaction<'_, Any>, entries: &[Entry<'_>]) -> Result<()> {
+async fn insert_deliveries(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    entries: &[Entry<'_>],
+) -> Result<()> {
     let deliveries: Vec<_> = entries
         .iter()
         .flat_map(|&(ev, _, n, _)| n.deliveries.iter().map(move |d| (ev, n, d)))
@@ -301,7 +341,7 @@ async fn insert_deliveries(tx: &mut Transaction<'_, Any>, entries: &[Entry<'_>])
              (id, notification_id, recipient_id, channel, status, reason, next_attempt_at, \
               enqueued_at, created_at, updated_at) \
              VALUES {}",
-            values(chunk.len(), 10)
+            values(backend, chunk.len(), 10)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for &(ev, n, d) in chunk {

@@ -9,13 +9,8 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
+pub(crate) use crate::Backend;
 use crate::Store;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 /// A migrated store on a database of its own.
 #[derive(Debug)]

@@ -67,6 +67,16 @@ fn points_added(id: EventId, amount: i64, recipient: &str) -> NewEvent {
     }
 }
 
+#[test]
+fn parameters_are_numbered_on_postgres_and_positional_on_sqlite() {
+    assert_eq!(
+        super::values(Backend::Postgres, 2, 3),
+        "($1, $2, $3), ($4, $5, $6)"
+    );
+    assert_eq!(super::values(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+    assert_eq!(super::params(Backend::Postgres, 2, 3), "$2, $3, $4");
+}
+
 /// An event for `recipient` whose payload hash is `hash`.
 fn event_with_hash(key: &str, hash: &str, recipient: &str) -> NewEvent {
     let mut ev = points_added(EventId::from_key(key), 1, recipient);
