@@ -1,5 +1,15 @@
 //! Ingest: the one transaction that makes an event durable.
 //!
+//! Group commit: every commit waits for a disk flush, and one HTTP request
+//! often carries one event, so [`Store::ingest`] does not commit each batch
+//! on its own. Batches queue for a few writer lanes (`writer`), which merge
+//! what is waiting into one batch, one transaction and one commit, and
+//! answer each caller with its own outcomes. If the merged transaction
+//! fails (say one batch reuses an event id with another payload), it rolls
+//! back and its batches are written again one by one, each in its own
+//! transaction: every caller gets exactly the answer it would get alone,
+//! and a conflict fails only the batch that carries it.
+//!
 //! A batch is all or nothing. Each table is written with a few multi-row
 //! statements, not one statement per row: every statement is a round trip,
 //! and at thousands of events a second the round trips cost more than the
@@ -25,8 +35,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use herald_core::{EventId, EventKind, UserId};
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
 
+use tokio::sync::oneshot;
+
 use crate::records::{DeliveryStatus, EventRecord, Ingested, NewEvent, NewNotification};
 use crate::{Backend, Error, Result, Store};
+
+pub(crate) mod writer;
+
+use writer::Request;
 
 /// The most bind parameters in one statement: SQLite's limit (PostgreSQL's
 /// is 65,535).
@@ -37,12 +53,25 @@ const MAX_ROWS: usize = 1_000;
 
 impl Store {
     /// Writes a batch of events with their inbox entries and deliveries, in
-    /// one transaction. Returns one outcome per event, in batch order.
+    /// one transaction, which batches written at the same time may share
+    /// (see the module docs). Returns one outcome per event, in batch order,
+    /// or the error this batch alone would meet.
+    ///
+    /// Once queued, the batch is written even if this future is dropped.
     pub async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<Ingested>> {
-        let mut tx = self.write.begin().await?;
-        let outcomes = write(&mut tx, batch).await?;
-        tx.commit().await?;
-        Ok(outcomes)
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            batch: batch.to_vec(),
+            reply,
+        };
+        self.ingest
+            .send(request)
+            .await
+            .map_err(|_| Error::WriterStopped)?;
+        answer.await.map_err(|_| Error::WriterStopped)?
     }
 }
 

@@ -3,6 +3,9 @@ use std::time::Instant;
 use herald_core::{ChannelKind, DeliveryId, EventId, EventKind, NotificationId, UserId};
 use sqlx::Row;
 
+use tokio::sync::oneshot;
+
+use super::writer::{self, Queue, Request};
 use crate::records::{DeliveryStatus, Ingested, NewDelivery, NewEvent, NewNotification};
 use crate::testing::{Backend, TestDb};
 use crate::{Error, Store};
@@ -34,6 +37,11 @@ macro_rules! on_both_backends {
 on_both_backends!(
     duplicate_ids_in_one_batch,
     a_batch_larger_than_a_statement_is_written_whole,
+    a_conflict_in_a_merged_group_fails_only_its_request,
+    requests_merged_into_one_group_see_each_other,
+    a_request_whose_caller_left_is_still_written,
+    concurrent_single_event_ingests_number_without_gaps,
+    lanes_stop_when_their_queue_closes,
 );
 
 /// A `points_added` event for `recipient`, with its inbox entry and one
@@ -189,19 +197,211 @@ async fn a_batch_larger_than_a_statement_is_written_whole(db: TestDb) {
     assert_eq!(count(store, "notifications").await, 5_000);
 }
 
-/// Events/s of ingest from 8 concurrent producers sending batches of 1 and
-/// of 100: `HERALD_BENCH_EVENTS` (default 50,000) `points_added` events, one
+/// A request for `batch`, and where its answer arrives.
+fn request(batch: Vec<NewEvent>) -> (Request, oneshot::Receiver<crate::Result<Vec<Ingested>>>) {
+    let (reply, answer) = oneshot::channel();
+    (Request { batch, reply }, answer)
+}
+
+async fn a_conflict_in_a_merged_group_fails_only_its_request(db: TestDb) {
+    let store = &db.store;
+    let x = event_with_hash("x", "h-x", "u1");
+    store
+        .ingest(std::slice::from_ref(&x))
+        .await
+        .expect("ingest");
+
+    let (e1, e2, e3, e4) = (
+        event_with_hash("e1", "h-e1", "u1"),
+        event_with_hash("e2", "h-e2", "u2"),
+        event_with_hash("e3", "h-e3", "u1"),
+        event_with_hash("e4", "h-e4", "u1"),
+    );
+    let x_changed = event_with_hash("x", "h-x2", "u1");
+    let x_again = event_with_hash("x", "h-x", "u2");
+    let (r1, a1) = request(vec![e1.clone(), e2.clone()]);
+    let (r2, a2) = request(vec![e3.clone(), x_changed]);
+    let (r3, a3) = request(vec![e4.clone(), x_again]);
+    writer::write_group(&store.write, vec![r1, r2, r3], ()).await;
+
+    let a1 = a1
+        .await
+        .expect("answered")
+        .expect("the first request is written");
+    assert_eq!(
+        a1,
+        vec![
+            Ingested::Accepted(super::record(&e1)),
+            Ingested::Accepted(super::record(&e2))
+        ]
+    );
+    // The conflict names its place in its own request.
+    match a2.await.expect("answered") {
+        Err(Error::IdempotencyConflict { index, event_id }) => {
+            assert_eq!((index, event_id), (1, x.id.to_string()));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let a3 = a3
+        .await
+        .expect("answered")
+        .expect("the third request is written");
+    assert_eq!(
+        a3,
+        vec![
+            Ingested::Accepted(super::record(&e4)),
+            Ingested::Duplicate(super::record(&x))
+        ]
+    );
+    // Numbering has no gap where the failed request would have been.
+    assert_inbox(store, "u1", &entries_for([&x, &e1, &e4], "u1")).await;
+    assert_inbox(store, "u2", &entries_for([&e2], "u2")).await;
+    assert_eq!(count(store, "events").await, 4);
+    assert_eq!(count(store, "deliveries").await, 4);
+}
+
+async fn requests_merged_into_one_group_see_each_other(db: TestDb) {
+    let store = &db.store;
+    let y = event_with_hash("y", "h-y", "u3");
+    let z = event_with_hash("z", "h-z", "u3");
+    let y_again = event_with_hash("y", "h-y", "u4");
+    let (ra, aa) = request(vec![y.clone()]);
+    let (rb, ab) = request(vec![z.clone(), y_again]);
+    writer::write_group(&store.write, vec![ra, rb], ()).await;
+    assert_eq!(
+        aa.await.expect("answered").expect("written"),
+        vec![Ingested::Accepted(super::record(&y))]
+    );
+    assert_eq!(
+        ab.await.expect("answered").expect("written"),
+        vec![
+            Ingested::Accepted(super::record(&z)),
+            Ingested::Duplicate(super::record(&y))
+        ]
+    );
+    assert_inbox(store, "u3", &entries_for([&y, &z], "u3")).await;
+    assert!(inbox(store, "u4").await.is_empty());
+}
+
+async fn a_request_whose_caller_left_is_still_written(db: TestDb) {
+    let store = &db.store;
+    let gone = event_with_hash("gone", "h-gone", "u5");
+    let stays = event_with_hash("stays", "h-stays", "u5");
+    let (r1, a1) = request(vec![gone.clone()]);
+    let (r2, a2) = request(vec![stays.clone()]);
+    drop(a1);
+    writer::write_group(&store.write, vec![r1, r2], ()).await;
+    assert_eq!(
+        a2.await.expect("answered").expect("written"),
+        vec![Ingested::Accepted(super::record(&stays))]
+    );
+    assert_inbox(store, "u5", &entries_for([&gone, &stays], "u5")).await;
+}
+
+async fn concurrent_single_event_ingests_number_without_gaps(db: TestDb) {
+    const EVENTS: usize = 300;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut sent = Vec::new();
+    for i in 0..EVENTS {
+        // Most for one user; some for others, so groups bump several
+        // counters.
+        let user = if i % 3 == 0 {
+            format!("other-{}", i % 7)
+        } else {
+            "fan".to_owned()
+        };
+        let ev = points_added(EventId::new(), i as i64, &user);
+        sent.push(ev.clone());
+        let store = db.store.clone();
+        tasks.spawn(async move { store.ingest(&[ev]).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let outcomes = done.expect("task").expect("ingest");
+        assert!(matches!(outcomes[..], [Ingested::Accepted(_)]));
+    }
+    let mut users: Vec<String> = sent
+        .iter()
+        .map(|ev| ev.notifications[0].recipient.0.clone())
+        .collect();
+    users.sort();
+    users.dedup();
+    for user in users {
+        let got = inbox(&db.store, &user).await;
+        let seqs: Vec<i64> = got.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=got.len() as i64).collect::<Vec<_>>(), "{user}");
+        let mut ids: Vec<String> = got.into_iter().map(|(_, id)| id).collect();
+        let mut want = entries_for(&sent, &user);
+        ids.sort();
+        want.sort();
+        assert_eq!(ids, want, "{user}'s entries");
+    }
+    assert_eq!(count(&db.store, "notifications").await, EVENTS as i64);
+}
+
+async fn lanes_stop_when_their_queue_closes(db: TestDb) {
+    let (queue, lanes) = writer::spawn(&db.store.write, 3);
+    let ev = event_with_hash("last", "h-last", "u6");
+    let (r, answer) = request(vec![ev.clone()]);
+    queue.send(r).await.expect("queued");
+    drop(queue);
+    // What was queued is still written, then every lane ends.
+    assert_eq!(
+        answer.await.expect("answered").expect("written"),
+        vec![Ingested::Accepted(super::record(&ev))]
+    );
+    for lane in lanes {
+        tokio::time::timeout(std::time::Duration::from_secs(10), lane)
+            .await
+            .expect("the lane ends")
+            .expect("the lane does not panic");
+    }
+}
+
+#[tokio::test]
+async fn groups_take_what_waits_up_to_the_bound() {
+    let (queue, shared) = Queue::new();
+    let mut shared = shared.lock().await;
+    let mut answers = Vec::new();
+    for (i, size) in [3, 2, 4, 1, 9].into_iter().enumerate() {
+        let batch = (0..size)
+            .map(|k| points_added(EventId::new(), k, &format!("u{i}")))
+            .collect();
+        let (r, a) = request(batch);
+        queue.send(r).await.expect("queued");
+        answers.push(a);
+    }
+    drop(queue);
+    let mut sizes = Vec::new();
+    while let Some(group) = writer::next_group(&mut shared, 6).await {
+        sizes.push(group.iter().map(|r| r.batch.len()).collect::<Vec<_>>());
+    }
+    // In queue order; a request that does not fit starts the next group; one
+    // larger than the bound goes alone.
+    assert_eq!(sizes, vec![vec![3, 2], vec![4, 1], vec![9]]);
+}
+
+/// Events/s of ingest from 8 (or `HERALD_BENCH_PRODUCERS`) concurrent
+/// producers sending batches of 1 and of 100 (or `HERALD_BENCH_BATCHES`,
+/// e.g. `1,10`): `HERALD_BENCH_EVENTS`
+/// (default 50,000) `points_added` events, one
 /// recipient each among 2,000 users, one email delivery each. A measurement,
 /// not a check: run it with
 /// `cargo test -p herald-store --release -- --ignored --nocapture --test-threads 1 ingest_throughput`.
 async fn ingest_throughput(backend: Backend) {
-    const PRODUCERS: usize = 8;
     const USERS: usize = 2_000;
+    let producers_n: usize = std::env::var("HERALD_BENCH_PRODUCERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     let total: usize = std::env::var("HERALD_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
-    for batch in [1, 100] {
+    let batches: Vec<usize> = std::env::var("HERALD_BENCH_BATCHES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 100]);
+    for batch in batches {
         let Some(db) = TestDb::new(backend, 16).await else {
             return;
         };
@@ -216,9 +416,14 @@ async fn ingest_throughput(backend: Backend) {
             .collect();
         let start = Instant::now();
         let mut producers = tokio::task::JoinSet::new();
-        for p in 0..PRODUCERS {
+        for p in 0..producers_n {
             let store = db.store.clone();
-            let mine: Vec<NewEvent> = events.iter().skip(p).step_by(PRODUCERS).cloned().collect();
+            let mine: Vec<NewEvent> = events
+                .iter()
+                .skip(p)
+                .step_by(producers_n)
+                .cloned()
+                .collect();
             producers.spawn(async move {
                 for chunk in mine.chunks(batch) {
                     store.ingest(chunk).await.expect("ingest");
@@ -230,7 +435,7 @@ async fn ingest_throughput(backend: Backend) {
         }
         let secs = start.elapsed().as_secs_f64();
         println!(
-            "ingest {backend:?}, batch {batch}, {PRODUCERS} producers: {total} events in {secs:.2} s = {:.0} events/s",
+            "ingest {backend:?}, batch {batch}, {producers_n} producers: {total} events in {secs:.2} s = {:.0} events/s",
             total as f64 / secs
         );
         let written: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
