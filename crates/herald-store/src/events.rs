@@ -14,7 +14,9 @@
 //! statements, not one statement per row: every statement is a round trip,
 //! and at thousands of events a second the round trips cost more than the
 //! writing. Statements are cut by rows so that their bind parameters stay
-//! under SQLite's limit (32,766; PostgreSQL's is 65,535).
+//! under SQLite's limit (32,766; PostgreSQL's is 65,535), and come in a few
+//! shapes (a power of two of rows, padded with NULL rows that are filtered
+//! out) so that every batch size finds its statement prepared already.
 //!
 //! Events go in with `ON CONFLICT (id) DO NOTHING RETURNING id`. An id that
 //! does not come back was published before: the event is a duplicate (same
@@ -34,7 +36,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use herald_core::{EventId, EventKind, UserId};
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
-
 use tokio::sync::oneshot;
 
 use crate::records::{DeliveryStatus, EventRecord, Ingested, NewEvent, NewNotification};
@@ -49,7 +50,7 @@ use writer::Request;
 const MAX_BINDS: usize = 32_766;
 /// The most rows one statement writes, whatever its width: keeps statements
 /// (and what a database parses and plans at once) a reasonable size.
-const MAX_ROWS: usize = 1_000;
+const MAX_ROWS: usize = 1_024;
 
 impl Store {
     /// Writes a batch of events with their inbox entries and deliveries, in
@@ -183,9 +184,117 @@ fn conflict(index: usize, event_id: &str) -> Error {
     }
 }
 
-/// Rows per statement for a table written `columns` values a row.
-fn rows_per_statement(columns: usize) -> usize {
-    (MAX_BINDS / columns).min(MAX_ROWS)
+/// What a column holds, so that the NULLs padding a statement to its shape
+/// are typed as its values are.
+#[derive(Debug, Clone, Copy)]
+enum Column {
+    Text,
+    Int,
+}
+
+/// A table as ingest writes it: `INSERT INTO …` with the columns bound per
+/// row, all `NOT NULL` in the first.
+#[derive(Debug)]
+struct Table {
+    insert: &'static str,
+    columns: &'static [Column],
+}
+
+const EVENTS: Table = Table {
+    insert: "INSERT INTO events (id, idempotency_key, kind, payload, payload_hash, received_at)",
+    columns: &[
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Int,
+    ],
+};
+
+const COUNTERS: Table = Table {
+    insert: "INSERT INTO inbox_counters (user_id, last_seq)",
+    columns: &[Column::Text, Column::Int],
+};
+
+const NOTIFICATIONS: Table = Table {
+    insert: "INSERT INTO notifications \
+             (id, recipient_id, seq, event_id, kind, category, title, body, in_inbox, created_at)",
+    columns: &[
+        Column::Text,
+        Column::Text,
+        Column::Int,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Int,
+        Column::Int,
+    ],
+};
+
+const DELIVERIES: Table = Table {
+    insert: "INSERT INTO deliveries \
+             (id, notification_id, recipient_id, channel, status, reason, next_attempt_at, \
+              enqueued_at, created_at, updated_at)",
+    columns: &[
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Int,
+        Column::Int,
+        Column::Int,
+        Column::Int,
+    ],
+};
+
+type Query<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
+
+impl Table {
+    /// The most rows one statement writes: a power of two, within
+    /// [`MAX_ROWS`] and [`MAX_BINDS`].
+    fn rows_per_statement(&self) -> usize {
+        let most = (MAX_BINDS / self.columns.len()).min(MAX_ROWS);
+        1 << most.ilog2()
+    }
+
+    /// A statement for `rows` rows, followed by `tail` (`ON CONFLICT …`),
+    /// with the binds of `bind` and the NULL rows that pad it to its shape.
+    ///
+    /// A statement is prepared for a power of two of rows, the rows it does
+    /// not need padded with NULLs and filtered out (`WHERE column1 IS NOT
+    /// NULL`): a handful of shapes per table then serve every batch size and
+    /// stay in each connection's statement cache, where a statement per row
+    /// count would be parsed and planned anew (on PostgreSQL, a round trip
+    /// more) nearly every time.
+    fn statement<'q>(
+        &self,
+        backend: Backend,
+        rows: usize,
+        tail: &str,
+        bind: impl FnOnce(Query<'q>) -> Query<'q>,
+    ) -> Query<'q> {
+        let shape = rows.next_power_of_two();
+        let sql = format!(
+            "{} SELECT * FROM (VALUES {}) AS v WHERE column1 IS NOT NULL {tail}",
+            self.insert,
+            values(backend, shape, self.columns.len())
+        );
+        let mut query = bind(sqlx::query(AssertSqlSafe(sql)));
+        for _ in rows..shape {
+            for column in self.columns {
+                query = match column {
+                    Column::Text => query.bind(None::<&str>),
+                    Column::Int => query.bind(None::<i64>),
+                };
+            }
+        }
+        query
+    }
 }
 
 /// `rows` tuples of `columns` parameters: `($1, $2), ($3, $4), …` on
@@ -231,23 +340,21 @@ async fn insert_events(
     firsts: &[usize],
 ) -> Result<HashSet<String>> {
     let mut inserted = HashSet::with_capacity(firsts.len());
-    for chunk in firsts.chunks(rows_per_statement(6)) {
-        let sql = format!(
-            "INSERT INTO events (id, idempotency_key, kind, payload, payload_hash, received_at) \
-             VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
-            values(backend, chunk.len(), 6)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for &i in chunk {
-            let ev = &batch[i];
-            query = query
-                .bind(ids[i].as_str())
-                .bind(ev.key.as_deref())
-                .bind(ev.kind.as_str())
-                .bind(ev.payload.as_str())
-                .bind(ev.hash.as_str())
-                .bind(ev.received_at);
-        }
+    for chunk in firsts.chunks(EVENTS.rows_per_statement()) {
+        let tail = "ON CONFLICT (id) DO NOTHING RETURNING id";
+        let query = EVENTS.statement(backend, chunk.len(), tail, |mut query| {
+            for &i in chunk {
+                let ev = &batch[i];
+                query = query
+                    .bind(ids[i].as_str())
+                    .bind(ev.key.as_deref())
+                    .bind(ev.kind.as_str())
+                    .bind(ev.payload.as_str())
+                    .bind(ev.hash.as_str())
+                    .bind(ev.received_at);
+            }
+            query
+        });
         for row in query.fetch_all(&mut **tx).await? {
             inserted.insert(row.try_get::<String, _>(0)?);
         }
@@ -263,13 +370,18 @@ async fn existing(
 ) -> Result<HashMap<String, (EventRecord, String)>> {
     let mut stored = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(MAX_ROWS) {
+        // Padded with NULLs to a power of two, as statements are.
+        let shape = chunk.len().next_power_of_two();
         let sql = format!(
             "SELECT id, kind, payload_hash, received_at FROM events WHERE id IN ({})",
-            params(backend, 1, chunk.len())
+            params(backend, 1, shape)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for id in chunk {
             query = query.bind(*id);
+        }
+        for _ in chunk.len()..shape {
+            query = query.bind(None::<&str>);
         }
         for row in query.fetch_all(&mut **tx).await? {
             let id: String = row.try_get(0)?;
@@ -298,17 +410,16 @@ async fn bump_counters(
         .map(|(user, entries)| (*user, entries.len() as i64))
         .collect();
     let mut last = HashMap::with_capacity(users.len());
-    for chunk in users.chunks(rows_per_statement(2)) {
-        let sql = format!(
-            "INSERT INTO inbox_counters (user_id, last_seq) VALUES {} \
-             ON CONFLICT (user_id) DO UPDATE SET last_seq = inbox_counters.last_seq + excluded.last_seq \
-             RETURNING user_id, last_seq",
-            values(backend, chunk.len(), 2)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (user, count) in chunk {
-            query = query.bind(user.as_str()).bind(*count);
-        }
+    for chunk in users.chunks(COUNTERS.rows_per_statement()) {
+        let tail = "ON CONFLICT (user_id) \
+                    DO UPDATE SET last_seq = inbox_counters.last_seq + excluded.last_seq \
+                    RETURNING user_id, last_seq";
+        let query = COUNTERS.statement(backend, chunk.len(), tail, |mut query| {
+            for (user, count) in chunk {
+                query = query.bind(user.as_str()).bind(*count);
+            }
+            query
+        });
         for row in query.fetch_all(&mut **tx).await? {
             last.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
         }
@@ -329,27 +440,23 @@ async fn insert_notifications(
     backend: Backend,
     entries: &[Entry<'_>],
 ) -> Result<()> {
-    for chunk in entries.chunks(rows_per_statement(10)) {
-        let sql = format!(
-            "INSERT INTO notifications \
-             (id, recipient_id, seq, event_id, kind, category, title, body, in_inbox, created_at) \
-             VALUES {}",
-            values(backend, chunk.len(), 10)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for &(ev, event_id, n, seq) in chunk {
-            query = query
-                .bind(n.id.to_string())
-                .bind(n.recipient.as_str())
-                .bind(seq)
-                .bind(event_id.as_str())
-                .bind(ev.kind.as_str())
-                .bind(ev.kind.category())
-                .bind(n.title.as_str())
-                .bind(n.body.as_str())
-                .bind(i64::from(n.in_inbox))
-                .bind(ev.received_at);
-        }
+    for chunk in entries.chunks(NOTIFICATIONS.rows_per_statement()) {
+        let query = NOTIFICATIONS.statement(backend, chunk.len(), "", |mut query| {
+            for &(ev, event_id, n, seq) in chunk {
+                query = query
+                    .bind(n.id.to_string())
+                    .bind(n.recipient.as_str())
+                    .bind(seq)
+                    .bind(event_id.as_str())
+                    .bind(ev.kind.as_str())
+                    .bind(ev.kind.category())
+                    .bind(n.title.as_str())
+                    .bind(n.body.as_str())
+                    .bind(i64::from(n.in_inbox))
+                    .bind(ev.received_at);
+            }
+            query
+        });
         query.execute(&mut **tx).await?;
     }
     Ok(())
@@ -364,34 +471,29 @@ async fn insert_deliveries(
         .iter()
         .flat_map(|&(ev, _, n, _)| n.deliveries.iter().map(move |d| (ev, n, d)))
         .collect();
-    for chunk in deliveries.chunks(rows_per_statement(10)) {
-        let sql = format!(
-            "INSERT INTO deliveries \
-             (id, notification_id, recipient_id, channel, status, reason, next_attempt_at, \
-              enqueued_at, created_at, updated_at) \
-             VALUES {}",
-            values(backend, chunk.len(), 10)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for &(ev, n, d) in chunk {
-            query = query
-                .bind(d.id.to_string())
-                .bind(n.id.to_string())
-                .bind(n.recipient.as_str())
-                .bind(d.channel.as_str())
-                .bind(d.status.as_str())
-                .bind(d.reason.as_str())
-                .bind(d.next_attempt_at)
-                // The publisher enqueues a job for each open delivery once
-                // this commits, due now or when the deferral ends.
-                .bind(match d.status {
-                    DeliveryStatus::Pending => Some(ev.received_at),
-                    DeliveryStatus::Deferred => d.next_attempt_at,
-                    DeliveryStatus::Suppressed => None,
-                })
-                .bind(ev.received_at)
-                .bind(ev.received_at);
-        }
+    for chunk in deliveries.chunks(DELIVERIES.rows_per_statement()) {
+        let query = DELIVERIES.statement(backend, chunk.len(), "", |mut query| {
+            for &(ev, n, d) in chunk {
+                query = query
+                    .bind(d.id.to_string())
+                    .bind(n.id.to_string())
+                    .bind(n.recipient.as_str())
+                    .bind(d.channel.as_str())
+                    .bind(d.status.as_str())
+                    .bind(d.reason.as_str())
+                    .bind(d.next_attempt_at)
+                    // The publisher enqueues a job for each open delivery
+                    // once this commits, due now or when the deferral ends.
+                    .bind(match d.status {
+                        DeliveryStatus::Pending => Some(ev.received_at),
+                        DeliveryStatus::Deferred => d.next_attempt_at,
+                        DeliveryStatus::Suppressed => None,
+                    })
+                    .bind(ev.received_at)
+                    .bind(ev.received_at);
+            }
+            query
+        });
         query.execute(&mut **tx).await?;
     }
     Ok(())

@@ -37,6 +37,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     duplicate_ids_in_one_batch,
     a_batch_larger_than_a_statement_is_written_whole,
+    batches_of_any_size_fill_their_statements_shape,
     a_conflict_in_a_merged_group_fails_only_its_request,
     requests_merged_into_one_group_see_each_other,
     a_request_whose_caller_left_is_still_written,
@@ -201,6 +202,26 @@ async fn a_batch_larger_than_a_statement_is_written_whole(db: TestDb) {
 fn request(batch: Vec<NewEvent>) -> (Request, oneshot::Receiver<crate::Result<Vec<Ingested>>>) {
     let (reply, answer) = oneshot::channel();
     (Request { batch, reply }, answer)
+}
+
+async fn batches_of_any_size_fill_their_statements_shape(db: TestDb) {
+    let store = &db.store;
+    let mut sent = Vec::new();
+    for size in (1..=17).chain([1_023, 1_025]) {
+        let batch: Vec<NewEvent> = (0..size)
+            .map(|i| points_added(EventId::new(), i, ["u1", "u2", "u3"][i as usize % 3]))
+            .collect();
+        let outcomes = store.ingest(&batch).await.expect("ingest");
+        assert!(outcomes.iter().all(|o| matches!(o, Ingested::Accepted(_))));
+        // Sent again: every id is looked up, none is written twice.
+        let again = store.ingest(&batch).await.expect("ingest");
+        assert!(again.iter().all(|o| matches!(o, Ingested::Duplicate(_))));
+        sent.extend(batch);
+    }
+    for user in ["u1", "u2", "u3"] {
+        assert_inbox(store, user, &entries_for(&sent, user)).await;
+    }
+    assert_eq!(count(store, "deliveries").await, sent.len() as i64);
 }
 
 async fn a_conflict_in_a_merged_group_fails_only_its_request(db: TestDb) {
