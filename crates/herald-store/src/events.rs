@@ -1,167 +1,500 @@
 //! Ingest: the one transaction that makes an event durable.
 //!
-//! A batch is all or nothing. Within it, each event is inserted with
-//! `ON CONFLICT DO NOTHING`; an event id seen before is a duplicate (same
-//! payload hash: nothing more is written) or a conflict (different hash: the
-//! whole batch rolls back). Concurrent publishes of one id serialise on the
-//! primary key, so exactly one of them writes inbox entries.
+//! Group commit: every commit waits for a disk flush, and one HTTP request
+//! often carries one event, so [`Store::ingest`] does not commit each batch
+//! on its own. Batches queue for a few writer lanes (`writer`), which merge
+//! what is waiting into one batch, one transaction and one commit, and
+//! answer each caller with its own outcomes. If the merged transaction
+//! fails (say one batch reuses an event id with another payload), it rolls
+//! back and its batches are written again one by one, each in its own
+//! transaction: every caller gets exactly the answer it would get alone,
+//! and a conflict fails only the batch that carries it.
 //!
-//! Inbox sequence numbers are taken per recipient after all events are in,
-//! one counter update per recipient in user-id order: two batches touching
-//! the same users lock their counters in the same order and cannot deadlock.
+//! A batch is all or nothing. Each table is written with a few multi-row
+//! statements, not one statement per row: every statement is a round trip,
+//! and at thousands of events a second the round trips cost more than the
+//! writing. Statements are cut by rows so that their bind parameters stay
+//! under SQLite's limit (32,766; PostgreSQL's is 65,535), and come in a few
+//! shapes (a power of two of rows, padded with NULL rows that are filtered
+//! out) so that every batch size finds its statement prepared already.
+//!
+//! Events go in with `ON CONFLICT (id) DO NOTHING RETURNING id`. An id that
+//! does not come back was published before: the event is a duplicate (same
+//! payload hash: nothing more is written for it) or a conflict (different
+//! hash: the whole batch rolls back). Of events sharing an id within one
+//! batch, the first is written and the later ones are its duplicates or
+//! conflicts. Concurrent publishes of one id serialise on the primary key,
+//! so exactly one of them writes inbox entries.
+//!
+//! Lock order: events are inserted in id order, then inbox counters are
+//! bumped in user-id order (one upsert row per recipient, taking as many
+//! sequence numbers as the batch has entries for them, handed out in batch
+//! order). Two transactions touching the same ids or users take their locks
+//! in the same order, so they wait for each other instead of deadlocking.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use herald_core::{EventId, EventKind, UserId};
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
+use tokio::sync::oneshot;
 
 use crate::records::{DeliveryStatus, EventRecord, Ingested, NewEvent, NewNotification};
-use crate::{Error, Result, Store};
+use crate::{Backend, Error, Result, Store};
+
+pub(crate) mod writer;
+
+use writer::Request;
+
+/// The most bind parameters in one statement: SQLite's limit (PostgreSQL's
+/// is 65,535).
+const MAX_BINDS: usize = 32_766;
+/// The most rows one statement writes, whatever its width: keeps statements
+/// (and what a database parses and plans at once) a reasonable size.
+const MAX_ROWS: usize = 1_024;
 
 impl Store {
     /// Writes a batch of events with their inbox entries and deliveries, in
-    /// one transaction. Returns one outcome per event, in batch order.
+    /// one transaction, which batches written at the same time may share
+    /// (see the module docs). Returns one outcome per event, in batch order,
+    /// or the error this batch alone would meet.
+    ///
+    /// Once queued, the batch is written even if this future is dropped.
     pub async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<Ingested>> {
-        let mut tx = self.write.begin().await?;
-        // Insert in id order, so concurrent batches sharing ids wait on each
-        // other instead of deadlocking.
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by_key(|&i| batch[i].id);
-        let mut outcomes: Vec<Option<Ingested>> = vec![None; batch.len()];
-        let mut fresh = Vec::new();
-        for i in order {
-            let ev = &batch[i];
-            let inserted = sqlx::query(
-                "INSERT INTO events (id, idempotency_key, kind, payload, payload_hash, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(ev.id.to_string())
-            .bind(ev.key.clone())
-            .bind(ev.kind.as_str())
-            .bind(ev.payload.clone())
-            .bind(ev.hash.clone())
-            .bind(ev.received_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            let outcome = if inserted == 1 {
-                fresh.push(i);
-                Ingested::Accepted(EventRecord {
-                    id: ev.id,
-                    event: ev.kind,
-                    received_at: ev.received_at,
-                })
-            } else {
-                let (record, hash) = existing(&mut tx, ev.id).await?;
-                if hash != ev.hash {
-                    return Err(Error::IdempotencyConflict {
-                        index: i,
-                        event_id: ev.id.to_string(),
-                    });
-                }
-                Ingested::Duplicate(record)
-            };
-            outcomes[i] = Some(outcome);
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-
-        // Sequence numbers: one counter bump per recipient, in user order;
-        // within a recipient, in batch order.
-        fresh.sort_unstable();
-        let mut per_user: BTreeMap<&UserId, Vec<(&NewEvent, &NewNotification)>> = BTreeMap::new();
-        for &i in &fresh {
-            for n in &batch[i].notifications {
-                per_user
-                    .entry(&n.recipient)
-                    .or_default()
-                    .push((&batch[i], n));
-            }
-        }
-        for (user, entries) in per_user {
-            let count = entries.len() as i64;
-            let last: i64 = sqlx::query(
-                "INSERT INTO inbox_counters (user_id, last_seq) VALUES ($1, $2) \
-                 ON CONFLICT (user_id) DO UPDATE SET last_seq = inbox_counters.last_seq + $2 \
-                 RETURNING last_seq",
-            )
-            .bind(user.as_str())
-            .bind(count)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
-            for (k, (ev, n)) in entries.into_iter().enumerate() {
-                insert_notification(&mut tx, ev, n, last - count + 1 + k as i64).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.expect("every event has an outcome"))
-            .collect())
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            batch: batch.to_vec(),
+            reply,
+        };
+        self.ingest
+            .send(request)
+            .await
+            .map_err(|_| Error::WriterStopped)?;
+        answer.await.map_err(|_| Error::WriterStopped)?
     }
 }
 
-async fn existing(tx: &mut Transaction<'_, Any>, id: EventId) -> Result<(EventRecord, String)> {
-    let row = sqlx::query("SELECT kind, payload_hash, received_at FROM events WHERE id = $1")
-        .bind(id.to_string())
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok((
-        EventRecord {
-            id,
-            event: kind(&row.try_get::<String, _>(0)?)?,
-            received_at: row.try_get(2)?,
-        },
-        row.try_get(1)?,
-    ))
+/// Writes `batch` in `tx`: all of it, or an error after which the caller
+/// rolls back. Outcomes are in batch order.
+async fn write(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Result<Vec<Ingested>> {
+    let backend = backend_of(tx);
+    let ids: Vec<String> = batch.iter().map(|ev| ev.id.to_string()).collect();
+    // Events are written in id order, so concurrent batches sharing ids
+    // wait on each other instead of deadlocking. The sort is stable: of the
+    // events sharing an id, the first in the batch is the one written.
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| batch[i].id);
+    let mut firsts = order.clone();
+    firsts.dedup_by_key(|i| batch[*i].id);
+
+    let inserted = insert_events(tx, backend, batch, &ids, &firsts).await?;
+    let seen: Vec<&str> = firsts
+        .iter()
+        .map(|&i| ids[i].as_str())
+        .filter(|id| !inserted.contains(*id))
+        .collect();
+    let stored = existing(tx, backend, &seen).await?;
+
+    // Each event is new, a duplicate (of an earlier event or of the first
+    // with its id in this batch: same hash) or a conflict (different hash).
+    // The first conflict in id order fails the batch.
+    let mut outcomes: Vec<Option<Ingested>> = vec![None; batch.len()];
+    let mut fresh = Vec::new();
+    let mut first: Option<usize> = None;
+    for &i in &order {
+        let ev = &batch[i];
+        let leader = match first {
+            Some(f) if batch[f].id == ev.id => f,
+            _ => {
+                first = Some(i);
+                i
+            }
+        };
+        let outcome = if inserted.contains(&ids[i]) {
+            let record = record(&batch[leader]);
+            if leader == i {
+                fresh.push(i);
+                Ingested::Accepted(record)
+            } else if batch[leader].hash == ev.hash {
+                Ingested::Duplicate(record)
+            } else {
+                return Err(conflict(i, &ids[i]));
+            }
+        } else {
+            let (record, hash) = stored
+                .get(&ids[i])
+                .ok_or(Error::Database(sqlx::Error::RowNotFound))?;
+            if *hash != ev.hash {
+                return Err(conflict(i, &ids[i]));
+            }
+            Ingested::Duplicate(record.clone())
+        };
+        outcomes[i] = Some(outcome);
+    }
+
+    // Sequence numbers: one counter bump per recipient, in user order;
+    // within a recipient, in batch order.
+    fresh.sort_unstable();
+    let mut per_user: BTreeMap<&UserId, Vec<(usize, &NewNotification)>> = BTreeMap::new();
+    for &i in &fresh {
+        for n in &batch[i].notifications {
+            per_user.entry(&n.recipient).or_default().push((i, n));
+        }
+    }
+    let last = bump_counters(tx, backend, &per_user).await?;
+    let mut entries = Vec::new();
+    for (user, notifications) in &per_user {
+        let count = notifications.len() as i64;
+        let first_seq = last[user.as_str()] - count + 1;
+        for (k, &(i, n)) in notifications.iter().enumerate() {
+            entries.push((&batch[i], &ids[i], n, first_seq + k as i64));
+        }
+    }
+    insert_notifications(tx, backend, &entries).await?;
+    insert_deliveries(tx, backend, &entries).await?;
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.expect("every event has an outcome"))
+        .collect())
 }
 
-async fn insert_notification(
-    tx: &mut Transaction<'_, Any>,
-    ev: &NewEvent,
-    n: &NewNotification,
-    seq: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO notifications \
-         (id, recipient_id, seq, event_id, kind, category, title, body, in_inbox, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(n.id.to_string())
-    .bind(n.recipient.as_str())
-    .bind(seq)
-    .bind(ev.id.to_string())
-    .bind(ev.kind.as_str())
-    .bind(ev.kind.category())
-    .bind(n.title.clone())
-    .bind(n.body.clone())
-    .bind(i64::from(n.in_inbox))
-    .bind(ev.received_at)
-    .execute(&mut **tx)
-    .await?;
-    for d in &n.deliveries {
-        sqlx::query(
-            "INSERT INTO deliveries \
+/// The database a connection speaks to.
+fn backend_of(conn: &AnyConnection) -> Backend {
+    if conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
+        Backend::Sqlite
+    } else {
+        Backend::Postgres
+    }
+}
+
+fn record(ev: &NewEvent) -> EventRecord {
+    EventRecord {
+        id: ev.id,
+        event: ev.kind,
+        received_at: ev.received_at,
+    }
+}
+
+fn conflict(index: usize, event_id: &str) -> Error {
+    Error::IdempotencyConflict {
+        index,
+        event_id: event_id.to_owned(),
+    }
+}
+
+/// What a column holds, so that the NULLs padding a statement to its shape
+/// are typed as its values are.
+#[derive(Debug, Clone, Copy)]
+enum Column {
+    Text,
+    Int,
+}
+
+/// A table as ingest writes it: `INSERT INTO …` with the columns bound per
+/// row, all `NOT NULL` in the first.
+#[derive(Debug)]
+struct Table {
+    insert: &'static str,
+    columns: &'static [Column],
+}
+
+const EVENTS: Table = Table {
+    insert: "INSERT INTO events (id, idempotency_key, kind, payload, payload_hash, received_at)",
+    columns: &[
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Int,
+    ],
+};
+
+const COUNTERS: Table = Table {
+    insert: "INSERT INTO inbox_counters (user_id, last_seq)",
+    columns: &[Column::Text, Column::Int],
+};
+
+const NOTIFICATIONS: Table = Table {
+    insert: "INSERT INTO notifications \
+             (id, recipient_id, seq, event_id, kind, category, title, body, in_inbox, created_at)",
+    columns: &[
+        Column::Text,
+        Column::Text,
+        Column::Int,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Int,
+        Column::Int,
+    ],
+};
+
+const DELIVERIES: Table = Table {
+    insert: "INSERT INTO deliveries \
              (id, notification_id, recipient_id, channel, status, reason, next_attempt_at, \
-              enqueued_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
-        )
-        .bind(d.id.to_string())
-        .bind(n.id.to_string())
-        .bind(n.recipient.as_str())
-        .bind(d.channel.as_str())
-        .bind(d.status.as_str())
-        .bind(d.reason.clone())
-        .bind(d.next_attempt_at)
-        // The publisher enqueues a job for each open delivery once this
-        // commits, due now or when the deferral ends.
-        .bind(match d.status {
-            DeliveryStatus::Pending => Some(ev.received_at),
-            DeliveryStatus::Deferred => d.next_attempt_at,
-            DeliveryStatus::Suppressed => None,
-        })
-        .bind(ev.received_at)
-        .execute(&mut **tx)
-        .await?;
+              enqueued_at, created_at, updated_at)",
+    columns: &[
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Int,
+        Column::Int,
+        Column::Int,
+        Column::Int,
+    ],
+};
+
+type Query<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
+
+impl Table {
+    /// The most rows one statement writes: a power of two, within
+    /// [`MAX_ROWS`] and [`MAX_BINDS`].
+    fn rows_per_statement(&self) -> usize {
+        let most = (MAX_BINDS / self.columns.len()).min(MAX_ROWS);
+        1 << most.ilog2()
+    }
+
+    /// A statement for `rows` rows, followed by `tail` (`ON CONFLICT …`),
+    /// with the binds of `bind` and the NULL rows that pad it to its shape.
+    ///
+    /// A statement is prepared for a power of two of rows, the rows it does
+    /// not need padded with NULLs and filtered out (`WHERE column1 IS NOT
+    /// NULL`): a handful of shapes per table then serve every batch size and
+    /// stay in each connection's statement cache, where a statement per row
+    /// count would be parsed and planned anew (on PostgreSQL, a round trip
+    /// more) nearly every time.
+    fn statement<'q>(
+        &self,
+        backend: Backend,
+        rows: usize,
+        tail: &str,
+        bind: impl FnOnce(Query<'q>) -> Query<'q>,
+    ) -> Query<'q> {
+        let shape = rows.next_power_of_two();
+        let sql = format!(
+            "{} SELECT * FROM (VALUES {}) AS v WHERE column1 IS NOT NULL {tail}",
+            self.insert,
+            values(backend, shape, self.columns.len())
+        );
+        let mut query = bind(sqlx::query(AssertSqlSafe(sql)));
+        for _ in rows..shape {
+            for column in self.columns {
+                query = match column {
+                    Column::Text => query.bind(None::<&str>),
+                    Column::Int => query.bind(None::<i64>),
+                };
+            }
+        }
+        query
+    }
+}
+
+/// `rows` tuples of `columns` parameters: `($1, $2), ($3, $4), …` on
+/// PostgreSQL, `(?, ?), (?, ?), …` on SQLite. SQLite finds a numbered
+/// parameter by scanning the statement's list of names, which makes binding
+/// thousands of them quadratic; anonymous ones are bound by position.
+fn values(backend: Backend, rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * (columns * 7 + 4));
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        sql.push_str(&params(backend, r * columns + 1, columns));
+        sql.push(')');
+    }
+    sql
+}
+
+/// `n` parameters numbered from `from`, comma-separated (see [`values`]).
+fn params(backend: Backend, from: usize, n: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(n * 7);
+    for i in from..from + n {
+        if i > from {
+            sql.push_str(", ");
+        }
+        match backend {
+            Backend::Postgres => write!(sql, "${i}").expect("writing to a String"),
+            Backend::Sqlite => sql.push('?'),
+        }
+    }
+    sql
+}
+
+/// Inserts the events at `firsts` (distinct ids, in id order); returns the
+/// ids that were new.
+async fn insert_events(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    batch: &[NewEvent],
+    ids: &[String],
+    firsts: &[usize],
+) -> Result<HashSet<String>> {
+    let mut inserted = HashSet::with_capacity(firsts.len());
+    for chunk in firsts.chunks(EVENTS.rows_per_statement()) {
+        let tail = "ON CONFLICT (id) DO NOTHING RETURNING id";
+        let query = EVENTS.statement(backend, chunk.len(), tail, |mut query| {
+            for &i in chunk {
+                let ev = &batch[i];
+                query = query
+                    .bind(ids[i].as_str())
+                    .bind(ev.key.as_deref())
+                    .bind(ev.kind.as_str())
+                    .bind(ev.payload.as_str())
+                    .bind(ev.hash.as_str())
+                    .bind(ev.received_at);
+            }
+            query
+        });
+        for row in query.fetch_all(&mut **tx).await? {
+            inserted.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    Ok(inserted)
+}
+
+/// The stored record and payload hash of each of `ids`.
+async fn existing(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    ids: &[&str],
+) -> Result<HashMap<String, (EventRecord, String)>> {
+    let mut stored = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(MAX_ROWS) {
+        // Padded with NULLs to a power of two, as statements are.
+        let shape = chunk.len().next_power_of_two();
+        let sql = format!(
+            "SELECT id, kind, payload_hash, received_at FROM events WHERE id IN ({})",
+            params(backend, 1, shape)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for _ in chunk.len()..shape {
+            query = query.bind(None::<&str>);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let id: String = row.try_get(0)?;
+            let record = EventRecord {
+                id: id
+                    .parse::<EventId>()
+                    .map_err(|_| Error::Corrupt(format!("event id `{id}`")))?,
+                event: kind(&row.try_get::<String, _>(1)?)?,
+                received_at: row.try_get(3)?,
+            };
+            stored.insert(id, (record, row.try_get(2)?));
+        }
+    }
+    Ok(stored)
+}
+
+/// Takes `per_user[u].len()` sequence numbers for each user, in user order;
+/// returns each user's last number.
+async fn bump_counters(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    per_user: &BTreeMap<&UserId, Vec<(usize, &NewNotification)>>,
+) -> Result<HashMap<String, i64>> {
+    let users: Vec<(&UserId, i64)> = per_user
+        .iter()
+        .map(|(user, entries)| (*user, entries.len() as i64))
+        .collect();
+    let mut last = HashMap::with_capacity(users.len());
+    for chunk in users.chunks(COUNTERS.rows_per_statement()) {
+        let tail = "ON CONFLICT (user_id) \
+                    DO UPDATE SET last_seq = inbox_counters.last_seq + excluded.last_seq \
+                    RETURNING user_id, last_seq";
+        let query = COUNTERS.statement(backend, chunk.len(), tail, |mut query| {
+            for (user, count) in chunk {
+                query = query.bind(user.as_str()).bind(*count);
+            }
+            query
+        });
+        for row in query.fetch_all(&mut **tx).await? {
+            last.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+        }
+    }
+    if last.len() != users.len() {
+        return Err(Error::Corrupt(
+            "an inbox counter upsert returned no row".into(),
+        ));
+    }
+    Ok(last)
+}
+
+/// An inbox entry to write: its event, the event's id, the entry, its seq.
+type Entry<'a> = (&'a NewEvent, &'a String, &'a NewNotification, i64);
+
+async fn insert_notifications(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    entries: &[Entry<'_>],
+) -> Result<()> {
+    for chunk in entries.chunks(NOTIFICATIONS.rows_per_statement()) {
+        let query = NOTIFICATIONS.statement(backend, chunk.len(), "", |mut query| {
+            for &(ev, event_id, n, seq) in chunk {
+                query = query
+                    .bind(n.id.to_string())
+                    .bind(n.recipient.as_str())
+                    .bind(seq)
+                    .bind(event_id.as_str())
+                    .bind(ev.kind.as_str())
+                    .bind(ev.kind.category())
+                    .bind(n.title.as_str())
+                    .bind(n.body.as_str())
+                    .bind(i64::from(n.in_inbox))
+                    .bind(ev.received_at);
+            }
+            query
+        });
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn insert_deliveries(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    entries: &[Entry<'_>],
+) -> Result<()> {
+    let deliveries: Vec<_> = entries
+        .iter()
+        .flat_map(|&(ev, _, n, _)| n.deliveries.iter().map(move |d| (ev, n, d)))
+        .collect();
+    for chunk in deliveries.chunks(DELIVERIES.rows_per_statement()) {
+        let query = DELIVERIES.statement(backend, chunk.len(), "", |mut query| {
+            for &(ev, n, d) in chunk {
+                query = query
+                    .bind(d.id.to_string())
+                    .bind(n.id.to_string())
+                    .bind(n.recipient.as_str())
+                    .bind(d.channel.as_str())
+                    .bind(d.status.as_str())
+                    .bind(d.reason.as_str())
+                    .bind(d.next_attempt_at)
+                    // The publisher enqueues a job for each open delivery
+                    // once this commits, due now or when the deferral ends.
+                    .bind(match d.status {
+                        DeliveryStatus::Pending => Some(ev.received_at),
+                        DeliveryStatus::Deferred => d.next_attempt_at,
+                        DeliveryStatus::Suppressed => None,
+                    })
+                    .bind(ev.received_at)
+                    .bind(ev.received_at);
+            }
+            query
+        });
+        query.execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -169,3 +502,6 @@ async fn insert_notification(
 pub(crate) fn kind(name: &str) -> Result<EventKind> {
     EventKind::parse(name).ok_or_else(|| Error::Corrupt(format!("unknown event kind `{name}`")))
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | [`records`] | the rows Herald reads and writes, as plain structs |
 //! | [`deliveries`] | delivery state: claim with a lease, finish by compare-and-set, sweep |
-//! | [`events`] | ingest: one transaction writes events, inbox entries and deliveries |
+//! | [`events`] | ingest: events, inbox entries and deliveries in one transaction of multi-row statements; concurrent batches share it (group commit, `events::writer`) |
 //! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
 //! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
@@ -19,6 +19,12 @@
 //! transactions race for the lock and fail with `SQLITE_BUSY`, the store
 //! keeps a single-connection pool for writes and a wider one for reads (WAL
 //! lets them run side by side). On PostgreSQL both are the same pool.
+//!
+//! Ingest does not open a transaction per call: calls queue for writer
+//! lanes (tasks the store starts), which merge what waits into one
+//! transaction and one commit. A commit is a disk flush (`synchronous =
+//! FULL` on SQLite), so under load this, not the SQL, sets the pace. The
+//! lanes stop when the last clone of the store is dropped.
 
 pub mod actions;
 pub mod deliveries;
@@ -26,6 +32,8 @@ pub mod directory;
 pub mod events;
 pub mod inbox;
 pub mod records;
+#[cfg(test)]
+mod testing;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -51,6 +59,9 @@ pub enum Error {
     /// An `action_confirm` id was recorded before with another action or amount.
     #[error("action {action_id} was already confirmed with a different action or amount")]
     ActionConflict { action_id: String },
+    /// The ingest writer is gone: the runtime is shutting down.
+    #[error("the ingest writer has stopped")]
+    WriterStopped,
     /// A stored value Herald cannot read back: a bug or a hand-edited row.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -60,7 +71,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
@@ -70,7 +81,13 @@ enum Backend {
 pub struct Store {
     read: AnyPool,
     write: AnyPool,
+    /// The queue of the ingest writer lanes ([`events::writer`]); they stop
+    /// when the last clone of it is dropped.
+    ingest: tokio::sync::mpsc::Sender<events::writer::Request>,
 }
+
+/// The most ingest writer lanes on PostgreSQL.
+const MAX_INGEST_LANES: u32 = 4;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
@@ -110,13 +127,25 @@ impl Store {
                 // WAL is a property of the file: set once, it stays.
                 write.execute("PRAGMA journal_mode = WAL").await?;
                 let read = pool(max_connections.max(1)).connect_with(options).await?;
-                Ok(Store { read, write })
+                // One writer connection, one lane.
+                let (ingest, _) = events::writer::spawn(&write, 1);
+                Ok(Store {
+                    read,
+                    write,
+                    ingest,
+                })
             }
             Backend::Postgres => {
-                let pool = pool(max_connections.max(2)).connect_with(options).await?;
+                let max_connections = max_connections.max(2);
+                let pool = pool(max_connections).connect_with(options).await?;
+                // A few lanes, so that one group commits while the next is
+                // written; at most half the pool, the rest stays for reads.
+                let lanes = (max_connections / 2).clamp(1, MAX_INGEST_LANES);
+                let (ingest, _) = events::writer::spawn(&pool, lanes as usize);
                 Ok(Store {
                     read: pool.clone(),
                     write: pool,
+                    ingest,
                 })
             }
         }
