@@ -59,7 +59,9 @@ pub enum Error {
     /// An `action_confirm` id was recorded before with another action or amount.
     #[error("action {action_id} was already confirmed with a different action or amount")]
     ActionConflict { action_id: String },
-    /// The ingest writer is gone: the runtime is shutting down.
+    /// The ingest writer did not answer: the runtime is shutting down, or
+    /// writing this batch's group panicked (a bug). The batch may or may not
+    /// have been written; publishing it again is safe.
     #[error("the ingest writer has stopped")]
     WriterStopped,
     /// A stored value Herald cannot read back: a bug or a hand-edited row.

@@ -45,13 +45,13 @@ use crate::records::{Ingested, NewEvent};
 
 /// The most events a lane merges into one transaction (a single request
 /// larger than this is written alone, whole).
-pub(crate) const MAX_GROUP_EVENTS: usize = 4_096;
+const MAX_GROUP_EVENTS: usize = 4_096;
 /// A group at least this large (in events) is written beside others: it
 /// outweighs the fixed cost of a transaction (a few round trips and a
 /// commit). A smaller one keeps the queue until it commits, so that what
 /// arrives meanwhile gathers into the next group instead of splintering into
 /// more small transactions.
-pub(crate) const PARALLEL_GROUP_EVENTS: usize = 64;
+const PARALLEL_GROUP_EVENTS: usize = 64;
 /// Requests that may wait for a lane before callers wait to queue.
 const QUEUE_CAPACITY: usize = 4_096;
 
