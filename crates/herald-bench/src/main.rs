@@ -155,7 +155,9 @@ async fn main() -> Result<()> {
         }
         let env = server::prepare_herald(&paths, &HeraldSpec::embedded(), &secret).await?;
         let herald = server::start_herald(&paths, &env).await?;
-        results.idle.insert(0, idle::run(&herald, &secret, n).await?);
+        results
+            .idle
+            .insert(0, idle::run(&herald, &secret, n).await?);
         herald.stop().await;
     }
     if wants("ingest") {
