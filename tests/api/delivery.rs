@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use futures::StreamExt;
 use herald_core::{DeliveryId, EventKind, Role};
 use herald_delivery::{Clock, Outcome};
 use herald_testkit::fakes::Step;
@@ -526,6 +527,133 @@ async fn flushing_redis_mid_burst_loses_nothing() {
         assert_eq!(keys.len(), 5_000, "{name}: every delivery sent");
         assert_eq!(sent.len(), 5_000, "{name}: none sent twice");
     }
+}
+
+/// A backlog larger than apalis-redis can take in one go — its fetch moves
+/// every due job to the active list with one Lua `unpack`, which fails
+/// beyond 7,999 — waits in Redis before any worker runs: 9,000 deliveries
+/// enqueued at ingest, and as many jobs that fell due in the scheduled set
+/// meanwhile (as retries do). The worker that starts then drains it all
+/// without dying once, and without the sweeper, whose `stale_seconds` is
+/// an hour here; so does a single enqueue of 9,000 while it runs. The
+/// queue gets a Redis database of its own (12): another test flushes 15.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_waiting_before_the_workers_start_drains() {
+    let redis_url = "redis://127.0.0.1:6379/12";
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut redis = match client.get_multiplexed_async_connection().await {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("HERALD_REQUIRE_SERVICES").is_err(),
+                "Redis is required but unreachable: {e}"
+            );
+            eprintln!("skipped: Redis unreachable: {e}");
+            return;
+        }
+    };
+    let backend = if herald_testkit::postgres_available().await {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    };
+    let fakes = Fakes::live();
+    let queue = format!("herald-test-{}", uuid::Uuid::new_v4().simple());
+    let app = spawn_app_with_fakes(backend, fakes.clone(), |s| {
+        s.delivery.queue_url = herald_server::config::Secret::new(redis_url);
+        s.delivery.queue_name = queue.clone();
+        s.delivery.workers_in_serve = false;
+        s.delivery.concurrency = 32;
+        s.delivery.stale_seconds = 3_600;
+    })
+    .await
+    .unwrap();
+    app.register(
+        "backlog-admin",
+        Role::Admin,
+        None,
+        json!({"email": "ops@example.com", "phone": "+79161234567"}),
+    )
+    .await;
+
+    // 4,500 critical alerts, each owing the admin an email and an SMS.
+    for _ in 0..45 {
+        let batch = Value::Array((0..100).map(|_| envelope(EventKind::SystemAlert)).collect());
+        assert_eq!(app.publish(&batch).await.status(), 202);
+    }
+    let tomorrow = (Utc::now() + chrono::Duration::days(1)).timestamp_millis();
+    let ids = app
+        .store
+        .stranded_deliveries(tomorrow, 0, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 9_000);
+    let queue_handle = &app.delivery.queue;
+    let now = Utc::now();
+    futures::stream::iter(&ids)
+        .map(|&id| async move { queue_handle.schedule(id, now, now).await })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<(), _>>()
+        .unwrap();
+    assert_eq!(app.delivery.queue.depth().await.unwrap(), 18_000);
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let workers = tokio::spawn(app.delivery.clone().run(stop.clone()));
+    let drained = || async {
+        let backlog = app.store.delivery_backlog().await.unwrap();
+        let depth = app.delivery.queue.depth().await.unwrap();
+        (backlog.is_empty() && depth == 0).then_some(())
+    };
+    eventually("the backlog to drain", Duration::from_secs(180), drained).await;
+    // Enqueued again at once (as a sweep after a long outage might): every
+    // job finds its delivery sent and skips it.
+    app.delivery.queue.enqueue(&ids).await.unwrap();
+    eventually(
+        "the second batch to drain",
+        Duration::from_secs(180),
+        drained,
+    )
+    .await;
+    stop.cancel();
+    workers.await.unwrap().unwrap();
+
+    // apalis-redis registers each worker it runs: one means none died.
+    let workers: u64 = redis::cmd("ZCARD")
+        .arg(format!("{queue}:workers"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(workers, 1, "the worker was never replaced");
+    for (name, fake) in [("email", &fakes.email), ("sms", &fakes.sms)] {
+        let sent = fake.sent();
+        let keys: std::collections::HashSet<_> =
+            sent.iter().map(|m| m.idempotency_key.clone()).collect();
+        assert_eq!(keys.len(), 4_500, "{name}: every delivery sent");
+        assert_eq!(sent.len(), 4_500, "{name}: none sent twice");
+    }
+
+    // This queue's keys go; other users of database 12 keep theirs.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{queue}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    for chunk in keys.chunks(1_000) {
+        let _: () = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("ZREM")
+        .arg("core:apalis:queues:list")
+        .arg(format!("{queue}:workers"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

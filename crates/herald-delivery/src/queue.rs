@@ -8,10 +8,19 @@
 //! [`crate::sweeper`] re-enqueues what the queue loses — so a flushed Redis,
 //! a killed worker or a crash between commit and enqueue costs latency,
 //! never a message.
+//!
+//! In Redis, apalis-redis 1.0 files every pushed job — due now or later —
+//! in its scheduled set, and each fetch first moves *all* the due ones to
+//! the active list with one Lua `unpack`, which fails beyond 7,999 values.
+//! A backlog of 8,000 due jobs (deliveries enqueued while no worker ran)
+//! would kill every worker on its first fetch, and the sweeper, counting
+//! those jobs as queued, would never step in. So Herald moves due jobs
+//! itself, [`REDIS_CHUNK`] at a time: after each push, and before a worker
+//! starts.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
@@ -24,6 +33,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::dispatch::Dispatcher;
+
+/// Most jobs one Redis script pushes or moves: well under what a Lua
+/// `unpack` takes (7,999), and short enough that one script never holds
+/// Redis for long.
+pub const REDIS_CHUNK: usize = 1_000;
+
+/// Moves due jobs from the scheduled set to the active list, a bounded
+/// number at a time (see the module docs).
+static PROMOTE_DUE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("promote_due.lua")));
 
 /// The job: which delivery to look at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,7 +134,10 @@ impl Queue {
         })
     }
 
-    /// Enqueues deliveries that are due now.
+    /// Enqueues deliveries that are due now. Into Redis, [`REDIS_CHUNK`]
+    /// jobs at a time, each chunk moved on to the active list before the
+    /// next is pushed: however large the batch, a worker fetching
+    /// meanwhile never finds more than a chunk's worth due.
     pub async fn enqueue(&self, ids: &[DeliveryId]) -> Result<(), Error> {
         if ids.is_empty() {
             return Ok(());
@@ -128,7 +150,17 @@ impl Queue {
             Queue::Sqlite { storage, .. } => {
                 storage.clone().push_bulk(jobs).await.map_err(queue_error)
             }
-            Queue::Redis { storage } => storage.clone().push_bulk(jobs).await.map_err(queue_error),
+            Queue::Redis { storage } => {
+                for chunk in jobs.chunks(REDIS_CHUNK) {
+                    storage
+                        .clone()
+                        .push_bulk(chunk.to_vec())
+                        .await
+                        .map_err(queue_error)?;
+                    promote_due(storage).await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -231,6 +263,16 @@ impl Queue {
                     .await
             }
             Queue::Redis { storage } => {
+                // Whatever came due while no worker ran (retries, or jobs
+                // pushed by an older Herald) goes to the active list first.
+                let moved = promote_due(&storage).await?;
+                if moved > 0 {
+                    tracing::info!(
+                        worker = name,
+                        jobs = moved,
+                        "moved due jobs to the active list"
+                    );
+                }
                 WorkerBuilder::new(name)
                     .backend(storage.poll_with_strategy(strategy))
                     .concurrency(concurrency)
@@ -241,6 +283,36 @@ impl Queue {
             }
         };
         result.map_err(queue_error)
+    }
+}
+
+/// Moves every due job of a Redis queue from the scheduled set to the
+/// active list, [`REDIS_CHUNK`] per script; how many moved. Each script is
+/// atomic, so a worker fetching meanwhile (which moves due jobs too) and
+/// this never move the same job twice.
+async fn promote_due(storage: &RedisStorage<DeliveryJob>) -> Result<u64, Error> {
+    let mut storage = storage.clone();
+    let config = storage.get_config().clone();
+    // apalis-redis scores jobs in whole seconds of the wall clock.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut total = 0;
+    loop {
+        let moved: u64 = PROMOTE_DUE
+            .key(config.scheduled_jobs_set())
+            .key(config.active_jobs_list())
+            .key(config.signal_list())
+            .arg(now)
+            .arg(REDIS_CHUNK)
+            .invoke_async(storage.get_connection())
+            .await
+            .map_err(queue_error)?;
+        total += moved;
+        if moved < REDIS_CHUNK as u64 {
+            return Ok(total);
+        }
     }
 }
 
