@@ -34,7 +34,9 @@ fn ratio(herald: f64, peer: f64) -> String {
 }
 
 fn num(x: f64) -> String {
-    if x >= 100.0 {
+    if x == x.trunc() && x < 100.0 {
+        format!("{x:.0}")
+    } else if x >= 100.0 {
         let n = x.round() as u64;
         // Thousands separated by commas, as the table reads better.
         let s = n.to_string();
