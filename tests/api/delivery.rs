@@ -459,22 +459,8 @@ async fn a_worker_killed_mid_send_is_replaced_and_the_delivery_recorded_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushing_redis_mid_burst_loses_nothing() {
     let redis_url = "redis://127.0.0.1:6379/15";
-    let client = redis::Client::open(redis_url).unwrap();
-    let mut redis = match client.get_multiplexed_async_connection().await {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var("HERALD_REQUIRE_SERVICES").is_err(),
-                "Redis is required but unreachable: {e}"
-            );
-            eprintln!("skipped: Redis unreachable: {e}");
-            return;
-        }
-    };
-    let backend = if herald_testkit::postgres_available().await {
-        Backend::Postgres
-    } else {
-        Backend::Sqlite
+    let Some((mut redis, backend)) = redis_queue(redis_url).await else {
+        return;
     };
     let fakes = Fakes::live();
     let queue = format!("herald-test-{}", uuid::Uuid::new_v4().simple());
@@ -540,22 +526,8 @@ async fn flushing_redis_mid_burst_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_waiting_before_the_workers_start_drains() {
     let redis_url = "redis://127.0.0.1:6379/12";
-    let client = redis::Client::open(redis_url).unwrap();
-    let mut redis = match client.get_multiplexed_async_connection().await {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var("HERALD_REQUIRE_SERVICES").is_err(),
-                "Redis is required but unreachable: {e}"
-            );
-            eprintln!("skipped: Redis unreachable: {e}");
-            return;
-        }
-    };
-    let backend = if herald_testkit::postgres_available().await {
-        Backend::Postgres
-    } else {
-        Backend::Sqlite
+    let Some((mut redis, backend)) = redis_queue(redis_url).await else {
+        return;
     };
     let fakes = Fakes::live();
     let queue = format!("herald-test-{}", uuid::Uuid::new_v4().simple());
@@ -717,4 +689,28 @@ async fn connected_clients_see_each_failed_attempt() {
         assert_eq!(first["data"]["nextRetry"], next.timestamp_millis());
         assert_eq!(second["data"]["nextRetry"], Value::Null, "given up");
     }
+}
+
+/// A connection to the Redis database a queue test uses, and the database
+/// backend to run it on (PostgreSQL when reachable). None: Redis is down
+/// and the test skips, unless services are required.
+async fn redis_queue(redis_url: &str) -> Option<(redis::aio::MultiplexedConnection, Backend)> {
+    let client = redis::Client::open(redis_url).unwrap();
+    let redis = match client.get_multiplexed_async_connection().await {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("HERALD_REQUIRE_SERVICES").is_err(),
+                "Redis is required but unreachable: {e}"
+            );
+            eprintln!("skipped: Redis unreachable: {e}");
+            return None;
+        }
+    };
+    let backend = if herald_testkit::postgres_available().await {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    };
+    Some((redis, backend))
 }

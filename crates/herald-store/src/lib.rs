@@ -8,6 +8,7 @@
 //! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
 //! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
+//! | [`scratch`] | throwaway PostgreSQL databases for tests |
 //!
 //! One [`Store`] speaks to SQLite (the embedded default) or PostgreSQL,
 //! chosen by the URL's scheme, through sqlx's `Any` driver. The schema
@@ -32,6 +33,7 @@ pub mod directory;
 pub mod events;
 pub mod inbox;
 pub mod records;
+pub mod scratch;
 #[cfg(test)]
 mod testing;
 

@@ -5,9 +5,7 @@
 //! is skipped with a note, unless `HERALD_REQUIRE_SERVICES=1` (as in
 //! `herald-testkit`).
 
-use std::time::Duration;
 
-use sqlx::Connection;
 
 pub(crate) use crate::Backend;
 use crate::Store;
@@ -40,7 +38,7 @@ impl TestDb {
                     .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
                 let admin_url = format!("{base}/postgres");
                 let name = format!("herald_store_{}", uuid::Uuid::new_v4().simple());
-                if let Err(e) = create_database(&admin_url, &name).await {
+                if let Err(e) = crate::scratch::create_database(&admin_url, &name).await {
                     let required = std::env::var("HERALD_REQUIRE_SERVICES")
                         .is_ok_and(|v| v == "1" || v == "true");
                     assert!(
@@ -65,40 +63,10 @@ impl TestDb {
     }
 }
 
-async fn create_database(admin_url: &str, name: &str) -> Result<(), sqlx::Error> {
-    let mut conn = tokio::time::timeout(
-        Duration::from_secs(5),
-        sqlx::PgConnection::connect(admin_url),
-    )
-    .await
-    .map_err(|_| sqlx::Error::PoolTimedOut)??;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut conn)
-        .await?;
-    conn.close().await
-}
-
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((admin_url, name)) = self.database.take() {
-            // Drop runs inside the test's runtime: drop the database from a
-            // thread of its own. FORCE ends the store's open connections.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(async {
-                    let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await?;
-                    conn.close().await
-                })
-                .map_err(std::io::Error::other)
-            })
-            .join();
+            crate::scratch::drop_database_blocking(admin_url, name);
         }
     }
 }

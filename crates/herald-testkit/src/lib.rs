@@ -203,7 +203,7 @@ async fn spawn(
             let base = postgres_base();
             let admin_url = format!("{base}/postgres");
             let name = format!("herald_test_{tag}");
-            match create_database(&admin_url, &name).await {
+            match herald_store::scratch::create_database(&admin_url, &name).await {
                 Ok(()) => (
                     format!("{base}/{name}"),
                     Cleanup::Database { admin_url, name },
@@ -274,19 +274,6 @@ async fn spawn(
     })
 }
 
-async fn create_database(admin_url: &str, name: &str) -> Result<(), sqlx::Error> {
-    let mut conn = tokio::time::timeout(
-        Duration::from_secs(5),
-        sqlx::PgConnection::connect(admin_url),
-    )
-    .await
-    .map_err(|_| sqlx::Error::PoolTimedOut)??;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut conn)
-        .await?;
-    conn.close().await
-}
-
 impl Drop for TestApp {
     fn drop(&mut self) {
         match &self.cleanup {
@@ -294,25 +281,7 @@ impl Drop for TestApp {
                 let _ = std::fs::remove_dir_all(dir);
             }
             Cleanup::Database { admin_url, name } => {
-                let (admin_url, name) = (admin_url.clone(), name.clone());
-                // Drop runs inside the test's runtime; drop the database from a
-                // thread of its own. FORCE ends the server's open connections.
-                let _ = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    rt.block_on(async {
-                        let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
-                        sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                        )))
-                        .execute(&mut conn)
-                        .await?;
-                        conn.close().await
-                    })
-                    .map_err(std::io::Error::other)
-                })
-                .join();
+                herald_store::scratch::drop_database_blocking(admin_url.clone(), name.clone());
             }
         }
     }
