@@ -1,6 +1,7 @@
 //! Contract §4: every catalog event publishes and reaches the right inboxes.
 
 use herald_core::{EventKind, Role};
+use herald_testkit::{Backend, spawn_app};
 use serde_json::{Value, json};
 
 use super::*;
@@ -111,5 +112,48 @@ backend_tests! {
         assert_eq!(statuses, vec![("email", "pending", "mandatory"), ("sms", "pending", "mandatory")]);
         let info: Value = app.get(&format!("/v1/notifications/{info_id}/deliveries"), &admin).await.json().await.unwrap();
         assert_eq!(info["items"], json!([]));
+    }
+}
+
+/// `GET /openapi.json` is public and describes contract §7: every
+/// operation the router serves, and every event a producer may publish
+/// with an example the server itself accepts.
+#[tokio::test]
+async fn the_openapi_document_describes_the_api_and_its_examples_publish() {
+    let app = spawn_app(Backend::Sqlite)
+        .await
+        .expect("SQLite is always there");
+    let doc: Value = app.get("/openapi.json", "").await.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for &(path, method) in herald_server::routes::openapi::OPERATIONS {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+        // A documented operation exists: the router does not answer it with
+        // its fallbacks (no such endpoint, method not allowed).
+        let path = path.replace("{user}", "someone").replace("{id}", "x");
+        let response = app
+            .request(method.to_uppercase().parse().unwrap(), &path, "")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(response.status(), 405, "{method} {path}");
+        let body = response.text().await.unwrap();
+        assert!(
+            !body.contains("no such endpoint"),
+            "{method} {path}: {body}"
+        );
+    }
+    let examples = doc["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]
+        ["examples"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let publishable = EventKind::ALL.iter().filter(|k| !k.is_internal()).count();
+    assert_eq!(examples.len(), publishable);
+    for (name, example) in examples {
+        let response = app.publish(&example["value"]).await;
+        assert_eq!(response.status(), 202, "the {name} example is refused");
     }
 }

@@ -28,7 +28,7 @@ use crate::config::{ConfigError, Settings};
 use crate::delivery::{Components, DeliveryRuntime};
 use crate::ingest::Publisher;
 use crate::problem::ApiError;
-use crate::routes::{admin, demo, events, health, inbox, users, webhooks};
+use crate::routes::{admin, demo, events, health, inbox, openapi, users, webhooks};
 
 /// How long a transport may take to answer `check` (at start, on `/readyz`).
 pub const CHANNEL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -230,6 +230,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(admin::metrics))
+        .route("/openapi.json", get(openapi::document))
         .merge(realtime)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

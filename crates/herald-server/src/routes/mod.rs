@@ -6,5 +6,6 @@ pub mod demo;
 pub mod events;
 pub mod health;
 pub mod inbox;
+pub mod openapi;
 pub mod users;
 pub mod webhooks;
