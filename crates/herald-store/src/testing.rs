@@ -5,8 +5,6 @@
 //! is skipped with a note, unless `HERALD_REQUIRE_SERVICES=1` (as in
 //! `herald-testkit`).
 
-
-
 pub(crate) use crate::Backend;
 use crate::Store;
 
