@@ -148,9 +148,13 @@ async fn transient_failures_back_off_then_give_up_reporting_each_attempt() {
             (Some("retrying"), Some(1))
         );
         assert_eq!(d["nextAttemptAt"], next.timestamp_millis());
-        // Not due yet: a premature job does nothing.
+        // Not due yet: a premature job (a Redis queue counts whole seconds)
+        // sends nothing, and comes back when the delivery is due instead of
+        // leaving it to the sweeper.
         if next > clock.now() {
+            let queued = queued_jobs(&app).await;
             assert_eq!(dispatcher.process(id).await.unwrap(), Outcome::Skipped);
+            assert_eq!(queued_jobs(&app).await, queued + 1);
         }
 
         // Attempt 2: the provider's Retry-After (120 s) beats the 2 s window.
@@ -713,4 +717,15 @@ async fn redis_queue(redis_url: &str) -> Option<(redis::aio::MultiplexedConnecti
         Backend::Sqlite
     };
     Some((redis, backend))
+}
+
+/// Jobs waiting in the delivery queue, as `GET /v1/admin/stats` reports them.
+async fn queued_jobs(app: &TestApp) -> u64 {
+    let stats: Value = app
+        .get("/v1/admin/stats", &app.admin_token())
+        .await
+        .json()
+        .await
+        .unwrap();
+    stats["queue"]["jobs"].as_u64().unwrap()
 }

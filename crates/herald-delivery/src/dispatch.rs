@@ -95,6 +95,14 @@ impl Dispatcher {
             .claim_delivery(id, now.timestamp_millis(), lease_ms)
             .await?
         else {
+            // A job can fire before its delivery is due: the Redis queue
+            // counts whole seconds, and another node's clock may run ahead.
+            // Dropping it would leave the retry to the sweeper; ask again
+            // when it is due.
+            if let Some(at) = self.store.due_later(id, now.timestamp_millis()).await? {
+                self.schedule(id, DateTime::from_timestamp_millis(at).unwrap_or(now))
+                    .await;
+            }
             return Ok(Outcome::Skipped);
         };
         let started = std::time::Instant::now();

@@ -288,6 +288,21 @@ impl Store {
         rows.iter().map(|r| parse_id(r, 0)).collect()
     }
 
+    /// When delivery `id` falls due, if it is owed an attempt but not yet
+    /// (a job that fired early asks this, to come back on time).
+    pub async fn due_later(&self, id: DeliveryId, now: i64) -> Result<Option<i64>> {
+        let sql = format!(
+            "SELECT next_attempt_at FROM deliveries \
+             WHERE id = $1 AND status IN ({CLAIMABLE}) AND next_attempt_at > $2"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .bind(now)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    }
+
     /// How many deliveries are owed an attempt, now or later.
     pub async fn open_deliveries(&self) -> Result<u64> {
         let sql = format!("SELECT COUNT(*) FROM deliveries WHERE status IN ({CLAIMABLE})");
