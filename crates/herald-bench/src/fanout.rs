@@ -520,7 +520,12 @@ pub async fn run(
     let name = &server.name;
     // Warm up: connections, JIT, caches, database pages.
     bench
-        .step("warm-up", Load::Rate(200.0), 1, Duration::from_secs(2))
+        .step(
+            "warm-up",
+            Load::Rate(200.0),
+            1,
+            plan.step.min(Duration::from_secs(2)),
+        )
         .await?;
 
     let mut sweep = Vec::new();

@@ -131,7 +131,11 @@ async fn main() -> Result<()> {
                 max_events: 1_000_000,
             }
         };
-        let pop = Population::SEED;
+        let pop = if args.smoke {
+            Population::SMOKE
+        } else {
+            Population::SEED
+        };
         let mut peer_result = None;
         if !args.herald_only {
             let peer = server::start_peer(&paths, &secret).await?;

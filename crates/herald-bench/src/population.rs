@@ -25,6 +25,14 @@ impl Population {
         admins: 5,
     };
 
+    /// A small crowd for the smoke run: every path, a fraction of the sockets.
+    pub const SMOKE: Population = Population {
+        guests: 100,
+        restaurants: 4,
+        staff_per_restaurant: 5,
+        admins: 2,
+    };
+
     pub fn sockets(&self) -> u64 {
         self.guests + self.restaurants * self.staff_per_restaurant + self.admins
     }
