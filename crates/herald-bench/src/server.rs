@@ -170,7 +170,7 @@ pub async fn start_herald(paths: &Paths, env: &HeraldEnv) -> Result<Proc> {
         .current_dir(&paths.root)
         .envs(env.vars.iter().map(|(k, v)| (k, v)))
         .env("HERALD__SERVER__PORT", port.to_string());
-    let child = spawn(cmd, "herald serve")?;
+    let child = spawn(cmd, "herald serve", Stdout::Ignore)?;
     let mut proc = Proc {
         name: "herald".into(),
         child,
@@ -205,7 +205,7 @@ pub fn start_herald_worker(paths: &Paths, env: &HeraldEnv) -> Result<Proc> {
         .env("HERALD__SERVER__PORT", free_port()?.to_string());
     Ok(Proc {
         name: "herald worker".into(),
-        child: spawn(cmd, "herald worker")?,
+        child: spawn(cmd, "herald worker", Stdout::Ignore)?,
         port: 0,
     })
 }
@@ -219,7 +219,7 @@ pub async fn start_peer(paths: &Paths, secret: &str) -> Result<Proc> {
         .env("PORT", port.to_string())
         .env("JWT_SECRET", secret)
         .env("NODE_ENV", "production");
-    let child = spawn(cmd, "socket.io peer")?;
+    let child = spawn(cmd, "socket.io peer", Stdout::Read)?;
     let mut proc = Proc {
         name: "socket.io".into(),
         child,
@@ -245,7 +245,7 @@ pub async fn start_bullmq_worker(
         .env("NODE_ENV", "production");
     let mut proc = Proc {
         name: "bullmq worker".into(),
-        child: spawn(cmd, "BullMQ worker")?,
+        child: spawn(cmd, "BullMQ worker", Stdout::Read)?,
         port: 0,
     };
     wait_line(&mut proc, "ready", Duration::from_secs(30)).await?;
@@ -277,12 +277,21 @@ pub async fn bullmq_enqueue(
     Ok(())
 }
 
-/// Node peers announce readiness on stdout (piped); Herald's log is not
-/// read (null), so no pipe can fill and stall it.
-fn spawn(mut cmd: Command, what: &str) -> Result<Child> {
-    let node = what.contains("peer") || what.contains("BullMQ");
+/// What becomes of a child's stdout.
+#[derive(Debug, Clone, Copy)]
+enum Stdout {
+    /// Piped: the Node peers announce readiness there (see `wait_line`).
+    Read,
+    /// Discarded: Herald's log is not read, so no pipe can fill and stall it.
+    Ignore,
+}
+
+fn spawn(mut cmd: Command, what: &str, stdout: Stdout) -> Result<Child> {
     cmd.stdin(Stdio::null())
-        .stdout(if node { Stdio::piped() } else { Stdio::null() })
+        .stdout(match stdout {
+            Stdout::Read => Stdio::piped(),
+            Stdout::Ignore => Stdio::null(),
+        })
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
     cmd.spawn().with_context(|| format!("starting {what}"))
