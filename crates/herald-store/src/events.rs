@@ -481,7 +481,11 @@ async fn insert_deliveries(
                     .bind(d.channel.as_str())
                     .bind(d.status.as_str())
                     .bind(d.reason.as_str())
-                    .bind(d.next_attempt_at)
+                    // An open delivery is due from the moment it exists.
+                    .bind(match d.status {
+                        DeliveryStatus::Pending => Some(ev.received_at),
+                        _ => d.next_attempt_at,
+                    })
                     // The publisher enqueues a job for each open delivery
                     // once this commits, due now or when the deferral ends.
                     .bind(match d.status {
