@@ -5,6 +5,7 @@
 //! | [`queue`] | apalis jobs over SQLite (embedded) or Redis (scale-out); running workers |
 //! | [`dispatch`] | one attempt: claim, decide again, render, send, record, report failures |
 //! | [`retry`] | exponential backoff with full jitter |
+//! | [`providers`] | provider chains per channel: failover, circuit breakers, rate limits |
 //! | [`sweeper`] | re-enqueues what the queue lost and what dead workers left |
 //! | [`templates`] | localized message templates, rendered with minijinja |
 //! | [`sms`] | SMS segment counting (GSM-7 / UCS-2) |
@@ -20,6 +21,7 @@
 pub mod clock;
 pub mod dispatch;
 pub mod metrics;
+pub mod providers;
 pub mod queue;
 pub mod retry;
 pub mod sms;
