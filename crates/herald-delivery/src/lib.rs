@@ -5,7 +5,7 @@
 //! | [`queue`] | apalis jobs over SQLite (embedded) or Redis (scale-out); running workers |
 //! | [`dispatch`] | one attempt: claim, decide again, render, send, record, report failures |
 //! | [`retry`] | exponential backoff with full jitter |
-//! | [`providers`] | provider chains per channel: failover, circuit breakers, rate limits |
+//! | [`providers`] | provider chains per channel: failover, circuit breakers, rate limits (per node or shared through Redis) |
 //! | [`sweeper`] | re-enqueues what the queue lost and what dead workers left |
 //! | [`templates`] | localized message templates, rendered with minijinja |
 //! | [`sms`] | SMS segment counting (GSM-7 / UCS-2) |

@@ -27,12 +27,14 @@
 //! [`tokio::time::Instant`], so tests can pause it.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use herald_core::channel::Receipt;
 use herald_core::{Channel, ChannelError, ChannelKind, RenderedMessage};
 use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------------------
@@ -287,6 +289,18 @@ impl RateLimit {
     }
 }
 
+/// How long a limiter waits for Redis before limiting this node alone.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long a limiter whose Redis failed limits this node alone before it
+/// asks Redis again, so that an outage costs one timeout now and then
+/// rather than one per send.
+const REDIS_RECHECK: Duration = Duration::from_secs(5);
+
+/// One turn of the shared token bucket (see the script's header).
+static RATE_LIMIT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("rate_limit.lua")));
+
 /// Held while a caller takes its turn at a limiter: callers queue on it in
 /// order (tokio's mutex is fair), so only the one at the front sleeps.
 #[derive(Debug)]
@@ -364,12 +378,127 @@ impl LocalBucket {
     }
 }
 
+/// A token bucket in Redis, shared by every node that uses the same key:
+/// the rate is the provider's total across the cluster.
+///
+/// Each turn is one atomic script (`rate_limit.lua`, GCRA): it reads the
+/// bucket, and either takes a token and answers 0, or changes nothing and
+/// answers how many milliseconds until one is due. The clock is Redis's
+/// `TIME`, so nodes need not agree on the time, and the key expires once
+/// the bucket is full again. Within a node, callers take turns in order,
+/// so a node asks Redis about once per token, not once per waiting caller.
+#[derive(Debug)]
+pub struct RedisBucket {
+    conn: ConnectionManager,
+    key: String,
+    rate: RateLimit,
+    /// The time between sends, in whole microseconds, rounded up so the
+    /// nodes together never exceed the rate.
+    interval_us: u64,
+    turn: tokio::sync::Mutex<Turn>,
+    /// This node's own bucket, for while Redis does not answer.
+    fallback: LocalBucket,
+    /// Set while Redis is failing: until when to limit this node alone
+    /// before asking Redis again.
+    down_until: Mutex<Option<Instant>>,
+    /// Whether the current outage has been logged: once per outage, not
+    /// once per send.
+    logged: AtomicBool,
+}
+
+impl RedisBucket {
+    fn new(conn: ConnectionManager, key: String, rate: RateLimit) -> RedisBucket {
+        let rate = rate.checked();
+        let interval_us = (1e6 / rate.per_second).ceil().max(1.0) as u64;
+        RedisBucket {
+            conn,
+            key,
+            rate,
+            interval_us,
+            turn: tokio::sync::Mutex::new(Turn::new()),
+            fallback: LocalBucket::new(rate),
+            down_until: Mutex::new(None),
+            logged: AtomicBool::new(false),
+        }
+    }
+
+    fn down_until(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_down(&self, now: Instant) -> bool {
+        self.down_until().is_some_and(|until| now < until)
+    }
+
+    fn went_down(&self, error: &str) {
+        *self.down_until() = Some(Instant::now() + REDIS_RECHECK);
+        if !self.logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                key = %self.key,
+                error,
+                "rate limit: Redis failed; this node limits itself alone until Redis answers again"
+            );
+        }
+    }
+
+    fn answered(&self) {
+        *self.down_until() = None;
+        if self.logged.swap(false, Ordering::Relaxed) {
+            tracing::info!(key = %self.key, "rate limit: Redis answers again; the limit is shared");
+        }
+    }
+
+    /// One turn of the script: `Ok(0)` to go, else milliseconds to wait.
+    async fn ask(&self) -> Result<u64, String> {
+        let mut conn = self.conn.clone();
+        let mut turn = RATE_LIMIT.key(&self.key);
+        turn.arg(self.interval_us).arg(self.rate.burst);
+        let call = turn.invoke_async::<u64>(&mut conn);
+        match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(Ok(wait_ms)) => Ok(wait_ms),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {REDIS_TIMEOUT:?}")),
+        }
+    }
+
+    async fn acquire(&self) -> Duration {
+        let start = Instant::now();
+        let mut turn = self.turn.lock().await;
+        loop {
+            if self.is_down(Instant::now()) {
+                let waited = self.fallback.acquire().await;
+                return turn.waited(start).max(waited);
+            }
+            match self.ask().await {
+                Ok(0) => {
+                    self.answered();
+                    return turn.waited(start);
+                }
+                Ok(wait_ms) => {
+                    self.answered();
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                    turn.last_sleep_end = Some(Instant::now());
+                }
+                Err(e) => self.went_down(&e),
+            }
+        }
+    }
+}
+
 /// A provider's rate limit.
 #[derive(Debug)]
 pub enum Limiter {
     /// This process's own token bucket: right for a single node, or for a
     /// limit that is per node anyway.
     Local(LocalBucket),
+    /// A token bucket in Redis (one Lua script per turn, Redis's clock), so
+    /// the limit is the total across all nodes using the same key. While
+    /// Redis does not answer, each node falls back to a local bucket at the
+    /// full rate: sends slow down, never stop, and the provider's own 429s
+    /// (transient, so they fail over) catch the overshoot.
+    Redis(RedisBucket),
 }
 
 impl Limiter {
@@ -381,19 +510,34 @@ impl Limiter {
         Limiter::Local(LocalBucket::new(rate))
     }
 
+    /// A bucket shared through Redis at `key`. Every node must use the same
+    /// key and rate for a provider; `herald:rate:{provider}` is the
+    /// convention. One connection manager may serve every limiter.
+    ///
+    /// # Panics
+    /// If `rate` is invalid (see [`RateLimit::validate`]).
+    pub fn redis(conn: ConnectionManager, key: impl Into<String>, rate: RateLimit) -> Limiter {
+        Limiter::Redis(RedisBucket::new(conn, key.into(), rate))
+    }
+
     pub fn rate(&self) -> RateLimit {
         match self {
             Limiter::Local(bucket) => bucket.rate,
+            Limiter::Redis(bucket) => bucket.rate,
         }
     }
 
-    /// Waits until a send may go, and takes its token. Never fails. Returns
-    /// how long the limit held this send up (zero if it did not).
+    /// Waits until a send may go, and takes its token. Never fails: a
+    /// limiter that cannot reach Redis limits this node alone (and logs
+    /// that once). Returns how long the limit held this send up (zero if it
+    /// did not).
     ///
-    /// Cancel-safe: a caller dropped while waiting takes no token.
+    /// Cancel-safe: a caller dropped while waiting takes no token (short of
+    /// being dropped while Redis is answering its very turn).
     pub async fn acquire(&self) -> Duration {
         match self {
             Limiter::Local(bucket) => bucket.acquire().await,
+            Limiter::Redis(bucket) => bucket.acquire().await,
         }
     }
 }
@@ -872,7 +1016,7 @@ impl ProviderChain {
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use async_trait::async_trait;
     use herald_core::channel::Address;
@@ -1449,5 +1593,142 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    const REDIS_URL: &str = "redis://127.0.0.1:6379/12";
+
+    /// A connection to the test Redis; `None` (test skipped) if there is
+    /// none, unless services are required.
+    async fn redis() -> Option<ConnectionManager> {
+        let connect = async {
+            redis::Client::open(REDIS_URL)?
+                .get_connection_manager()
+                .await
+        };
+        let error = match tokio::time::timeout(Duration::from_secs(3), connect).await {
+            Ok(Ok(conn)) => return Some(conn),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
+        let required =
+            std::env::var("HERALD_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v == "true");
+        assert!(
+            !required,
+            "Redis is required but unreachable at {REDIS_URL}: {error}"
+        );
+        eprintln!("skipped: no Redis at {REDIS_URL}: {error}");
+        None
+    }
+
+    fn unique_key(test: &str) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        format!("herald:test:rate:{test}:{}:{nanos}", std::process::id())
+    }
+
+    #[tokio::test]
+    async fn the_redis_bucket_is_shared_across_nodes() {
+        let (Some(a), Some(b)) = (redis().await, redis().await) else {
+            return;
+        };
+        let key = unique_key("shared");
+        let rate = RateLimit {
+            per_second: 20.0,
+            burst: 1,
+        };
+        // Two nodes, each with its own connection, two senders each.
+        let nodes = [
+            Arc::new(Limiter::redis(a.clone(), &key, rate)),
+            Arc::new(Limiter::redis(b, &key, rate)),
+        ];
+        let start = std::time::Instant::now();
+        let tasks: Vec<_> = nodes
+            .iter()
+            .flat_map(|node| [Arc::clone(node), Arc::clone(node)])
+            .map(|limiter| {
+                tokio::spawn(async move {
+                    let mut times = Vec::new();
+                    for _ in 0..15 {
+                        limiter.acquire().await;
+                        times.push(std::time::Instant::now());
+                    }
+                    times
+                })
+            })
+            .collect();
+        let mut times = Vec::new();
+        for task in tasks {
+            times.extend(task.await.unwrap());
+        }
+        assert_eq!(times.len(), 60);
+        let took = *times.iter().max().unwrap() - start;
+        assert!(took >= Duration::from_millis(2_800), "{took:?}");
+        let busiest = busiest_second(&times);
+        assert!(busiest <= 21, "{busiest} sends in one second");
+        for node in &nodes {
+            let Limiter::Redis(bucket) = &**node else {
+                unreachable!()
+            };
+            assert!(!bucket.is_down(Instant::now()), "Redis answered throughout");
+        }
+        // The key expires on its own once the bucket is full again.
+        let mut conn = a;
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((0..=1_100).contains(&ttl), "{ttl}");
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failing_redis_falls_back_to_the_local_bucket() {
+        let Some(mut conn) = redis().await else {
+            return;
+        };
+        // A key of the wrong type makes the script fail, as an outage would.
+        let key = unique_key("fallback");
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg("not")
+            .arg("a bucket")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let limiter = Limiter::redis(
+            conn.clone(),
+            &key,
+            RateLimit {
+                per_second: 10.0,
+                burst: 1,
+            },
+        );
+        let start = std::time::Instant::now();
+        for _ in 0..3 {
+            limiter.acquire().await;
+        }
+        // Still limited, by this node alone: the second and third waited.
+        assert!(
+            start.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            start.elapsed()
+        );
+        let Limiter::Redis(bucket) = &limiter else {
+            unreachable!()
+        };
+        assert!(bucket.is_down(Instant::now()));
+        assert!(bucket.logged.load(Ordering::Relaxed));
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
 }
