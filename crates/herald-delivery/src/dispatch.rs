@@ -1,40 +1,46 @@
-//! One delivery attempt, start to finish.
+//! Delivery attempts, a batch at a time.
 //!
-//! claim (compare-and-set, with a lease) → decide again with today's
-//! preferences, contact details and clock → render in the recipient's
-//! locale → send through the channel → record the outcome (again by
-//! compare-and-set) → on failure, schedule the retry and tell the
-//! recipient's `user:` room and `admin:events` with `delivery_failed`.
+//! claim many (one statement, each with a lease) → read what they need in
+//! one query per kind (profiles, devices) → per delivery, at most
+//! `concurrency` at once: expire if its category says so, decide again with
+//! today's preferences, contact details and clock, render in the
+//! recipient's locale, send through the channel's provider chain → record
+//! the outcome with its trace (compare-and-set, group commit) → on failure,
+//! schedule the retry and tell the recipient's `user:` room and
+//! `admin:events` with `delivery_failed`.
 //!
-//! The queue only says "look at delivery X"; everything the attempt needs
-//! is read from the database, so a stale, duplicated or replayed job does no
-//! harm: it finds nothing to claim.
+//! The queue only says "look at these deliveries"; everything an attempt
+//! needs is read from the database, so a stale, duplicated or replayed job
+//! does no harm: it finds nothing to claim.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_core::channel::{Address, Receipt};
+use futures::future::join_all;
+use herald_core::channel::Address;
 use herald_core::realtime::{Broadcast, RealtimeEvent};
-use herald_core::routing::Decision;
+use herald_core::routing::{Decision, Profile};
 use herald_core::{
-    Channel, ChannelError, ChannelKind, DeliveryId, EventId, EventKind, Reason, RenderedMessage,
-    RoutingTable, ValidatedEvent,
+    ChannelError, ChannelKind, DeliveryId, EventId, EventKind, Reason, RenderedMessage,
+    RoutingTable, UserId, ValidatedEvent,
 };
-use herald_store::deliveries::{Claimed, Finish};
-use herald_store::{DeviceKind, Store};
+use herald_store::deliveries::{Claimed, Finish, Finished, TraceStep};
+use herald_store::{Device, DeviceKind, Store};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::metrics::DeliveryMetrics;
+use crate::providers::{NotSent, ProviderChain, Sent, Step, StepKind};
 use crate::queue::Queue;
-use crate::retry::RetryPolicy;
+use crate::retry::RetrySettings;
 use crate::templates::Templates;
 use crate::{Error, sms};
 
-/// The transports, one per channel kind.
-pub type Channels = HashMap<ChannelKind, Arc<dyn Channel>>;
+/// The transports, one provider chain per channel kind.
+pub type Channels = HashMap<ChannelKind, Arc<ProviderChain>>;
 
 /// What an attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,13 +63,44 @@ pub enum Outcome {
         next: DateTime<Utc>,
         reason: String,
     },
+    /// No provider could be tried (every breaker of the chain is open):
+    /// not an attempt, so no retry is spent; looked at again at `until`.
+    Postponed {
+        until: DateTime<Utc>,
+        reason: String,
+    },
     Failed {
         attempt: u32,
         reason: String,
     },
+    /// Its category's `expire_after` passed before it could be sent.
+    Expired {
+        reason: String,
+    },
+    /// Claimed but not attempted: too little of its lease was left when
+    /// its turn came. Handed back, due now.
+    Released,
     /// The attempt ran but its lease had run out and another worker took the
     /// delivery over; this attempt's result was not recorded.
     LeaseLost,
+}
+
+impl Outcome {
+    /// The label of metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Skipped => "skipped",
+            Outcome::Sent { .. } => "sent",
+            Outcome::Suppressed { .. } => "suppressed",
+            Outcome::Deferred { .. } => "deferred",
+            Outcome::Retrying { .. } => "retrying",
+            Outcome::Postponed { .. } => "postponed",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Expired { .. } => "expired",
+            Outcome::Released => "released",
+            Outcome::LeaseLost => "lease_lost",
+        }
+    }
 }
 
 /// Everything an attempt needs. Shared by all workers of a process.
@@ -73,7 +110,9 @@ pub struct Dispatcher {
     pub routing: Arc<RoutingTable>,
     pub templates: Arc<Templates>,
     pub channels: Channels,
-    pub retry: RetryPolicy,
+    pub retry: RetrySettings,
+    /// Per event category, how long a delivery stays worth sending.
+    pub expire_after: HashMap<String, Duration>,
     /// How long a claim lasts; an attempt that outlives it may be repeated.
     pub lease: Duration,
     pub clock: Arc<dyn Clock>,
@@ -82,64 +121,136 @@ pub struct Dispatcher {
     /// Where retries and deferrals are scheduled.
     pub queue: Queue,
     pub metrics: Arc<DeliveryMetrics>,
+    /// Sends in flight in this process, at most.
+    pub sends: Arc<Semaphore>,
+}
+
+/// What an attempt went through: the provider chain's steps and the
+/// provider that answered last (the one that sent, or refused).
+#[derive(Debug, Default)]
+struct Log {
+    trace: Vec<TraceStep>,
+    provider: Option<String>,
+}
+
+/// What one claimed delivery's attempt needs besides the claim.
+struct Context<'a> {
+    profile: Option<&'a Profile>,
+    devices: &'a [Device],
 }
 
 impl Dispatcher {
     /// Runs one attempt of delivery `id`, if it is due and free.
-    #[tracing::instrument(skip_all, fields(delivery = %id))]
     pub async fn process(&self, id: DeliveryId) -> Result<Outcome, Error> {
+        let mut outcomes = self.process_batch(&[id]).await?;
+        Ok(outcomes.pop().map_or(Outcome::Skipped, |(_, o)| o))
+    }
+
+    /// Runs one attempt of each of `ids` that is due and free, at most
+    /// `sends` at a time across the process. Answers for the claimed ones
+    /// only; a delivery whose attempt hit a database error is left to its
+    /// lease (and logged).
+    #[tracing::instrument(skip_all, fields(deliveries = ids.len()))]
+    pub async fn process_batch(
+        &self,
+        ids: &[DeliveryId],
+    ) -> Result<Vec<(DeliveryId, Outcome)>, Error> {
         let now = self.clock.now();
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
-        let Some(claim) = self
+        let claimed = self
             .store
-            .claim_delivery(id, now.timestamp_millis(), lease_ms)
-            .await?
-        else {
-            // A job can fire before its delivery is due: the Redis queue
-            // counts whole seconds, and another node's clock may run ahead.
-            // Dropping it would leave the retry to the sweeper; ask again
-            // when it is due.
-            if let Some(at) = self.store.due_later(id, now.timestamp_millis()).await? {
-                self.schedule(id, DateTime::from_timestamp_millis(at).unwrap_or(now))
-                    .await;
+            .claim_deliveries(ids, now.timestamp_millis(), lease_ms)
+            .await?;
+        if claimed.len() < ids.len() {
+            self.reschedule_early(ids, &claimed, now).await?;
+        }
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let recipients: BTreeSet<UserId> = claimed.iter().map(|c| c.recipient.clone()).collect();
+        let profiles = self.store.profiles(&recipients).await?;
+        let push: BTreeSet<UserId> = claimed
+            .iter()
+            .filter(|c| c.channel == ChannelKind::Push.as_str())
+            .map(|c| c.recipient.clone())
+            .collect();
+        let devices = self.store.devices_of(&push).await?;
+        let attempts = claimed.into_iter().map(|claim| {
+            let context = Context {
+                profile: profiles.get(&claim.recipient),
+                devices: devices.get(&claim.recipient).map_or(&[], Vec::as_slice),
+            };
+            async move {
+                let id = claim.id;
+                match self.run(claim, context).await {
+                    Ok(outcome) => Some((id, outcome)),
+                    Err(e) => {
+                        tracing::warn!(delivery = %id, error = %e, "attempt stopped; its lease will hand it back");
+                        None
+                    }
+                }
             }
-            return Ok(Outcome::Skipped);
-        };
+        });
+        Ok(join_all(attempts).await.into_iter().flatten().collect())
+    }
+
+    /// A job can fire before its deliveries are due: the Redis queue counts
+    /// whole seconds, and another node's clock may run ahead. Dropping it
+    /// would leave the retry to the sweeper; ask again when they are due.
+    async fn reschedule_early(
+        &self,
+        ids: &[DeliveryId],
+        claimed: &[Claimed],
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let taken: std::collections::HashSet<DeliveryId> = claimed.iter().map(|c| c.id).collect();
+        let rest: Vec<DeliveryId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !taken.contains(id))
+            .collect();
+        for (id, at) in self.store.due_later(&rest, now.timestamp_millis()).await? {
+            self.schedule(id, DateTime::from_timestamp_millis(at).unwrap_or(now))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// One claimed delivery: attempt, record, follow up.
+    async fn run(&self, claim: Claimed, context: Context<'_>) -> Result<Outcome, Error> {
+        let _permit = self
+            .sends
+            .acquire()
+            .await
+            .map_err(|_| Error::Queue("the dispatcher is shutting down".into()))?;
         let started = std::time::Instant::now();
         let attempt = u32::try_from(claim.attempt).unwrap_or(u32::MAX);
-        let outcome = match self.attempt(&claim, now).await {
+        let now = self.clock.now();
+        let mut log = Log::default();
+        let outcome = match self.attempt(&claim, &context, now, &mut log).await {
             Ok(outcome) => outcome,
             Err(AttemptError::Channel(err)) => self.failed(&claim, attempt, err, now),
             Err(AttemptError::Store(err)) => return Err(err),
         };
-        let finish = match &outcome {
-            Outcome::Sent {
-                provider_message_id,
-            } => Finish::Sent {
-                provider_message_id: provider_message_id.clone(),
-            },
-            Outcome::Suppressed { reason } => Finish::Suppressed {
-                reason: reason.clone(),
-            },
-            Outcome::Deferred { until } => Finish::Deferred {
-                until: until.timestamp_millis(),
-            },
-            Outcome::Retrying { next, reason, .. } => Finish::Retry {
-                error: reason.clone(),
-                next_attempt_at: next.timestamp_millis(),
-            },
-            Outcome::Failed { reason, .. } => Finish::Failed {
-                error: reason.clone(),
-            },
-            Outcome::Skipped | Outcome::LeaseLost => unreachable!("not produced by an attempt"),
+        let finish = self.finish_of(&outcome, log.provider.clone());
+        let mut trace = log.trace;
+        trace.push(TraceStep {
+            step: "attempt".to_owned(),
+            provider: log.provider,
+            outcome: Some(outcome.label().to_owned()),
+            detail: detail(&outcome),
+        });
+        let finished = Finished {
+            id: claim.id,
+            attempt: claim.attempt,
+            finish,
+            trace,
+            at: self.clock.now().timestamp_millis(),
         };
-        let finished_at = self.clock.now().timestamp_millis();
-        if !self
-            .store
-            .finish_delivery(id, claim.attempt, &finish, finished_at)
-            .await?
-        {
+        let applied = self.store.finish_deliveries(vec![finished]).await?;
+        if applied.first() != Some(&true) {
             tracing::warn!(
+                delivery = %claim.id,
                 attempt,
                 "lease ran out before the attempt finished; its result is dropped"
             );
@@ -153,8 +264,64 @@ impl Dispatcher {
         Ok(outcome)
     }
 
-    /// Decide, render, send.
-    async fn attempt(&self, claim: &Claimed, now: DateTime<Utc>) -> Result<Outcome, AttemptError> {
+    /// What an outcome writes, and the provider it names.
+    fn finish_of(&self, outcome: &Outcome, provider: Option<String>) -> Finish {
+        match outcome {
+            Outcome::Sent {
+                provider_message_id,
+            } => Finish::Sent {
+                provider,
+                provider_message_id: provider_message_id.clone(),
+            },
+            Outcome::Suppressed { reason } => Finish::Suppressed {
+                reason: reason.clone(),
+            },
+            Outcome::Deferred { until } => Finish::Deferred {
+                until: until.timestamp_millis(),
+            },
+            Outcome::Retrying { next, reason, .. } => Finish::Retry {
+                error: reason.clone(),
+                next_attempt_at: next.timestamp_millis(),
+                provider,
+                counted: true,
+            },
+            Outcome::Postponed { until, reason } => Finish::Retry {
+                error: reason.clone(),
+                next_attempt_at: until.timestamp_millis(),
+                provider: None,
+                counted: false,
+            },
+            Outcome::Failed { reason, .. } => Finish::Failed {
+                error: reason.clone(),
+                provider,
+            },
+            Outcome::Expired { reason } => Finish::Expired {
+                reason: reason.clone(),
+            },
+            Outcome::Released => Finish::Release {
+                at: self.clock.now().timestamp_millis(),
+            },
+            Outcome::Skipped | Outcome::LeaseLost => unreachable!("not produced by an attempt"),
+        }
+    }
+
+    /// Expire, decide, render, send.
+    async fn attempt(
+        &self,
+        claim: &Claimed,
+        context: &Context<'_>,
+        now: DateTime<Utc>,
+        log: &mut Log,
+    ) -> Result<Outcome, AttemptError> {
+        if let Some(expired) = self.expired(claim, now) {
+            return Ok(expired);
+        }
+        // A claim waits for its turn; if most of its lease went by, another
+        // worker may take it over mid-send. Hand it back instead.
+        let deadline = claim.lease_until - i64::try_from(self.lease.as_millis() / 2).unwrap_or(0);
+        if now.timestamp_millis() > deadline {
+            return Ok(Outcome::Released);
+        }
         let channel = ChannelKind::parse(&claim.channel)
             .filter(|c| c.is_external())
             .ok_or_else(|| {
@@ -164,13 +331,7 @@ impl Dispatcher {
             ChannelError::permanent(format!("the stored event no longer validates: {e}"))
         })?;
         let route = self.routing.route(&event);
-        let users = BTreeSet::from([claim.recipient.clone()]);
-        let profile = self
-            .store
-            .profiles(&users)
-            .await?
-            .remove(&claim.recipient)
-            .unwrap_or_default();
+        let profile = context.profile.cloned().unwrap_or_default();
         let scheduled = Reason::parse(&claim.reason).unwrap_or(Reason::RoutingDefault);
         match route.recheck(channel, scheduled, &profile, now) {
             None => {
@@ -192,13 +353,13 @@ impl Dispatcher {
             }) => {}
         }
 
-        let addresses = self.addresses(claim, channel, &profile.contact).await?;
+        let addresses = addresses(channel, &profile.contact, context.devices);
         if addresses.is_empty() {
             return Ok(Outcome::Suppressed {
                 reason: Reason::NoContact.as_str().to_owned(),
             });
         }
-        let transport = self.channels.get(&channel).ok_or_else(|| {
+        let chain = self.channels.get(&channel).ok_or_else(|| {
             ChannelError::permanent(format!("no transport is configured for {channel}"))
         })?;
         let locale = profile
@@ -218,8 +379,8 @@ impl Dispatcher {
             "eventId": claim.event_id,
             "notificationId": claim.notification_id,
         });
-        let mut receipts: Vec<Receipt> = Vec::new();
-        let mut errors: Vec<ChannelError> = Vec::new();
+        let mut sent: Vec<Sent> = Vec::new();
+        let mut failures: Vec<NotSent> = Vec::new();
         let many = addresses.len() > 1;
         for (i, to) in addresses.into_iter().enumerate() {
             let message = RenderedMessage {
@@ -236,63 +397,71 @@ impl Dispatcher {
                     claim.id.to_string()
                 },
             };
-            match transport.send(&message).await {
-                Ok(receipt) => receipts.push(receipt),
-                Err(err) => {
-                    if let ChannelError::Gone { reason } = &err {
+            match chain.send(&message).await {
+                Ok(ok) => {
+                    log.trace.extend(ok.steps.iter().map(step));
+                    sent.push(ok);
+                }
+                Err(not) => {
+                    log.trace.extend(not.steps.iter().map(step));
+                    if let ChannelError::Gone { reason } = &not.error {
                         self.forget(claim, &message.to, reason).await?;
                     }
-                    errors.push(err);
+                    failures.push(not);
                 }
             }
         }
-        if !receipts.is_empty() {
-            let ids: Vec<String> = receipts
+        if let Some(last) = sent.last() {
+            // The provider of record is the one that sent.
+            log.provider = Some(last.provider.clone());
+            let ids: Vec<String> = sent
                 .into_iter()
-                .filter_map(|r| r.provider_message_id)
+                .filter_map(|s| s.receipt.provider_message_id)
                 .collect();
             return Ok(Outcome::Sent {
                 provider_message_id: (!ids.is_empty()).then(|| ids.join(",")),
             });
         }
-        Err(AttemptError::Channel(combine(errors)))
+        log.provider = failures.iter().rev().find_map(|f| f.provider.clone());
+        if failures.iter().all(|f| f.all_open) {
+            // Nothing was tried: wait for the first breaker to let a probe
+            // through, spread over the retry window so the probe is not met
+            // by every delivery at once.
+            let until = failures
+                .iter()
+                .filter_map(|f| match &f.error {
+                    ChannelError::Transient { retry_after, .. } => *retry_after,
+                    _ => None,
+                })
+                .min()
+                .unwrap_or_default();
+            let policy = self.retry.for_channel(channel);
+            let attempt = u32::try_from(claim.attempt).unwrap_or(u32::MAX);
+            let delay = policy.delay(attempt, Some(until), &mut rand::rng());
+            return Ok(Outcome::Postponed {
+                until: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+                reason: failures
+                    .first()
+                    .map_or("every provider is unavailable", |f| f.error.reason())
+                    .to_owned(),
+            });
+        }
+        Err(AttemptError::Channel(combine(
+            failures.into_iter().map(|f| f.error).collect(),
+        )))
     }
 
-    /// Where the message goes: the contact's address, or every push device.
-    async fn addresses(
-        &self,
-        claim: &Claimed,
-        channel: ChannelKind,
-        contact: &herald_core::preferences::Contact,
-    ) -> Result<Vec<Address>, AttemptError> {
-        Ok(match channel {
-            ChannelKind::Email => contact
-                .email
-                .iter()
-                .map(|e| Address::Email { email: e.clone() })
-                .collect(),
-            ChannelKind::Sms => contact
-                .phone
-                .iter()
-                .map(|p| Address::Phone { phone: p.clone() })
-                .collect(),
-            _ => self
-                .store
-                .devices(&claim.recipient)
-                .await?
-                .into_iter()
-                .filter_map(|d| match d.kind {
-                    DeviceKind::Fcm => Some(Address::Fcm { token: d.token }),
-                    DeviceKind::Webpush => {
-                        let sub = d.subscription?;
-                        Some(Address::WebPush {
-                            endpoint: d.token,
-                            p256dh: sub["keys"]["p256dh"].as_str()?.to_owned(),
-                            auth: sub["keys"]["auth"].as_str()?.to_owned(),
-                        })
-                    }
-                })
-                .collect(),
+    /// The outcome of a delivery past its category's `expire_after`.
+    fn expired(&self, claim: &Claimed, now: DateTime<Utc>) -> Option<Outcome> {
+        let category = claim.kind.category();
+        let ttl = self.expire_after.get(category)?;
+        let from = claim.redriven_at.unwrap_or(claim.created_at);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        (now.timestamp_millis() > from.saturating_add(ttl_ms)).then(|| Outcome::Expired {
+            reason: format!(
+                "expired: {category} messages are worth sending for {}",
+                humanize(*ttl)
+            ),
         })
     }
 
@@ -328,12 +497,14 @@ impl Dispatcher {
         err: ChannelError,
         now: DateTime<Utc>,
     ) -> Outcome {
+        let policy = ChannelKind::parse(&claim.channel)
+            .map_or(self.retry.default_policy(), |c| self.retry.for_channel(c));
         match err {
             ChannelError::Transient {
                 reason,
                 retry_after,
-            } if !self.retry.exhausted(attempt) => {
-                let delay = self.retry.delay(attempt, retry_after, &mut rand::rng());
+            } if !policy.exhausted(attempt) => {
+                let delay = policy.delay(attempt, retry_after, &mut rand::rng());
                 let next = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                 tracing::info!(attempt, channel = %claim.channel, %reason, retry_in_ms = delay.as_millis() as u64, "delivery failed, will retry");
                 Outcome::Retrying {
@@ -359,8 +530,14 @@ impl Dispatcher {
     /// What follows a recorded outcome: schedule the next look, report failures.
     async fn after(&self, claim: &Claimed, outcome: &Outcome) {
         let (next, attempt, reason) = match outcome {
-            Outcome::Deferred { until } => {
+            Outcome::Deferred { until } | Outcome::Postponed { until, .. } => {
                 self.schedule(claim.id, *until).await;
+                return;
+            }
+            Outcome::Released => {
+                if let Err(e) = self.queue.enqueue(&[claim.id]).await {
+                    tracing::warn!(error = %e, delivery = %claim.id, "could not enqueue a released delivery; the sweeper will");
+                }
                 return;
             }
             Outcome::Retrying {
@@ -407,6 +584,91 @@ impl Dispatcher {
             tracing::warn!(error = %e, delivery = %id, "could not schedule the next attempt; the sweeper will");
         }
     }
+}
+
+/// Where the message goes: the contact's address, or every push device.
+fn addresses(
+    channel: ChannelKind,
+    contact: &herald_core::preferences::Contact,
+    devices: &[Device],
+) -> Vec<Address> {
+    match channel {
+        ChannelKind::Email => contact
+            .email
+            .iter()
+            .map(|e| Address::Email { email: e.clone() })
+            .collect(),
+        ChannelKind::Sms => contact
+            .phone
+            .iter()
+            .map(|p| Address::Phone { phone: p.clone() })
+            .collect(),
+        _ => devices
+            .iter()
+            .filter_map(|d| match d.kind {
+                DeviceKind::Fcm => Some(Address::Fcm {
+                    token: d.token.clone(),
+                }),
+                DeviceKind::Webpush => {
+                    let sub = d.subscription.as_ref()?;
+                    Some(Address::WebPush {
+                        endpoint: d.token.clone(),
+                        p256dh: sub["keys"]["p256dh"].as_str()?.to_owned(),
+                        auth: sub["keys"]["auth"].as_str()?.to_owned(),
+                    })
+                }
+            })
+            .collect(),
+    }
+}
+
+/// A provider chain's step as a line of the trace.
+fn step(s: &Step) -> TraceStep {
+    let (name, detail) = match &s.kind {
+        StepKind::Failover { reason } => ("failover", Some(reason.clone())),
+        StepKind::BreakerOpen => ("breaker_open", Some("skipped: its breaker is open".into())),
+        StepKind::Throttled { waited } => (
+            "throttled",
+            Some(format!(
+                "waited {} ms for its rate limit",
+                waited.as_millis()
+            )),
+        ),
+    };
+    TraceStep {
+        step: name.to_owned(),
+        provider: Some(s.provider.clone()),
+        outcome: None,
+        detail,
+    }
+}
+
+/// The trace's detail of an outcome: its reason, or when it comes next.
+fn detail(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Suppressed { reason }
+        | Outcome::Failed { reason, .. }
+        | Outcome::Expired { reason } => Some(reason.clone()),
+        Outcome::Retrying { next, reason, .. }
+        | Outcome::Postponed {
+            until: next,
+            reason,
+        } => Some(format!("{reason}; next try at {}", next.to_rfc3339())),
+        Outcome::Deferred { until } => Some(format!("quiet hours until {}", until.to_rfc3339())),
+        Outcome::Released => Some("handed back unsent: its lease was running out".into()),
+        Outcome::Sent { .. } | Outcome::Skipped | Outcome::LeaseLost => None,
+    }
+}
+
+/// `7d`, `72h`, `30m`, `45s`.
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    for (unit, secs) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s >= secs && s.is_multiple_of(secs) {
+            return format!("{}{unit}", s / secs);
+        }
+    }
+    format!("{s}s")
 }
 
 /// Why an attempt stopped short of an outcome of its own.

@@ -3,10 +3,10 @@
 //! | module | owns |
 //! |---|---|
 //! | [`queue`] | apalis jobs over SQLite (embedded) or Redis (scale-out); running workers |
-//! | [`dispatch`] | one attempt: claim, decide again, render, send, record, report failures |
-//! | [`retry`] | exponential backoff with full jitter |
+//! | [`dispatch`] | attempts a batch at a time: claim, expire, decide again, render, send, record with the trace, report failures |
 //! | [`providers`] | provider chains per channel: failover, circuit breakers, rate limits (per node or shared through Redis) |
-//! | [`sweeper`] | re-enqueues what the queue lost and what dead workers left |
+//! | [`retry`] | exponential backoff with full jitter; per-channel policies |
+//! | [`sweeper`] | re-enqueues what the queue lost and what dead workers left; purges finished jobs |
 //! | [`templates`] | localized message templates, rendered with minijinja |
 //! | [`sms`] | SMS segment counting (GSM-7 / UCS-2) |
 //! | [`metrics`] | delivery outcomes as Prometheus metrics |
@@ -31,8 +31,9 @@ pub mod templates;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatch::{Channels, Dispatcher, Outcome};
 pub use metrics::DeliveryMetrics;
+pub use providers::ProviderChain;
 pub use queue::Queue;
-pub use retry::RetryPolicy;
+pub use retry::{RetryPolicy, RetrySettings};
 pub use sweeper::Sweeper;
 pub use templates::{InboxText, Rendered, Templates};
 

@@ -16,8 +16,9 @@ use crate::dispatch::Outcome;
 #[derive(Debug, Clone)]
 pub struct DeliveryMetrics {
     registry: Registry,
-    /// Attempts by channel and outcome (`sent`, `retrying`, `failed`,
-    /// `suppressed`, `deferred`, `skipped`, `lease_lost`).
+    /// Attempts by channel and outcome (`sent`, `retrying`, `postponed`,
+    /// `failed`, `expired`, `suppressed`, `deferred`, `released`,
+    /// `lease_lost`).
     pub attempts: IntCounterVec,
     /// Time from claim to recorded outcome, by channel.
     pub attempt_seconds: HistogramVec,
@@ -78,19 +79,17 @@ impl DeliveryMetrics {
 
     /// Counts one attempt's outcome.
     pub fn record(&self, channel: &str, outcome: &Outcome, elapsed: Duration) {
-        let label = match outcome {
-            Outcome::Skipped => "skipped",
-            Outcome::Sent { .. } => "sent",
-            Outcome::Suppressed { .. } => "suppressed",
-            Outcome::Deferred { .. } => "deferred",
-            Outcome::Retrying { .. } => "retrying",
-            Outcome::Failed { .. } => "failed",
-            Outcome::LeaseLost => "lease_lost",
-        };
-        self.attempts.with_label_values(&[channel, label]).inc();
+        self.attempts
+            .with_label_values(&[channel, outcome.label()])
+            .inc();
         self.attempt_seconds
             .with_label_values(&[channel])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The registry, for the provider chains' metrics to join.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The Prometheus text exposition.

@@ -1,10 +1,12 @@
-//! The delivery queue: apalis jobs that say "look at delivery X".
+//! The delivery queue: apalis jobs that say "look at these deliveries".
 //!
 //! Two storages behind one type: SQLite (`sqlite://data/queue.db`, the
 //! embedded default; workers run inside `herald serve`) and Redis
 //! (`redis://…`, for several nodes; `herald worker` runs workers alone).
-//! The queue is the fast path only. Jobs carry nothing but a delivery id,
-//! every attempt starts by claiming the delivery in the database, and the
+//! The queue is the fast path only. A job carries nothing but delivery
+//! ids — up to [`JOB_DELIVERIES`] of them, so a batch published together
+//! is claimed with one statement and its queue costs are paid once — every
+//! attempt starts by claiming the delivery in the database, and the
 //! [`crate::sweeper`] re-enqueues what the queue loses — so a flushed Redis,
 //! a killed worker or a crash between commit and enqueue costs latency,
 //! never a message.
@@ -17,6 +19,10 @@
 //! those jobs as queued, would never step in. So Herald moves due jobs
 //! itself, [`REDIS_CHUNK`] at a time: after each push, and before a worker
 //! starts.
+//!
+//! Finished jobs are purged as the sweeper goes ([`Queue::purge_finished`]):
+//! the database keeps each delivery's trace, so the queue keeps nothing
+//! once a job is done.
 
 use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -44,10 +50,21 @@ pub const REDIS_CHUNK: usize = 1_000;
 static PROMOTE_DUE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("promote_due.lua")));
 
-/// The job: which delivery to look at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Most deliveries one job names: what one claim statement takes at once.
+pub const JOB_DELIVERIES: usize = 64;
+
+/// Most finished jobs one purge statement or script removes.
+const PURGE_CHUNK: usize = 1_000;
+
+/// Removes finished jobs of a Redis queue: their ids from the done and
+/// dead sets, their data and their metadata.
+static PURGE_FINISHED: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("purge_finished.lua")));
+
+/// The job: which deliveries to look at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryJob {
-    pub delivery: DeliveryId,
+    pub deliveries: Vec<DeliveryId>,
 }
 
 /// A handle on the queue; cheap to clone.
@@ -134,17 +151,19 @@ impl Queue {
         })
     }
 
-    /// Enqueues deliveries that are due now. Into Redis, [`REDIS_CHUNK`]
-    /// jobs at a time, each chunk moved on to the active list before the
-    /// next is pushed: however large the batch, a worker fetching
-    /// meanwhile never finds more than a chunk's worth due.
+    /// Enqueues deliveries that are due now, [`JOB_DELIVERIES`] to a job.
+    /// Into Redis, [`REDIS_CHUNK`] jobs at a time, each chunk moved on to
+    /// the active list before the next is pushed: however large the batch,
+    /// a worker fetching meanwhile never finds more than a chunk's worth due.
     pub async fn enqueue(&self, ids: &[DeliveryId]) -> Result<(), Error> {
         if ids.is_empty() {
             return Ok(());
         }
         let jobs: Vec<DeliveryJob> = ids
-            .iter()
-            .map(|&delivery| DeliveryJob { delivery })
+            .chunks(JOB_DELIVERIES)
+            .map(|chunk| DeliveryJob {
+                deliveries: chunk.to_vec(),
+            })
             .collect();
         match self {
             Queue::Sqlite { storage, .. } => {
@@ -172,9 +191,11 @@ impl Queue {
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
         let delay = (at - now).to_std().unwrap_or_default();
-        let task = TaskBuilder::new(DeliveryJob { delivery: id })
-            .run_after(delay)
-            .build();
+        let task = TaskBuilder::new(DeliveryJob {
+            deliveries: vec![id],
+        })
+        .run_after(delay)
+        .build();
         match self {
             Queue::Sqlite { storage, .. } => {
                 storage.clone().push_task(task).await.map_err(queue_error)
@@ -233,9 +254,61 @@ impl Queue {
         Ok(())
     }
 
-    /// Runs `concurrency` attempts at a time until `shutdown` resolves; an
+    /// Removes finished jobs: on SQLite those done more than `older_than`
+    /// ago, on Redis every done or dead one. In chunks, so neither storage
+    /// is held for long; returns how many went.
+    pub async fn purge_finished(&self, older_than: Duration) -> Result<u64, Error> {
+        let mut total = 0;
+        match self {
+            Queue::Sqlite { pool, name, .. } => {
+                let before = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .saturating_sub(older_than)
+                    .as_secs();
+                loop {
+                    let done = sqlx::query(
+                        "DELETE FROM Jobs WHERE rowid IN (SELECT rowid FROM Jobs \
+                         WHERE job_type = ?1 AND status IN ('Done', 'Killed') AND done_at < ?2 LIMIT ?3)",
+                    )
+                    .bind(name)
+                    .bind(i64::try_from(before).unwrap_or(i64::MAX))
+                    .bind(PURGE_CHUNK as i64)
+                    .execute(pool)
+                    .await
+                    .map_err(queue_error)?;
+                    total += done.rows_affected();
+                    if done.rows_affected() < PURGE_CHUNK as u64 {
+                        return Ok(total);
+                    }
+                }
+            }
+            Queue::Redis { storage } => {
+                let mut storage = storage.clone();
+                let config = storage.get_config().clone();
+                loop {
+                    let purged: u64 = PURGE_FINISHED
+                        .key(config.done_jobs_set())
+                        .key(config.dead_jobs_set())
+                        .key(config.job_data_hash())
+                        .key(config.job_meta_hash())
+                        .arg(PURGE_CHUNK)
+                        .invoke_async(storage.get_connection())
+                        .await
+                        .map_err(queue_error)?;
+                    total += purged;
+                    if purged < PURGE_CHUNK as u64 {
+                        return Ok(total);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `concurrency` jobs at a time until `shutdown` resolves; an
     /// attempt in flight then finishes (or its lease hands it to another
-    /// worker). An idle worker looks for jobs every `poll`, and at once when
+    /// worker). The dispatcher's own bound on sends in flight applies
+    /// across them. An idle worker looks for jobs every `poll`, and at once when
     /// this process enqueues into a SQLite queue.
     pub async fn run_workers(
         self,
@@ -320,18 +393,19 @@ async fn promote_due(storage: &RedisStorage<DeliveryJob>) -> Result<u64, Error> 
 /// the delivery (or, for a database outage, left to the lease and sweeper),
 /// so apalis has nothing to retry.
 ///
-/// The attempt runs on a task of its own: if the apalis worker dies under
-/// it (its Redis was flushed), the attempt still finishes and records its
-/// outcome instead of leaving a sent message looking unsent.
+/// The attempts run on a task of their own: if the apalis worker dies under
+/// them (its Redis was flushed), they still finish and record their
+/// outcomes instead of leaving a sent message looking unsent.
 async fn handle(job: DeliveryJob, dispatcher: Data<Arc<Dispatcher>>) -> Result<(), BoxDynError> {
     let dispatcher = Arc::clone(&dispatcher);
-    let attempt = tokio::spawn(async move { dispatcher.process(job.delivery).await });
-    match attempt.await {
-        Ok(Ok(outcome)) => tracing::debug!(delivery = %job.delivery, ?outcome, "attempt done"),
+    let n = job.deliveries.len();
+    let attempts = tokio::spawn(async move { dispatcher.process_batch(&job.deliveries).await });
+    match attempts.await {
+        Ok(Ok(outcomes)) => tracing::debug!(deliveries = n, attempted = outcomes.len(), "job done"),
         Ok(Err(e)) => {
-            tracing::warn!(delivery = %job.delivery, error = %e, "attempt stopped; the sweeper will retry it");
+            tracing::warn!(deliveries = n, error = %e, "job stopped; the sweeper will retry its deliveries");
         }
-        Err(e) => tracing::error!(delivery = %job.delivery, error = %e, "attempt panicked"),
+        Err(e) => tracing::error!(deliveries = n, error = %e, "job panicked"),
     }
     Ok(())
 }

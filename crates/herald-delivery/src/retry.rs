@@ -6,6 +6,12 @@
 //! window keeps a provider that just came back from being hit by every
 //! retry at once. A provider's own `Retry-After` is a floor: Herald never
 //! comes back sooner than it was asked to.
+//!
+//! The defaults outlast a provider outage of hours: twelve attempts whose
+//! windows grow from 15 s to a cap of an hour span up to about four hours
+//! (two on average). Attempts a provider chain could not even make (every
+//! breaker open) are not counted, so a long outage spends little of it.
+//! Each channel may override any setting (`[delivery.retry.sms]`).
 
 use std::time::Duration;
 
@@ -29,11 +35,101 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 5,
-            base_ms: 1_000,
+            max_attempts: 12,
+            base_ms: 15_000,
             factor: 2.0,
-            cap_ms: 300_000,
+            cap_ms: 3_600_000,
         }
+    }
+}
+
+/// A channel's changes to the default policy (`[delivery.retry.email]`, …).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryOverride {
+    pub max_attempts: Option<u32>,
+    pub base_ms: Option<u64>,
+    pub factor: Option<f64>,
+    pub cap_ms: Option<u64>,
+}
+
+/// Retry settings (`[delivery.retry]`): the default policy, and what each
+/// channel changes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Attempts in all, the first included. After the last, Herald gives up.
+    pub max_attempts: u32,
+    /// The first retry's ceiling, in milliseconds.
+    pub base_ms: u64,
+    /// How much the ceiling grows per attempt.
+    pub factor: f64,
+    /// The largest ceiling, in milliseconds.
+    pub cap_ms: u64,
+    pub email: Option<RetryOverride>,
+    pub sms: Option<RetryOverride>,
+    pub push: Option<RetryOverride>,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings::from(RetryPolicy::default())
+    }
+}
+
+impl From<RetryPolicy> for RetrySettings {
+    fn from(p: RetryPolicy) -> Self {
+        RetrySettings {
+            max_attempts: p.max_attempts,
+            base_ms: p.base_ms,
+            factor: p.factor,
+            cap_ms: p.cap_ms,
+            email: None,
+            sms: None,
+            push: None,
+        }
+    }
+}
+
+impl RetrySettings {
+    /// The policy of channels that change nothing.
+    pub fn default_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            base_ms: self.base_ms,
+            factor: self.factor,
+            cap_ms: self.cap_ms,
+        }
+    }
+
+    /// The policy `channel` retries by.
+    pub fn for_channel(&self, channel: herald_core::ChannelKind) -> RetryPolicy {
+        use herald_core::ChannelKind;
+        let over = match channel {
+            ChannelKind::Email => self.email,
+            ChannelKind::Sms => self.sms,
+            ChannelKind::Push => self.push,
+            _ => None,
+        };
+        let d = self.default_policy();
+        let Some(o) = over else { return d };
+        RetryPolicy {
+            max_attempts: o.max_attempts.unwrap_or(d.max_attempts),
+            base_ms: o.base_ms.unwrap_or(d.base_ms),
+            factor: o.factor.unwrap_or(d.factor),
+            cap_ms: o.cap_ms.unwrap_or(d.cap_ms),
+        }
+    }
+
+    /// Every policy in force, by the config key that sets it.
+    pub fn policies(&self) -> Vec<(&'static str, RetryPolicy)> {
+        use herald_core::ChannelKind;
+        vec![
+            ("delivery.retry", self.default_policy()),
+            ("delivery.retry.email", self.for_channel(ChannelKind::Email)),
+            ("delivery.retry.sms", self.for_channel(ChannelKind::Sms)),
+            ("delivery.retry.push", self.for_channel(ChannelKind::Push)),
+        ]
     }
 }
 

@@ -1,17 +1,18 @@
 //! The sweeper: the database, not the queue, decides what is owed.
 //!
 //! Every `interval` it (1) hands back deliveries still `sending` past their
-//! lease — their worker died — and (2) re-enqueues due deliveries the queue
+//! lease — their worker died — (2) re-enqueues due deliveries the queue
 //! has lost (Redis flushed or restarted, a crash between commit and
-//! enqueue).
+//! enqueue), and (3) purges the queue's finished jobs.
 //!
-//! The queue cannot say *which* jobs it lost, but it can say how many it
-//! holds: when the database owes more attempts than the queue has jobs,
-//! the difference is lost, and the sweeper re-enqueues that many of the due
-//! deliveries whose last job is the oldest (older than `stale`). A long
-//! but healthy backlog is left alone, and a delivery enqueued twice is
-//! still claimed once, so a wrong guess costs a query, never a duplicate
-//! message. Every node runs a sweeper; they need no coordination.
+//! The queue cannot say which jobs it lost, and its jobs name many
+//! deliveries each, so the sweeper goes by the database alone: a delivery
+//! that is due and whose last job was made (or fell due) more than `stale`
+//! ago is presumed lost and enqueued again, at most `batch` per sweep. A
+//! healthy backlog older than `stale` is enqueued twice at worst, and a
+//! delivery enqueued twice is still claimed once, so a wrong guess costs a
+//! query, never a duplicate message. Every node runs a sweeper; they need
+//! no coordination.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,10 @@ use crate::clock::Clock;
 use crate::metrics::DeliveryMetrics;
 use crate::queue::Queue;
 
+/// How long a finished job stays in the queue (on SQLite) before the sweep
+/// purges it: long enough to look at while debugging a burst.
+const FINISHED_KEPT: Duration = Duration::from_secs(60);
+
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sweep {
@@ -28,6 +33,8 @@ pub struct Sweep {
     pub released: u64,
     /// Deliveries the queue had lost, enqueued again.
     pub requeued: usize,
+    /// Finished jobs removed from the queue.
+    pub purged: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -50,19 +57,10 @@ impl Sweeper {
             .recovered
             .with_label_values(&["lease_expired"])
             .inc_by(released);
-        let owed = self.store.open_deliveries().await?;
-        let queued = self.queue.depth().await?;
-        let lost = u32::try_from(owed.saturating_sub(queued)).unwrap_or(u32::MAX);
-        if lost == 0 {
-            return Ok(Sweep {
-                released,
-                requeued: 0,
-            });
-        }
         let stale = i64::try_from(self.stale.as_millis()).unwrap_or(i64::MAX);
         let stranded = self
             .store
-            .stranded_deliveries(now, stale, self.batch.min(lost))
+            .stranded_deliveries(now, stale, self.batch)
             .await?;
         if !stranded.is_empty() {
             self.queue.enqueue(&stranded).await?;
@@ -72,11 +70,10 @@ impl Sweeper {
                 .with_label_values(&["requeued"])
                 .inc_by(stranded.len() as u64);
         }
+        let purged = self.queue.purge_finished(FINISHED_KEPT).await?;
         if released > 0 || !stranded.is_empty() {
             tracing::info!(
                 released,
-                owed,
-                queued,
                 requeued = stranded.len(),
                 "sweep recovered deliveries"
             );
@@ -84,6 +81,7 @@ impl Sweeper {
         Ok(Sweep {
             released,
             requeued: stranded.len(),
+            purged,
         })
     }
 

@@ -5,6 +5,7 @@
 //! sense stops the start with the key's name. Secrets are wrapped in
 //! [`Secret`], whose `Debug` never shows them.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -105,6 +106,9 @@ pub struct TemplateSettings {
     pub default_locale: Locale,
 }
 
+/// Every provider a channel may name.
+pub const PROVIDERS: [&str; 6] = ["outbox", "smtp", "sendgrid", "twilio", "fcm", "webpush"];
+
 /// The delivery queue and its workers (`[delivery]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,16 +123,104 @@ pub struct DeliverySettings {
     pub sweep_interval_seconds: u64,
     pub stale_seconds: u64,
     pub sweep_batch: u32,
-    pub retry: herald_delivery::RetryPolicy,
+    /// The default retry policy and each channel's changes to it.
+    pub retry: herald_delivery::RetrySettings,
+    /// Per event category (`points`, `card`, …), how long a delivery stays
+    /// worth sending: `"72h"`, `"30m"`, `"2d"`. Past it, the delivery ends
+    /// `expired`. A category not listed never expires.
+    #[serde(default)]
+    pub expire_after: std::collections::BTreeMap<String, String>,
+    /// Circuit breakers, one per provider.
+    pub breaker: BreakerSettings,
+    /// Per provider (`sendgrid`, `smtp`, `twilio`, `fcm`, `webpush`,
+    /// `outbox`), a token bucket; shared by every node when the queue is on
+    /// Redis. A provider not listed is not limited.
+    #[serde(default)]
+    pub rate_limits: std::collections::BTreeMap<String, RateLimitSettings>,
+}
+
+/// A provider's circuit breaker (`[delivery.breaker]`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Consecutive transient failures that open it.
+    pub failures: u32,
+    /// How long it stays open before one probe may try.
+    pub open_seconds: u64,
+}
+
+/// A provider's rate limit (`[delivery.rate_limits.NAME]`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Sends per second, on average.
+    pub per_second: f64,
+    /// Sends that may go at once after a quiet spell (at least 1).
+    pub burst: u32,
+}
+
+/// A channel's providers, in the order they are tried: `"sendgrid"`,
+/// `"sendgrid, smtp"` or `["sendgrid", "smtp"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for ProviderList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let names = match Raw::deserialize(d)? {
+            Raw::One(s) => s.split(',').map(str::to_owned).collect::<Vec<_>>(),
+            Raw::Many(v) => v,
+        };
+        Ok(ProviderList(
+            names
+                .into_iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
+        ))
+    }
+}
+
+impl ProviderList {
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl From<&str> for ProviderList {
+    fn from(s: &str) -> Self {
+        ProviderList(s.split(',').map(|n| n.trim().to_owned()).collect())
+    }
+}
+
+/// `"72h"`, `"30m"`, `"45s"`, `"2d"`, or plain seconds.
+pub fn parse_duration(raw: &str) -> Option<std::time::Duration> {
+    let raw = raw.trim();
+    let (number, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3_600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(secs))
 }
 
 /// Which transport serves each channel (`[channels]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSettings {
-    pub email: String,
-    pub sms: String,
-    pub push: String,
+    /// Each channel's providers, tried in order.
+    pub email: ProviderList,
+    pub sms: ProviderList,
+    pub push: ProviderList,
     pub outbox_dir: PathBuf,
     pub email_from: String,
     /// `email = "smtp"`.
@@ -298,6 +390,31 @@ impl Settings {
         Ok(settings)
     }
 
+    /// `[delivery.expire_after]` as durations, by category.
+    pub fn expire_after(&self) -> Result<HashMap<String, std::time::Duration>, ConfigError> {
+        let categories = herald_core::EventKind::categories();
+        self.delivery
+            .expire_after
+            .iter()
+            .map(|(category, raw)| {
+                let key = format!("delivery.expire_after.{category}");
+                if !categories.contains(&category.as_str()) {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("unknown category (known: {})", categories.join(", ")),
+                    ));
+                }
+                match parse_duration(raw) {
+                    Some(d) if !d.is_zero() => Ok((category.clone(), d)),
+                    _ => Err(ConfigError::new(
+                        key,
+                        format!("`{raw}`: expected a duration above zero such as \"72h\", \"30m\" or \"2d\""),
+                    )),
+                }
+            })
+            .collect()
+    }
+
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.max_body_bytes < 1024 {
@@ -333,27 +450,73 @@ impl Settings {
             ("delivery.sweep_interval_seconds", d.sweep_interval_seconds),
             ("delivery.stale_seconds", d.stale_seconds),
             ("delivery.sweep_batch", u64::from(d.sweep_batch)),
-            (
-                "delivery.retry.max_attempts",
-                u64::from(d.retry.max_attempts),
-            ),
-            ("delivery.retry.base_ms", d.retry.base_ms),
+            ("delivery.breaker.failures", u64::from(d.breaker.failures)),
+            ("delivery.breaker.open_seconds", d.breaker.open_seconds),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));
             }
         }
-        if !(d.retry.factor >= 1.0 && d.retry.factor.is_finite()) {
-            return Err(ConfigError::new(
-                "delivery.retry.factor",
-                "must be a number ≥ 1",
-            ));
+        for (key, policy) in d.retry.policies() {
+            if policy.max_attempts == 0 {
+                return Err(ConfigError::new(
+                    format!("{key}.max_attempts"),
+                    "must be at least 1",
+                ));
+            }
+            if policy.base_ms == 0 {
+                return Err(ConfigError::new(
+                    format!("{key}.base_ms"),
+                    "must be at least 1",
+                ));
+            }
+            if !(policy.factor >= 1.0 && policy.factor.is_finite()) {
+                return Err(ConfigError::new(
+                    format!("{key}.factor"),
+                    "must be a number ≥ 1",
+                ));
+            }
+            if policy.cap_ms < policy.base_ms {
+                return Err(ConfigError::new(
+                    format!("{key}.cap_ms"),
+                    "must be at least base_ms",
+                ));
+            }
         }
-        if d.retry.cap_ms < d.retry.base_ms {
-            return Err(ConfigError::new(
-                "delivery.retry.cap_ms",
-                "must be at least base_ms",
-            ));
+        self.expire_after()?;
+        for (name, limit) in &d.rate_limits {
+            let key = format!("delivery.rate_limits.{name}");
+            if !PROVIDERS.contains(&name.as_str()) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("unknown provider (known: {})", PROVIDERS.join(", ")),
+                ));
+            }
+            if !(limit.per_second > 0.0 && limit.per_second.is_finite()) {
+                return Err(ConfigError::new(
+                    format!("{key}.per_second"),
+                    "must be a number > 0",
+                ));
+            }
+            if limit.burst == 0 {
+                return Err(ConfigError::new(
+                    format!("{key}.burst"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for (key, list) in [
+            ("channels.email", &self.channels.email),
+            ("channels.sms", &self.channels.sms),
+            ("channels.push", &self.channels.push),
+        ] {
+            if list.names().is_empty() {
+                return Err(ConfigError::new(key, "names no provider"));
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = list.names().iter().find(|n| !seen.insert(n.as_str())) {
+                return Err(ConfigError::new(key, format!("names `{dup}` twice")));
+            }
         }
         let url = self.database.url.expose();
         if !(url.starts_with("sqlite:")

@@ -3,6 +3,7 @@
 //! beside the HTTP server (the embedded default); `herald worker` runs it
 //! alone.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,110 +14,129 @@ use herald_channels::{
 use herald_core::Channel;
 use herald_core::realtime::Broadcast;
 use herald_core::{ChannelKind, RoutingTable};
-use herald_delivery::{Channels, Clock, DeliveryMetrics, Dispatcher, Queue, Sweeper, Templates};
+use herald_delivery::providers::{BreakerSettings, Limiter, ProviderMetrics, RateLimit};
+use herald_delivery::{
+    Channels, Clock, DeliveryMetrics, Dispatcher, ProviderChain, Queue, Sweeper, Templates,
+};
 use herald_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::config::{ChannelSettings, ConfigError, Settings};
+use crate::config::{ChannelSettings, ConfigError, DeliverySettings, Settings};
 
 /// How long to wait before replacing a worker that died.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
+/// Each channel's providers, in the order they are tried, by name.
+pub type Providers = HashMap<ChannelKind, Vec<(String, Arc<dyn Channel>)>>;
+
 /// Parts that tests (and embedders) may supply instead of the configured ones.
 #[derive(Debug, Default, Clone)]
 pub struct Components {
-    /// Transports to use instead of `[channels]`.
-    pub channels: Option<Channels>,
+    /// Providers to use instead of `[channels]`.
+    pub channels: Option<Providers>,
     /// The clock for scheduling decisions (quiet hours, leases, retries).
     pub clock: Option<Arc<dyn Clock>>,
     /// Where realtime events go.
     pub broadcast: Option<Arc<dyn Broadcast>>,
 }
 
-/// The transports `[channels]` asks for.
-pub fn channels_from(settings: &Settings) -> Result<Channels, ConfigError> {
+/// The providers `[channels]` asks for, in order, for each channel.
+pub fn channels_from(settings: &Settings) -> Result<Providers, ConfigError> {
     let c = &settings.channels;
-    let mut channels = Channels::new();
-    for (kind, key, choice) in [
+    let mut out = Providers::new();
+    for (kind, key, list) in [
         (ChannelKind::Email, "channels.email", &c.email),
         (ChannelKind::Sms, "channels.sms", &c.sms),
         (ChannelKind::Push, "channels.push", &c.push),
     ] {
-        let transport: Arc<dyn herald_core::Channel> = match choice.as_str() {
-            "outbox" => Arc::new(
-                Outbox::new(&c.outbox_dir, kind, &c.email_from)
-                    .map_err(|e| ConfigError::new("channels.email_from", e))?,
-            ),
-            "smtp" if kind == ChannelKind::Email => {
-                let m = &c.smtp;
-                let security = Security::parse(&m.security).ok_or_else(|| {
-                    ConfigError::new(
-                        "channels.smtp.security",
-                        format!("`{}`: expected starttls, tls or none", m.security),
-                    )
-                })?;
-                Arc::new(
-                    Smtp::new(&SmtpConfig {
-                        host: m.host.clone(),
-                        port: m.port,
-                        security,
-                        username: m.username.clone(),
-                        password: m.password.expose().to_owned(),
-                        from: c.email_from.clone(),
-                        timeout: Duration::from_millis(m.timeout_ms),
-                        pool_max_size: m.pool_max_size,
-                    })
-                    .map_err(|e| provider_error("channels.smtp", e))?,
-                )
-            }
-            "sendgrid" if kind == ChannelKind::Email => {
-                let s = &c.sendgrid;
-                Arc::new(
-                    SendGrid::new(&SendGridConfig {
-                        base_url: s.base_url.clone(),
-                        api_key: s.api_key.expose().to_owned(),
-                        from: c.email_from.clone(),
-                        timeout: Duration::from_millis(s.timeout_ms),
-                        connect_timeout: Duration::from_millis(s.connect_timeout_ms),
-                    })
-                    .map_err(|e| provider_error("channels.sendgrid", e))?,
-                )
-            }
-            "twilio" if kind == ChannelKind::Sms => {
-                let t = &c.twilio;
-                Arc::new(
-                    Twilio::new(&TwilioConfig {
-                        base_url: t.base_url.clone(),
-                        account_sid: t.account_sid.clone(),
-                        auth_token: t.auth_token.expose().to_owned(),
-                        from: t.from.clone(),
-                        messaging_service_sid: t.messaging_service_sid.clone(),
-                        status_callback: t.status_callback.clone(),
-                        timeout: Duration::from_millis(t.timeout_ms),
-                        connect_timeout: Duration::from_millis(t.connect_timeout_ms),
-                    })
-                    .map_err(|e| provider_error("channels.twilio", e))?,
-                )
-            }
-            "fcm" | "webpush" | "fcm+webpush" | "webpush+fcm" if kind == ChannelKind::Push => {
-                let fcm = choice.contains("fcm").then(|| fcm(c)).transpose()?;
-                let webpush = choice.contains("webpush").then(|| webpush(c)).transpose()?;
-                Arc::new(PushRouter::new(fcm, webpush))
-            }
-            other => {
-                return Err(ConfigError::new(
-                    key,
-                    format!(
-                        "unknown transport `{other}` for {kind} (available: {})",
-                        available(kind)
-                    ),
-                ));
-            }
-        };
-        channels.insert(kind, transport);
+        let mut chain = Vec::with_capacity(list.names().len());
+        for name in list.names() {
+            chain.push((name.clone(), transport(c, kind, key, name)?));
+        }
+        out.insert(kind, chain);
     }
-    Ok(channels)
+    Ok(out)
+}
+
+/// One provider of a channel, built from its settings.
+fn transport(
+    c: &ChannelSettings,
+    kind: ChannelKind,
+    key: &str,
+    name: &str,
+) -> Result<Arc<dyn Channel>, ConfigError> {
+    Ok(match name {
+        "outbox" => Arc::new(
+            Outbox::new(&c.outbox_dir, kind, &c.email_from)
+                .map_err(|e| ConfigError::new("channels.email_from", e))?,
+        ),
+        "smtp" if kind == ChannelKind::Email => {
+            let m = &c.smtp;
+            let security = Security::parse(&m.security).ok_or_else(|| {
+                ConfigError::new(
+                    "channels.smtp.security",
+                    format!("`{}`: expected starttls, tls or none", m.security),
+                )
+            })?;
+            Arc::new(
+                Smtp::new(&SmtpConfig {
+                    host: m.host.clone(),
+                    port: m.port,
+                    security,
+                    username: m.username.clone(),
+                    password: m.password.expose().to_owned(),
+                    from: c.email_from.clone(),
+                    timeout: Duration::from_millis(m.timeout_ms),
+                    pool_max_size: m.pool_max_size,
+                })
+                .map_err(|e| provider_error("channels.smtp", e))?,
+            )
+        }
+        "sendgrid" if kind == ChannelKind::Email => {
+            let s = &c.sendgrid;
+            Arc::new(
+                SendGrid::new(&SendGridConfig {
+                    base_url: s.base_url.clone(),
+                    api_key: s.api_key.expose().to_owned(),
+                    from: c.email_from.clone(),
+                    timeout: Duration::from_millis(s.timeout_ms),
+                    connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+                })
+                .map_err(|e| provider_error("channels.sendgrid", e))?,
+            )
+        }
+        "twilio" if kind == ChannelKind::Sms => {
+            let t = &c.twilio;
+            Arc::new(
+                Twilio::new(&TwilioConfig {
+                    base_url: t.base_url.clone(),
+                    account_sid: t.account_sid.clone(),
+                    auth_token: t.auth_token.expose().to_owned(),
+                    from: t.from.clone(),
+                    messaging_service_sid: t.messaging_service_sid.clone(),
+                    status_callback: t.status_callback.clone(),
+                    timeout: Duration::from_millis(t.timeout_ms),
+                    connect_timeout: Duration::from_millis(t.connect_timeout_ms),
+                })
+                .map_err(|e| provider_error("channels.twilio", e))?,
+            )
+        }
+        "fcm" | "webpush" | "fcm+webpush" | "webpush+fcm" if kind == ChannelKind::Push => {
+            let fcm = name.contains("fcm").then(|| fcm(c)).transpose()?;
+            let webpush = name.contains("webpush").then(|| webpush(c)).transpose()?;
+            Arc::new(PushRouter::new(fcm, webpush))
+        }
+        other => {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "unknown transport `{other}` for {kind} (available: {})",
+                    available(kind)
+                ),
+            ));
+        }
+    })
 }
 
 /// FCM HTTP v1 from `[channels.fcm]`.
@@ -185,6 +205,60 @@ fn provider_error(section: &str, e: herald_channels::Error) -> ConfigError {
     ConfigError::new(key, e.message)
 }
 
+/// The rate limiters of `[delivery.rate_limits]`: shared through the
+/// queue's Redis when there is one, so the limit holds across every node.
+struct Limiters {
+    limits: HashMap<String, RateLimit>,
+    /// The queue's Redis, and the prefix of its buckets' keys.
+    redis: Option<(redis::aio::ConnectionManager, String)>,
+}
+
+impl Limiters {
+    async fn connect(d: &DeliverySettings) -> Result<Limiters, ConfigError> {
+        let limits: HashMap<String, RateLimit> = d
+            .rate_limits
+            .iter()
+            .map(|(name, l)| {
+                let limit = RateLimit {
+                    per_second: l.per_second,
+                    burst: l.burst,
+                };
+                limit
+                    .validate()
+                    .map(|()| (name.clone(), limit))
+                    .map_err(|e| ConfigError::new(format!("delivery.rate_limits.{name}"), e))
+            })
+            .collect::<Result<_, _>>()?;
+        let url = d.queue_url.expose();
+        let redis = if !limits.is_empty()
+            && (url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(3)))
+                .set_response_timeout(Some(Duration::from_secs(3)));
+            let conn = redis::Client::open(url)
+                .map_err(|e| ConfigError::new("delivery.queue_url", e.to_string()))?
+                .get_connection_manager_with_config(config)
+                .await
+                .map_err(|e| ConfigError::new("delivery.queue_url", e.to_string()))?;
+            Some((conn, format!("{}:rate", d.queue_name)))
+        } else {
+            None
+        };
+        Ok(Limiters { limits, redis })
+    }
+
+    fn limiter(&self, provider: &str) -> Option<Limiter> {
+        let limit = *self.limits.get(provider)?;
+        Some(match &self.redis {
+            Some((conn, prefix)) => {
+                Limiter::redis(conn.clone(), format!("{prefix}:{provider}"), limit)
+            }
+            None => Limiter::local(limit),
+        })
+    }
+}
+
 /// A process's delivery machinery.
 #[derive(Debug, Clone)]
 pub struct DeliveryRuntime {
@@ -209,27 +283,52 @@ impl DeliveryRuntime {
         let queue = Queue::connect(d.queue_url.expose(), &d.queue_name, d.concurrency * 2)
             .await
             .map_err(|e| ConfigError::new("delivery.queue_url", e.to_string()))?;
-        let channels = match &components.channels {
+        let metrics = Arc::new(DeliveryMetrics::new());
+        let providers = match &components.channels {
             Some(c) => c.clone(),
             None => channels_from(settings)?,
         };
+        let provider_metrics = Arc::new(ProviderMetrics::new());
+        provider_metrics
+            .register(metrics.registry())
+            .expect("provider metrics register once");
+        let limiters = Limiters::connect(d).await?;
+        let breaker = BreakerSettings {
+            failures: d.breaker.failures,
+            open_for: Duration::from_secs(d.breaker.open_seconds),
+        };
+        let channels: Channels = providers
+            .into_iter()
+            .map(|(kind, chain)| {
+                let chain = chain
+                    .into_iter()
+                    .map(|(name, transport)| {
+                        let limiter = limiters.limiter(&name);
+                        (name, transport, limiter)
+                    })
+                    .collect();
+                let chain = ProviderChain::new(chain, breaker, provider_metrics.clone());
+                (kind, Arc::new(chain))
+            })
+            .collect();
         let clock: Arc<dyn Clock> = components
             .clock
             .clone()
             .unwrap_or_else(|| Arc::new(herald_delivery::SystemClock));
         let lease = Duration::from_secs(d.lease_seconds);
-        let metrics = Arc::new(DeliveryMetrics::new());
         let dispatcher = Arc::new(Dispatcher {
             store: store.clone(),
             routing,
             templates,
             channels,
             retry: d.retry,
+            expire_after: settings.expire_after()?,
             lease,
             clock: clock.clone(),
             broadcast: components.broadcast.clone(),
             queue: queue.clone(),
             metrics: metrics.clone(),
+            sends: Arc::new(tokio::sync::Semaphore::new(d.concurrency)),
         });
         let sweeper = Sweeper {
             store,
@@ -268,7 +367,7 @@ impl DeliveryRuntime {
                 .unwrap_or_else(|_| {
                     Err(format!(
                         "{}: no answer within {within:?}",
-                        channel.provider()
+                        channel.names().join(", ")
                     ))
                 });
             out.push((kind, result));

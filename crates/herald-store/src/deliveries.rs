@@ -3,9 +3,11 @@
 //! ```text
 //!   pending ─┐                      ┌─▶ sent
 //!   deferred ┼─claim─▶ sending ─────┼─▶ retrying ─claim─▶ sending …
-//!   retrying ┘   (attempts + 1,     ├─▶ failed
-//!                 lease)            ├─▶ suppressed   (preferences changed)
-//!                                   └─▶ deferred     (quiet hours began)
+//!   retrying ┘   (attempts + 1,     ├─▶ failed ──re-drive─▶ pending
+//!                 lease)            ├─▶ expired ─re-drive─▶ pending
+//!                                   ├─▶ suppressed   (preferences changed)
+//!                                   ├─▶ deferred     (quiet hours began)
+//!                                   └─▶ pending / retrying (handed back unsent)
 //! ```
 //!
 //! A claim succeeds for one caller only, so two jobs for the same delivery
@@ -14,18 +16,27 @@
 //! ran out and another worker claimed the delivery meanwhile, the late
 //! finish changes nothing.
 //!
+//! Workers claim many deliveries with one statement and record outcomes by
+//! group commit ([`writer`]): concurrent claims share a transaction, and so
+//! do concurrent finishes, each with the trace rows that explain it.
+//!
 //! After `sent`, the provider may report more (a status webhook):
 //! `sent → delivered | bounced | failed`, and `delivered → bounced | failed`
 //! (a late bounce). Each report is applied once, by its event id.
 
+pub(crate) mod writer;
+
+use std::collections::HashMap;
+
 use herald_core::{DeliveryId, EventId, EventKind, NotificationId, UserId};
 use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::oneshot;
 
 use crate::inbox::parse_id;
 use crate::{Error, Result, Store, placeholders};
 
 /// Statuses a worker may claim from.
-const CLAIMABLE: &str = "'pending', 'deferred', 'retrying'";
+pub(crate) const CLAIMABLE: &str = "'pending', 'deferred', 'retrying'";
 
 /// A delivery a worker now owns until `lease_until`.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,56 +52,95 @@ pub struct Claimed {
     pub event_id: EventId,
     pub kind: EventKind,
     pub payload: serde_json::Value,
+    /// When the delivery was made (epoch ms).
+    pub created_at: i64,
+    /// When an admin last re-drove it, if ever: expiry counts from then.
+    pub redriven_at: Option<i64>,
+    /// Until when the claim holds (epoch ms).
+    pub lease_until: i64,
 }
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
     Sent {
+        provider: Option<String>,
         provider_message_id: Option<String>,
     },
     /// Preferences or a missing address say no, now.
-    Suppressed {
-        reason: String,
-    },
+    Suppressed { reason: String },
     /// Quiet hours: not before `until` (epoch ms).
-    Deferred {
-        until: i64,
-    },
-    /// A transient failure; try again at `next_attempt_at`.
+    Deferred { until: i64 },
+    /// A transient failure; try again at `next_attempt_at`. `counted` is
+    /// false when no provider was even tried (every breaker open): the
+    /// attempt is given back and the retry budget is not spent.
     Retry {
         error: String,
         next_attempt_at: i64,
+        provider: Option<String>,
+        counted: bool,
     },
     /// A permanent failure, or retries exhausted.
     Failed {
         error: String,
+        provider: Option<String>,
     },
+    /// Its category's `expire_after` passed before it could be sent.
+    Expired { reason: String },
+    /// Not attempted: handed back, due again at `at` (epoch ms), without
+    /// spending an attempt (the lease would not have covered the send).
+    Release { at: i64 },
+}
+
+/// One line of a delivery's trace, written with the finish it explains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceStep {
+    /// `attempt`, `failover`, `breaker_open`, `throttled`, `expired`, `released`.
+    pub step: String,
+    pub provider: Option<String>,
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// An attempt's outcome, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub id: DeliveryId,
+    /// The attempt it finishes (as claimed).
+    pub attempt: i64,
+    pub finish: Finish,
+    /// What happened on the way, in order; the last step is the outcome.
+    pub trace: Vec<TraceStep>,
+    /// When it finished (epoch ms).
+    pub at: i64,
 }
 
 /// The columns a [`Finish`] writes; `None` leaves a column as it was,
 /// except `next_attempt_at`, which is always written.
 #[derive(Debug, Default)]
 struct Transition<'a> {
-    status: &'a str,
+    status: &'static str,
     reason: Option<&'a str>,
     error: Option<&'a str>,
     next_attempt_at: Option<i64>,
     provider_message_id: Option<&'a str>,
     enqueued_at: Option<i64>,
-    /// 1 when the claim sent nothing (deferred, suppressed): it does not
-    /// count as an attempt.
+    provider: Option<&'a str>,
+    /// 1 when the claim sent nothing (deferred, suppressed, released, every
+    /// breaker open): it does not count as an attempt.
     refund: i64,
 }
 
-impl<'a> From<&'a Finish> for Transition<'a> {
-    fn from(finish: &'a Finish) -> Self {
+impl<'a> Transition<'a> {
+    fn of(finish: &'a Finish, attempt: i64) -> Self {
         match finish {
             Finish::Sent {
+                provider,
                 provider_message_id,
             } => Transition {
                 status: "sent",
                 provider_message_id: provider_message_id.as_deref(),
+                provider: provider.as_deref(),
                 ..Transition::default()
             },
             Finish::Suppressed { reason } => Transition {
@@ -109,16 +159,34 @@ impl<'a> From<&'a Finish> for Transition<'a> {
             Finish::Retry {
                 error,
                 next_attempt_at,
+                provider,
+                counted,
             } => Transition {
                 status: "retrying",
                 error: Some(error),
                 next_attempt_at: Some(*next_attempt_at),
                 enqueued_at: Some(*next_attempt_at),
+                provider: provider.as_deref(),
+                refund: i64::from(!counted),
                 ..Transition::default()
             },
-            Finish::Failed { error } => Transition {
+            Finish::Failed { error, provider } => Transition {
                 status: "failed",
                 error: Some(error),
+                provider: provider.as_deref(),
+                ..Transition::default()
+            },
+            Finish::Expired { reason } => Transition {
+                status: "expired",
+                error: Some(reason),
+                refund: 1,
+                ..Transition::default()
+            },
+            Finish::Release { at } => Transition {
+                status: if attempt > 1 { "retrying" } else { "pending" },
+                next_attempt_at: Some(*at),
+                enqueued_at: Some(*at),
+                refund: 1,
                 ..Transition::default()
             },
         }
@@ -126,52 +194,123 @@ impl<'a> From<&'a Finish> for Transition<'a> {
 }
 
 impl Store {
-    /// Claims a delivery that is due, for `lease_ms`. `None` when it is not
-    /// claimable: already sent, being sent, not yet due, or unknown.
+    /// Claims those of `ids` that are due and free, for `lease_ms` each;
+    /// the rest (already sent, being sent, not yet due, unknown) are left
+    /// alone. Concurrent calls share one statement and one commit.
+    pub async fn claim_deliveries(
+        &self,
+        ids: &[DeliveryId],
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Claimed>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = writer::Request::Claim {
+            ids: ids.to_vec(),
+            now,
+            lease_ms,
+            reply,
+        };
+        self.deliveries
+            .send(request)
+            .await
+            .map_err(|_| Error::WriterStopped)?;
+        let rows = answer.await.map_err(|_| Error::WriterStopped)??;
+        self.claim_context(rows).await
+    }
+
+    /// Claims delivery `id` if it is due and free (see
+    /// [`Store::claim_deliveries`]).
     pub async fn claim_delivery(
         &self,
         id: DeliveryId,
         now: i64,
         lease_ms: i64,
     ) -> Result<Option<Claimed>> {
-        let sql = format!(
-            "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
-                    lease_until = $1, updated_at = $2 \
-             WHERE id = $3 AND status IN ({CLAIMABLE}) AND COALESCE(next_attempt_at, 0) <= $2 \
-             RETURNING attempts, channel, reason, notification_id, recipient_id"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(now + lease_ms)
-            .bind(now)
-            .bind(id.to_string())
-            .fetch_optional(&self.write)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let notification_id: NotificationId = parse_id(&row, 3)?;
-        let context = sqlx::query(
-            "SELECT n.event_id, n.kind, e.payload FROM notifications n \
-             JOIN events e ON e.id = n.event_id WHERE n.id = $1",
-        )
-        .bind(notification_id.to_string())
-        .fetch_one(&self.write)
-        .await?;
-        let payload: String = context.try_get(2)?;
-        Ok(Some(Claimed {
-            id,
-            attempt: row.try_get(0)?,
-            channel: row.try_get(1)?,
-            reason: row.try_get(2)?,
-            notification_id,
-            recipient: UserId(row.try_get(4)?),
-            event_id: parse_id(&context, 0)?,
-            kind: crate::events::kind(&context.try_get::<String, _>(1)?)?,
-            payload: serde_json::from_str(&payload)
-                .map_err(|e| Error::Corrupt(format!("event payload: {e}")))?,
-        }))
+        Ok(self.claim_deliveries(&[id], now, lease_ms).await?.pop())
     }
 
-    /// Records how attempt `attempt` of a claimed delivery ended. `false`
-    /// when the claim was lost (the lease ran out and the delivery moved on).
+    /// What claimed deliveries need besides their row: the event.
+    async fn claim_context(&self, rows: Vec<writer::ClaimedRow>) -> Result<Vec<Claimed>> {
+        let mut notifications: Vec<&str> =
+            rows.iter().map(|r| r.notification_id.as_str()).collect();
+        notifications.sort_unstable();
+        notifications.dedup();
+        let mut context: HashMap<String, (EventId, EventKind, serde_json::Value)> =
+            HashMap::with_capacity(notifications.len());
+        for chunk in notifications.chunks(500) {
+            let sql = format!(
+                "SELECT n.id AS notification_id, n.event_id, n.kind, e.payload \
+                 FROM notifications n JOIN events e ON e.id = n.event_id \
+                 WHERE n.id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&self.read).await? {
+                let payload: String = row.try_get("payload")?;
+                let event_id: String = row.try_get("event_id")?;
+                context.insert(
+                    row.try_get("notification_id")?,
+                    (
+                        event_id
+                            .parse()
+                            .map_err(|_| Error::Corrupt(format!("`{event_id}` is not an id")))?,
+                        crate::events::kind(&row.try_get::<String, _>("kind")?)?,
+                        serde_json::from_str(&payload)
+                            .map_err(|e| Error::Corrupt(format!("event payload: {e}")))?,
+                    ),
+                );
+            }
+        }
+        rows.into_iter()
+            .map(|r| {
+                let (event_id, kind, payload) =
+                    context.get(&r.notification_id).cloned().ok_or_else(|| {
+                        Error::Corrupt(format!("notification {} has no event", r.notification_id))
+                    })?;
+                Ok(Claimed {
+                    id: r.id,
+                    attempt: r.attempt,
+                    channel: r.channel,
+                    reason: r.reason,
+                    notification_id: r.notification_id.parse().map_err(|_| {
+                        Error::Corrupt(format!("`{}` is not an id", r.notification_id))
+                    })?,
+                    recipient: UserId(r.recipient),
+                    event_id,
+                    kind,
+                    payload,
+                    created_at: r.created_at,
+                    redriven_at: r.redriven_at,
+                    lease_until: r.lease_until,
+                })
+            })
+            .collect()
+    }
+
+    /// Records how claimed attempts ended, with their trace. One answer per
+    /// item, in order: `false` when that claim was lost (the lease ran out
+    /// and the delivery moved on), and nothing of it was written.
+    /// Concurrent calls share one transaction and one commit.
+    pub async fn finish_deliveries(&self, items: Vec<Finished>) -> Result<Vec<bool>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.deliveries
+            .send(writer::Request::Finish { items, reply })
+            .await
+            .map_err(|_| Error::WriterStopped)?;
+        answer.await.map_err(|_| Error::WriterStopped)?
+    }
+
+    /// Records how attempt `attempt` of a claimed delivery ended (see
+    /// [`Store::finish_deliveries`]).
     pub async fn finish_delivery(
         &self,
         id: DeliveryId,
@@ -179,28 +318,16 @@ impl Store {
         finish: &Finish,
         now: i64,
     ) -> Result<bool> {
-        let t = Transition::from(finish);
-        let done = sqlx::query(
-            "UPDATE deliveries SET status = $1, reason = COALESCE($2, reason), \
-                    last_error = COALESCE($3, last_error), next_attempt_at = $4, \
-                    provider_message_id = COALESCE($5, provider_message_id), \
-                    enqueued_at = COALESCE($6, enqueued_at), lease_until = NULL, updated_at = $7, \
-                    attempts = attempts - $10 \
-             WHERE id = $8 AND status = 'sending' AND attempts = $9",
-        )
-        .bind(t.status)
-        .bind(t.reason)
-        .bind(t.error)
-        .bind(t.next_attempt_at)
-        .bind(t.provider_message_id)
-        .bind(t.enqueued_at)
-        .bind(now)
-        .bind(id.to_string())
-        .bind(attempt)
-        .bind(t.refund)
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let done = self
+            .finish_deliveries(vec![Finished {
+                id,
+                attempt,
+                finish: finish.clone(),
+                trace: Vec::new(),
+                at: now,
+            }])
+            .await?;
+        Ok(done.first().copied().unwrap_or(false))
     }
 
     /// Applies a provider's report about message `message_id` once:
@@ -288,19 +415,25 @@ impl Store {
         rows.iter().map(|r| parse_id(r, 0)).collect()
     }
 
-    /// When delivery `id` falls due, if it is owed an attempt but not yet
-    /// (a job that fired early asks this, to come back on time).
-    pub async fn due_later(&self, id: DeliveryId, now: i64) -> Result<Option<i64>> {
-        let sql = format!(
-            "SELECT next_attempt_at FROM deliveries \
-             WHERE id = $1 AND status IN ({CLAIMABLE}) AND next_attempt_at > $2"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .bind(now)
-            .fetch_optional(&self.read)
-            .await?;
-        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    /// Those of `ids` that are owed an attempt but not yet, with when they
+    /// fall due (a job that fired early asks this, to come back on time).
+    pub async fn due_later(&self, ids: &[DeliveryId], now: i64) -> Result<Vec<(DeliveryId, i64)>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT id, next_attempt_at FROM deliveries \
+                 WHERE id IN ({}) AND status IN ({CLAIMABLE}) AND next_attempt_at > $1",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for row in query.fetch_all(&self.read).await? {
+                out.push((parse_id(&row, 0)?, row.try_get("next_attempt_at")?));
+            }
+        }
+        Ok(out)
     }
 
     /// How many deliveries are owed an attempt, now or later.

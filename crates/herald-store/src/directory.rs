@@ -114,33 +114,55 @@ impl Store {
     }
 
     pub async fn devices(&self, user: &UserId) -> Result<Vec<Device>> {
-        let rows = sqlx::query(
-            "SELECT id, kind, token, subscription, created_at FROM devices \
-             WHERE user_id = $1 ORDER BY created_at, id",
-        )
-        .bind(user.as_str())
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get(1)?;
-                let subscription: Option<String> = r.try_get(3)?;
-                Ok(Device {
-                    id: parse_id::<DeviceId>(r, 0)?,
+        let users = BTreeSet::from([user.clone()]);
+        Ok(self
+            .devices_of(&users)
+            .await?
+            .remove(user)
+            .unwrap_or_default())
+    }
+
+    /// The devices of each of `users` (those with none are absent), oldest
+    /// first: one query for a batch of deliveries.
+    pub async fn devices_of(
+        &self,
+        users: &BTreeSet<UserId>,
+    ) -> Result<HashMap<UserId, Vec<Device>>> {
+        let mut out: HashMap<UserId, Vec<Device>> = HashMap::new();
+        let ids: Vec<&UserId> = users.iter().collect();
+        for chunk in ids.chunks(1_000) {
+            let sql = format!(
+                "SELECT user_id, id, kind, token, subscription, created_at FROM devices \
+                 WHERE user_id IN ({}) ORDER BY created_at, id",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for user in chunk {
+                query = query.bind(user.as_str());
+            }
+            for r in query.fetch_all(&self.read).await? {
+                let kind: String = r.try_get("kind")?;
+                let subscription: Option<String> = r.try_get("subscription")?;
+                let device = Device {
+                    id: parse_id::<DeviceId>(&r, 1)?,
                     kind: match kind.as_str() {
                         "fcm" => DeviceKind::Fcm,
                         "webpush" => DeviceKind::Webpush,
                         other => return Err(Error::Corrupt(format!("device kind `{other}`"))),
                     },
-                    token: r.try_get(2)?,
+                    token: r.try_get("token")?,
                     subscription: subscription
                         .map(|s| serde_json::from_str(&s))
                         .transpose()
                         .map_err(|e| Error::Corrupt(format!("device subscription: {e}")))?,
-                    created_at: r.try_get(4)?,
-                })
-            })
-            .collect()
+                    created_at: r.try_get("created_at")?,
+                };
+                out.entry(UserId(r.try_get("user_id")?))
+                    .or_default()
+                    .push(device);
+            }
+        }
+        Ok(out)
     }
 
     /// Registers a device; registering the same token again returns the

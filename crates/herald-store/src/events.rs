@@ -161,7 +161,7 @@ async fn write(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Result<Vec<
 }
 
 /// The database a connection speaks to.
-fn backend_of(conn: &AnyConnection) -> Backend {
+pub(crate) fn backend_of(conn: &AnyConnection) -> Backend {
     if conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
         Backend::Sqlite
     } else {
@@ -301,7 +301,7 @@ impl Table {
 /// PostgreSQL, `(?, ?), (?, ?), …` on SQLite. SQLite finds a numbered
 /// parameter by scanning the statement's list of names, which makes binding
 /// thousands of them quadratic; anonymous ones are bound by position.
-fn values(backend: Backend, rows: usize, columns: usize) -> String {
+pub(crate) fn values(backend: Backend, rows: usize, columns: usize) -> String {
     let mut sql = String::with_capacity(rows * (columns * 7 + 4));
     for r in 0..rows {
         if r > 0 {
@@ -315,7 +315,7 @@ fn values(backend: Backend, rows: usize, columns: usize) -> String {
 }
 
 /// `n` parameters numbered from `from`, comma-separated (see [`values`]).
-fn params(backend: Backend, from: usize, n: usize) -> String {
+pub(crate) fn params(backend: Backend, from: usize, n: usize) -> String {
     use std::fmt::Write;
     let mut sql = String::with_capacity(n * 7);
     for i in from..from + n {

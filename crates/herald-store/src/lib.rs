@@ -3,7 +3,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`records`] | the rows Herald reads and writes, as plain structs |
-//! | [`deliveries`] | delivery state: claim with a lease, finish by compare-and-set, sweep |
+//! | [`deliveries`] | delivery state: claims in batches with a lease, finishes by compare-and-set with their trace, both by group commit (`deliveries::writer`); sweep |
 //! | [`events`] | ingest: events, inbox entries and deliveries in one transaction of multi-row statements; concurrent batches share it (group commit, `events::writer`) |
 //! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
@@ -88,6 +88,9 @@ pub struct Store {
     /// The queue of the ingest writer lanes ([`events::writer`]); they stop
     /// when the last clone of it is dropped.
     ingest: tokio::sync::mpsc::Sender<events::writer::Request>,
+    /// The queue of the delivery writer lanes (claims and finishes by group
+    /// commit, [`deliveries`]); they stop with the last clone too.
+    deliveries: tokio::sync::mpsc::Sender<deliveries::writer::Request>,
 }
 
 /// The most ingest writer lanes on PostgreSQL.
@@ -133,10 +136,12 @@ impl Store {
                 let read = pool(max_connections.max(1)).connect_with(options).await?;
                 // One writer connection, one lane.
                 let (ingest, _) = events::writer::spawn(&write, 1);
+                let deliveries = deliveries::writer::spawn(&write, 1);
                 Ok(Store {
                     read,
                     write,
                     ingest,
+                    deliveries,
                 })
             }
             Backend::Postgres => {
@@ -146,10 +151,12 @@ impl Store {
                 // written; at most half the pool, the rest stays for reads.
                 let lanes = (max_connections / 2).clamp(1, MAX_INGEST_LANES);
                 let (ingest, _) = events::writer::spawn(&pool, lanes as usize);
+                let deliveries = deliveries::writer::spawn(&pool, lanes as usize);
                 Ok(Store {
                     read: pool.clone(),
                     write: pool,
                     ingest,
+                    deliveries,
                 })
             }
         }

@@ -24,10 +24,10 @@ pub mod smtp;
 use std::sync::Arc;
 
 use herald_core::{ChannelKind, Role};
-use herald_delivery::{Channels, ManualClock};
+use herald_delivery::ManualClock;
 use herald_server::auth::Authenticator;
 use herald_server::config::Secret;
-use herald_server::delivery::{Components, DeliveryRuntime};
+use herald_server::delivery::{Components, DeliveryRuntime, Providers};
 use herald_server::{Application, Settings};
 use herald_store::Store;
 use reqwest::{Method, RequestBuilder, Response};
@@ -145,10 +145,15 @@ impl Fakes {
     }
 
     fn components(&self) -> Components {
-        let mut channels = Channels::new();
-        channels.insert(ChannelKind::Email, Arc::new(self.email.clone()));
-        channels.insert(ChannelKind::Sms, Arc::new(self.sms.clone()));
-        channels.insert(ChannelKind::Push, Arc::new(self.push.clone()));
+        let mut channels = Providers::new();
+        for (kind, fake) in [
+            (ChannelKind::Email, &self.email),
+            (ChannelKind::Sms, &self.sms),
+            (ChannelKind::Push, &self.push),
+        ] {
+            let transport: Arc<dyn herald_core::Channel> = Arc::new(fake.clone());
+            channels.insert(kind, vec![("fake".to_owned(), transport)]);
+        }
         Components {
             channels: Some(channels),
             clock: self
