@@ -252,7 +252,7 @@ pub async fn deliveries(
             json,
         } => {
             let request = redrive::list_request(&filter, cursor.as_deref(), limit.as_deref())
-                .map_err(flag_error)?;
+                .map_err(|e| flag_error(&e))?;
             let (items, next) = store
                 .list_deliveries(&request.filter, request.cursor.as_ref(), request.limit)
                 .await?;
@@ -285,13 +285,13 @@ pub async fn deliveries(
                     "give delivery ids, or filter flags such as --status failed --channel email"
                 );
             }
-            let selection =
-                redrive::selection(ids.as_deref(), filter.as_ref(), max).map_err(flag_error)?;
+            let selection = redrive::selection(ids.as_deref(), filter.as_ref(), max)
+                .map_err(|e| flag_error(&e))?;
             let now = chrono::Utc::now().timestamp_millis();
             let report = redrive::redrive(store, queue, &selection, "cli", now)
                 .await
                 .map_err(|e| match e {
-                    redrive::RedriveError::Invalid(v) => flag_error(v),
+                    redrive::RedriveError::Invalid(v) => flag_error(&v),
                     other => other.into(),
                 })?;
             if json {
@@ -305,7 +305,7 @@ pub async fn deliveries(
 }
 
 /// A validation error, naming the flag instead of the API's field.
-fn flag_error(e: ValidationError) -> anyhow::Error {
+fn flag_error(e: &ValidationError) -> anyhow::Error {
     let field = e.field.strip_prefix("filter.").unwrap_or(&e.field);
     let flag = match field {
         "eventId" => "--event-id".to_owned(),

@@ -309,7 +309,7 @@ pub enum Selection {
     Ids(Vec<DeliveryId>),
     /// What `filter` matches, refused if more than `max`.
     Filter {
-        filter: DeliveryFilter,
+        filter: Box<DeliveryFilter>,
         max: u32,
     },
 }
@@ -366,7 +366,10 @@ pub fn selection(
                     })?,
             };
             let filter = parse_filter(filter, Purpose::Redrive).map_err(|e| e.within("filter"))?;
-            Ok(Selection::Filter { filter, max })
+            Ok(Selection::Filter {
+                filter: Box::new(filter),
+                max,
+            })
         }
     }
 }
@@ -384,7 +387,7 @@ pub enum RedriveError {
 /// Re-drives `selection` as `actor` at `now` (epoch ms), then hands what
 /// moved to `queue`. A queue failure is logged, not returned: the
 /// deliveries are committed as due and the sweeper enqueues them.
-#[tracing::instrument(skip_all, fields(actor))]
+#[tracing::instrument(skip_all, fields(actor = %actor))]
 pub async fn redrive(
     store: &Store,
     queue: &Queue,

@@ -246,7 +246,7 @@ fn escape_like(s: &str) -> String {
 impl Store {
     /// A page of the deliveries `filter` matches, newest first, after
     /// `cursor`; and the cursor of the next page, if there is one.
-    #[tracing::instrument(skip_all, fields(limit))]
+    #[tracing::instrument(skip_all, fields(limit = limit))]
     pub async fn list_deliveries(
         &self,
         filter: &DeliveryFilter,
@@ -334,7 +334,7 @@ impl Store {
     /// Moves each of `ids` that is failed or expired back to `pending`, due
     /// at `now` with its attempts reset, and records a `redrive` step by
     /// `actor` in its trace; says what became of every id. One transaction.
-    #[tracing::instrument(skip_all, fields(deliveries = ids.len(), actor))]
+    #[tracing::instrument(skip_all, fields(deliveries = ids.len(), actor = %actor))]
     pub async fn redrive(
         &self,
         ids: &[DeliveryId],

@@ -132,7 +132,7 @@ fn a_redrive_takes_failed_and_expired_only_and_is_bounded() {
     assert_eq!(
         selection(None, Some(&any), None).unwrap(),
         Selection::Filter {
-            filter: parse_filter(&any, Purpose::Redrive).unwrap(),
+            filter: Box::new(parse_filter(&any, Purpose::Redrive).unwrap()),
             max: MAX_REDRIVE
         }
     );

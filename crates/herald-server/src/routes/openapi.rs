@@ -269,7 +269,7 @@ fn redrive(path: &str, op: &mut Value) {
             ] });
             op["responses"]["202"] = json!({
                 "description": "Re-driven: pending again, and queued.",
-                "content": { "application/json": { "schema": retried.clone() } }
+                "content": { "application/json": { "schema": retried } }
             });
             op["responses"]["200"] = json!({
                 "description": "Still owed an attempt (`alreadyQueued`: true): nothing was done.",
