@@ -10,6 +10,7 @@ mod delivery;
 mod inbox;
 mod ingest;
 mod realtime;
+mod redrive;
 mod socketio;
 mod transports;
 mod users;

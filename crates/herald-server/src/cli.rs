@@ -1,15 +1,20 @@
 //! The `herald` commands. `main` parses and calls [`run`]; the work is here.
+//! `herald deliveries` re-drives through [`crate::redrive`], as the REST API does.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use herald_core::{EventKind, Role};
+use herald_core::{EventKind, Role, ValidationError};
+use herald_delivery::Queue;
 use herald_store::Store;
+use herald_store::redrive::{AdminDelivery, RedriveReport};
 
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
 use crate::delivery::{Components, DeliveryRuntime};
+use crate::redrive::{self, FilterInput};
 use crate::startup::load_policy;
 use crate::{Application, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +57,45 @@ pub enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// List and re-drive failed and expired deliveries.
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
+}
+
+/// `herald deliveries …`: the admin re-drive, on the configured database
+/// and queue (as `actor` `cli`).
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// List deliveries, newest first (by default the failed and expired ones).
+    List {
+        #[command(flatten)]
+        filter: FilterInput,
+        /// Most deliveries to show (1 to 500).
+        #[arg(long)]
+        limit: Option<String>,
+        /// Where the previous page ended (printed after it).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-drive deliveries by id, or every failed or expired one a filter
+    /// matches (at most --max, 1,000 by default and at most).
+    Retry {
+        /// Delivery ids.
+        ids: Vec<String>,
+        #[command(flatten)]
+        filter: FilterInput,
+        /// Refuse, changing nothing, if the filter matches more than this.
+        #[arg(long)]
+        max: Option<i64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -66,6 +110,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             store.close().await;
             println!("migrations applied");
             Ok(())
+        }
+        Command::Deliveries { command } => {
+            telemetry::init_quiet();
+            let store = Store::connect(settings.database.url.expose(), 2).await?;
+            store.migrate().await?;
+            let d = &settings.delivery;
+            let queue = Queue::connect(d.queue_url.expose(), &d.queue_name, 1)
+                .await
+                .map_err(|e| ConfigError::new("delivery.queue_url", e.to_string()))?;
+            let result = deliveries(&store, &queue, command, &mut std::io::stdout().lock()).await;
+            store.close().await;
+            result
         }
         Command::Token {
             role,
@@ -178,6 +234,147 @@ fn print_quick_start(auth: &Authenticator, addr: std::net::SocketAddr) -> anyhow
          -H \"Authorization: Bearer $({herald} token --role guest --sub {guest})\"\n\n\
          Mint other tokens with `{herald} token --role guest --sub <user-id>`.\n"
     );
+    Ok(())
+}
+
+/// Runs `herald deliveries list|retry`, writing to `out`.
+pub async fn deliveries(
+    store: &Store,
+    queue: &Queue,
+    command: DeliveriesCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match command {
+        DeliveriesCommand::List {
+            filter,
+            limit,
+            cursor,
+            json,
+        } => {
+            let request = redrive::list_request(&filter, cursor.as_deref(), limit.as_deref())
+                .map_err(|e| flag_error(&e))?;
+            let (items, next) = store
+                .list_deliveries(&request.filter, request.cursor.as_ref(), request.limit)
+                .await?;
+            let next = next.as_ref().map(redrive::encode_cursor);
+            if json {
+                for item in &items {
+                    writeln!(out, "{}", serde_json::to_string(item)?)?;
+                }
+                if let Some(next) = next {
+                    eprintln!("next page: --cursor {next}");
+                }
+            } else {
+                write_table(out, &items)?;
+                if let Some(next) = next {
+                    writeln!(out, "next page: --cursor {next}")?;
+                }
+            }
+            Ok(())
+        }
+        DeliveriesCommand::Retry {
+            ids,
+            filter,
+            max,
+            json,
+        } => {
+            let ids = (!ids.is_empty()).then_some(ids);
+            let filter = (!filter.is_empty()).then_some(filter);
+            if ids.is_none() && filter.is_none() {
+                anyhow::bail!(
+                    "give delivery ids, or filter flags such as --status failed --channel email"
+                );
+            }
+            let selection = redrive::selection(ids.as_deref(), filter.as_ref(), max)
+                .map_err(|e| flag_error(&e))?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let report = redrive::redrive(store, queue, &selection, "cli", now)
+                .await
+                .map_err(|e| match e {
+                    redrive::RedriveError::Invalid(v) => flag_error(&v),
+                    other => other.into(),
+                })?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&report)?)?;
+            } else {
+                write_report(out, &report)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A validation error, naming the flag instead of the API's field.
+fn flag_error(e: &ValidationError) -> anyhow::Error {
+    let field = e.field.strip_prefix("filter.").unwrap_or(&e.field);
+    let flag = match field {
+        "eventId" => "--event-id".to_owned(),
+        "filter" => "the filter".to_owned(),
+        "ids" => "ids".to_owned(),
+        f if f.starts_with("ids[") => f.to_owned(),
+        f => format!("--{f}"),
+    };
+    anyhow::anyhow!("{flag}: {}", e.message)
+}
+
+fn write_table(out: &mut impl Write, items: &[AdminDelivery]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:<36} {:<9} {:<7} {:<10} {:<36} {:<25} {:>3}  LAST ERROR",
+        "UPDATED", "ID", "STATUS", "CHANNEL", "PROVIDER", "RECIPIENT", "EVENT", "TRY"
+    )?;
+    for d in items {
+        let updated = chrono::DateTime::from_timestamp_millis(d.updated_at)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_else(|| d.updated_at.to_string());
+        let error: String = d
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(60)
+            .collect();
+        writeln!(
+            out,
+            "{:<24} {:<36} {:<9} {:<7} {:<10} {:<36} {:<25} {:>3}  {}",
+            updated,
+            d.id,
+            d.status,
+            d.channel,
+            d.provider.as_deref().unwrap_or("-"),
+            d.recipient,
+            d.event,
+            d.attempts,
+            error
+        )?;
+    }
+    if items.is_empty() {
+        writeln!(out, "(no deliveries match)")?;
+    }
+    Ok(())
+}
+
+fn write_report(out: &mut impl Write, report: &RedriveReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "requeued {}, already queued {}, not retryable {}, unknown {}",
+        report.requeued.len(),
+        report.already_queued.len(),
+        report.not_retryable.len(),
+        report.unknown.len()
+    )?;
+    for id in &report.requeued {
+        writeln!(out, "requeued       {id}")?;
+    }
+    for id in &report.already_queued {
+        writeln!(out, "already queued {id}")?;
+    }
+    for d in &report.not_retryable {
+        writeln!(out, "not retryable  {} ({})", d.id, d.status)?;
+    }
+    for id in &report.unknown {
+        writeln!(out, "unknown        {id}")?;
+    }
     Ok(())
 }
 

@@ -9,10 +9,11 @@
 //! | [`extract`] | JSON bodies with field-named errors |
 //! | [`ingest`] | publishing: envelopes → routed, planned, rendered, stored, enqueued |
 //! | [`delivery`] | the queue, transports, workers and sweeper of a process |
+//! | [`redrive`] | re-driving failed deliveries: filters, cursors and bounds shared by REST and CLI |
 //! | [`routes`] | the handlers of contract §7 |
 //! | [`startup`] | `Application::build` / `run_until`, the router |
 //! | [`telemetry`] | logging |
-//! | [`cli`] | the `herald` commands: `serve`, `worker`, `migrate`, `token` |
+//! | [`cli`] | the `herald` commands: `serve`, `worker`, `migrate`, `token`, `deliveries` |
 
 pub mod auth;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod delivery;
 pub mod extract;
 pub mod ingest;
 pub mod problem;
+pub mod redrive;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

@@ -12,6 +12,7 @@
 //! | `not_found` | 404 |
 //! | `method_not_allowed` | 405 |
 //! | `idempotency_conflict` | 409 |
+//! | `not_retryable` | 409 |
 //! | `payload_too_large` | 413 |
 //! | `batch_too_large` | 413 |
 //! | `unsupported_media_type` | 415 |
@@ -95,6 +96,7 @@ impl ApiError {
             "not_found" => "Not found",
             "method_not_allowed" => "Method not allowed",
             "idempotency_conflict" => "Event id reused with a different payload",
+            "not_retryable" => "Only failed and expired deliveries can be retried",
             "payload_too_large" => "Payload too large",
             "batch_too_large" => "Too many events in one request",
             "unsupported_media_type" => "Unsupported media type",

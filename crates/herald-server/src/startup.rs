@@ -28,7 +28,7 @@ use crate::config::{ConfigError, Settings};
 use crate::delivery::{Components, DeliveryRuntime};
 use crate::ingest::Publisher;
 use crate::problem::ApiError;
-use crate::routes::{admin, demo, events, health, inbox, openapi, users, webhooks};
+use crate::routes::{admin, deliveries, demo, events, health, inbox, openapi, users, webhooks};
 
 /// How long a transport may take to answer `check` (at start, on `/readyz`).
 pub const CHANNEL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -224,6 +224,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user}/devices", get(users::list_devices).post(users::add_device))
         .route("/v1/users/{user}/devices/{id}", delete(users::delete_device))
         .route("/v1/admin/stats", get(admin::stats))
+        .route("/v1/admin/deliveries", get(deliveries::list))
+        .route("/v1/admin/deliveries/retry", post(deliveries::retry_many))
+        .route("/v1/admin/deliveries/{id}/retry", post(deliveries::retry_one))
         .route("/v1/webhooks/twilio", post(webhooks::twilio))
         .route("/v1/webhooks/sendgrid", post(webhooks::sendgrid))
         .route("/demo", get(demo::page))

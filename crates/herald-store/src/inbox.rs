@@ -10,7 +10,8 @@ use herald_core::{DeliveryId, EventId, NotificationId, UserId};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::records::{DeliveryRecord, Notification};
+use crate::records::{DeliveryRecord, Notification, TraceEntry};
+use crate::redrive::parse_named;
 use crate::{Error, Result, Store, now_ms};
 
 // Queries below are assembled only from constants and numbered placeholders
@@ -135,33 +136,63 @@ impl Store {
             .transpose()?)
     }
 
-    /// Every delivery of a notification, in channel order.
+    /// Every delivery of a notification, in channel order, each with its
+    /// trace. Two queries, however many deliveries.
     pub async fn deliveries(&self, id: NotificationId) -> Result<Vec<DeliveryRecord>> {
         let rows = sqlx::query(
             "SELECT id, recipient_id, channel, status, reason, attempts, last_error, \
-                    next_attempt_at, provider_message_id, created_at, updated_at \
+                    next_attempt_at, provider_message_id, provider, created_at, updated_at \
              FROM deliveries WHERE notification_id = $1 ORDER BY channel",
         )
         .bind(id.to_string())
         .fetch_all(&self.read)
         .await?;
-        rows.iter()
+        let mut deliveries = rows
+            .iter()
             .map(|r| {
                 Ok(DeliveryRecord {
-                    id: parse_id::<DeliveryId>(r, 0)?,
-                    recipient: r.try_get(1)?,
-                    channel: r.try_get(2)?,
-                    status: r.try_get(3)?,
-                    reason: r.try_get(4)?,
-                    attempts: r.try_get(5)?,
-                    last_error: r.try_get(6)?,
-                    next_attempt_at: r.try_get(7)?,
-                    provider_message_id: r.try_get(8)?,
-                    created_at: r.try_get(9)?,
-                    updated_at: r.try_get(10)?,
+                    id: parse_named::<DeliveryId>(r, "id")?,
+                    recipient: r.try_get("recipient_id")?,
+                    channel: r.try_get("channel")?,
+                    status: r.try_get("status")?,
+                    reason: r.try_get("reason")?,
+                    attempts: r.try_get("attempts")?,
+                    last_error: r.try_get("last_error")?,
+                    next_attempt_at: r.try_get("next_attempt_at")?,
+                    provider_message_id: r.try_get("provider_message_id")?,
+                    provider: r.try_get("provider")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                    trace: Vec::new(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        if deliveries.is_empty() {
+            return Ok(deliveries);
+        }
+        let steps = sqlx::query(
+            "SELECT t.delivery_id, t.at, t.attempt, t.step, t.provider, t.outcome, t.detail, t.actor \
+             FROM delivery_trace t JOIN deliveries d ON d.id = t.delivery_id \
+             WHERE d.notification_id = $1 ORDER BY t.at, t.attempt, t.n",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        for row in &steps {
+            let delivery: DeliveryId = parse_named(row, "delivery_id")?;
+            if let Some(d) = deliveries.iter_mut().find(|d| d.id == delivery) {
+                d.trace.push(TraceEntry {
+                    at: row.try_get("at")?,
+                    attempt: row.try_get("attempt")?,
+                    step: row.try_get("step")?,
+                    provider: row.try_get("provider")?,
+                    outcome: row.try_get("outcome")?,
+                    detail: row.try_get("detail")?,
+                    actor: row.try_get("actor")?,
+                });
+            }
+        }
+        Ok(deliveries)
     }
 }
 

@@ -7,6 +7,7 @@
 //! | [`events`] | ingest: events, inbox entries and deliveries in one transaction of multi-row statements; concurrent batches share it (group commit, `events::writer`) |
 //! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
+//! | [`redrive`] | the admin's list of failed and expired deliveries; re-drive by compare-and-set, traced |
 //! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
 //! | [`scratch`] | throwaway PostgreSQL databases for tests |
 //!
@@ -33,6 +34,7 @@ pub mod directory;
 pub mod events;
 pub mod inbox;
 pub mod records;
+pub mod redrive;
 pub mod scratch;
 #[cfg(test)]
 mod testing;

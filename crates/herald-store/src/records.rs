@@ -119,8 +119,31 @@ pub struct DeliveryRecord {
     pub last_error: Option<String>,
     pub next_attempt_at: Option<i64>,
     pub provider_message_id: Option<String>,
+    /// The provider that handled the last attempt.
+    pub provider: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Everything that happened to the delivery, oldest first.
+    pub trace: Vec<TraceEntry>,
+}
+
+/// One step in a delivery's trace (the `delivery_trace` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceEntry {
+    /// When (epoch ms).
+    pub at: i64,
+    /// The attempt the step belongs to; 0 outside an attempt (a re-drive).
+    pub attempt: i64,
+    /// `attempt`, `failover`, `breaker_open`, `throttled`, `expired`, `redrive`.
+    pub step: String,
+    pub provider: Option<String>,
+    /// `sent`, `retrying`, `failed`, `pending`, …
+    pub outcome: Option<String>,
+    /// The reason, the provider's error, or why a provider was skipped.
+    pub detail: Option<String>,
+    /// Who asked, for a re-drive: `admin:{sub}`, `cli`.
+    pub actor: Option<String>,
 }
 
 /// A user's contact details and directory entry.

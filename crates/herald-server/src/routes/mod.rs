@@ -2,6 +2,7 @@
 //! for providers reporting delivery status.
 
 pub mod admin;
+pub mod deliveries;
 pub mod demo;
 pub mod events;
 pub mod health;

@@ -30,6 +30,9 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/users/{user}/devices", "post"),
     ("/v1/users/{user}/devices/{id}", "delete"),
     ("/v1/admin/stats", "get"),
+    ("/v1/admin/deliveries", "get"),
+    ("/v1/admin/deliveries/retry", "post"),
+    ("/v1/admin/deliveries/{id}/retry", "post"),
     ("/healthz", "get"),
     ("/readyz", "get"),
     ("/metrics", "get"),
@@ -125,6 +128,21 @@ fn operation(path: &str, method: &str) -> Value {
             "admin",
             "200",
         ),
+        ("/v1/admin/deliveries", _) => (
+            "Deliveries newest first, by default the failed and expired ones; filter by status, channel, provider, reason, error text, recipient, event and time; page with `cursor`",
+            "admin",
+            "200",
+        ),
+        ("/v1/admin/deliveries/retry", _) => (
+            "Re-drive deliveries by id, or the failed and expired ones a filter matches (at most `max`, 1,000); idempotent",
+            "admin",
+            "202",
+        ),
+        ("/v1/admin/deliveries/{id}/retry", _) => (
+            "Re-drive one failed or expired delivery; idempotent",
+            "admin",
+            "202",
+        ),
         ("/healthz", _) => ("The process is up", "anyone", "200"),
         ("/readyz", _) => (
             "Database, queue and realtime bus reachable (503 otherwise); transports reported",
@@ -172,7 +190,98 @@ fn operation(path: &str, method: &str) -> Value {
             ] } } }
         });
     }
+    redrive(path, &mut op);
     op
+}
+
+/// Parameters, bodies and answers of the re-drive operations.
+fn redrive(path: &str, op: &mut Value) {
+    let problem = |description: &str| {
+        json!({
+            "description": description,
+            "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+        })
+    };
+    match path {
+        "/v1/admin/deliveries" => {
+            let query = |name: &str, description: &str| json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": "string" } });
+            op["parameters"] = json!([
+                query("status", "Delivery states, comma-separated; default `failed,expired`."),
+                query("channel", "`email`, `sms` or `push`."),
+                query("provider", "The provider of the last attempt."),
+                query("reason", "The routing reason, exactly."),
+                query("error", "Text the last error contains (any case)."),
+                query("recipient", "The recipient's user id."),
+                query("event", "The event's name."),
+                query("eventId", "The event's id or idempotency key."),
+                query("from", "Last changed at or after: RFC 3339 or epoch milliseconds."),
+                query("to", "Last changed at or before: RFC 3339 or epoch milliseconds."),
+                query("cursor", "`nextCursor` of the previous page."),
+                { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 50 } },
+            ]);
+            op["responses"]["200"] = json!({
+                "description": "A page, newest first.",
+                "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "properties": {
+                        "items": { "type": "array", "items": { "$ref": "#/components/schemas/AdminDelivery" } },
+                        "nextCursor": { "type": ["string", "null"] }
+                    }
+                } } }
+            });
+            op["responses"]["422"] = problem(
+                "`field` names the input at fault: an unknown `status` or `channel`, `to` before `from`, a `cursor` this API did not return, `limit` outside 1 to 500.",
+            );
+        }
+        "/v1/admin/deliveries/retry" => {
+            op["requestBody"] = json!({
+                "required": true,
+                "content": { "application/json": { "schema": { "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["ids"],
+                        "additionalProperties": false,
+                        "properties": { "ids": { "type": "array", "minItems": 1, "maxItems": 1000, "items": { "type": "string", "format": "uuid" } } }
+                    },
+                    {
+                        "type": "object",
+                        "required": ["filter"],
+                        "additionalProperties": false,
+                        "properties": {
+                            "filter": { "$ref": "#/components/schemas/RedriveFilter" },
+                            "max": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 1000 }
+                        }
+                    }
+                ] } } }
+            });
+            op["responses"]["202"] = json!({
+                "description": "Failed and expired deliveries are pending again and queued; the others are left as they are and listed by why.",
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RedriveReport" } } }
+            });
+            op["responses"]["422"] = problem(
+                "`field` names the input at fault: `ids` (over 1,000, or one that is not an id), `max` (over 1,000), `filter.status` (not failed or expired), `filter` (matches more than `max`; nothing was changed).",
+            );
+        }
+        "/v1/admin/deliveries/{id}/retry" => {
+            let retried = json!({ "allOf": [
+                { "$ref": "#/components/schemas/AdminDelivery" },
+                { "type": "object", "properties": { "alreadyQueued": { "type": "boolean" } } }
+            ] });
+            op["responses"]["202"] = json!({
+                "description": "Re-driven: pending again, and queued.",
+                "content": { "application/json": { "schema": retried } }
+            });
+            op["responses"]["200"] = json!({
+                "description": "Still owed an attempt (`alreadyQueued`: true): nothing was done.",
+                "content": { "application/json": { "schema": retried } }
+            });
+            op["responses"]["404"] = problem("No such delivery.");
+            op["responses"]["409"] = problem(
+                "`not_retryable`: the delivery is sent, delivered, suppressed or otherwise done.",
+            );
+        }
+        _ => {}
+    }
 }
 
 /// The events a producer may publish (not Herald's own `delivery_failed`).
@@ -215,6 +324,60 @@ fn schemas() -> Value {
                 "receivedAt": { "type": "integer", "description": "Epoch milliseconds." }
             }
         },
+        "AdminDelivery": {
+            "type": "object",
+            "properties": {
+                "id": { "type": "string", "format": "uuid" },
+                "notificationId": { "type": "string", "format": "uuid" },
+                "eventId": { "type": "string", "format": "uuid" },
+                "event": { "type": "string" },
+                "recipient": { "type": "string" },
+                "channel": { "type": "string", "enum": ["email", "sms", "push"] },
+                "provider": { "type": ["string", "null"] },
+                "status": { "type": "string" },
+                "reason": { "type": "string" },
+                "attempts": { "type": "integer" },
+                "lastError": { "type": ["string", "null"] },
+                "nextAttemptAt": { "type": ["integer", "null"] },
+                "redrivenAt": { "type": ["integer", "null"] },
+                "createdAt": { "type": "integer" },
+                "updatedAt": { "type": "integer" }
+            }
+        },
+        "RedriveFilter": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "status": {
+                    "description": "`failed`, `expired` or both (the default).",
+                    "oneOf": [
+                        { "type": "string" },
+                        { "type": "array", "items": { "type": "string", "enum": ["failed", "expired"] } }
+                    ]
+                },
+                "channel": { "type": "string" },
+                "provider": { "type": "string" },
+                "reason": { "type": "string" },
+                "error": { "type": "string" },
+                "recipient": { "type": "string" },
+                "event": { "type": "string" },
+                "eventId": { "type": "string" },
+                "from": { "type": ["string", "integer"], "description": "RFC 3339 or epoch milliseconds." },
+                "to": { "type": ["string", "integer"], "description": "RFC 3339 or epoch milliseconds." }
+            }
+        },
+        "RedriveReport": {
+            "type": "object",
+            "properties": {
+                "requeued": { "type": "array", "items": { "type": "string", "format": "uuid" } },
+                "alreadyQueued": { "type": "array", "items": { "type": "string", "format": "uuid" } },
+                "notRetryable": { "type": "array", "items": {
+                    "type": "object",
+                    "properties": { "id": { "type": "string", "format": "uuid" }, "status": { "type": "string" } }
+                } },
+                "unknown": { "type": "array", "items": { "type": "string", "format": "uuid" } }
+            }
+        },
         "Problem": {
             "type": "object",
             "required": ["type", "title", "status", "detail", "code"],
@@ -225,7 +388,7 @@ fn schemas() -> Value {
                 "detail": { "type": "string" },
                 "code": { "type": "string", "enum": [
                     "bad_request", "invalid_json", "unauthorized", "forbidden", "not_found",
-                    "method_not_allowed", "idempotency_conflict", "payload_too_large",
+                    "method_not_allowed", "idempotency_conflict", "not_retryable", "payload_too_large",
                     "batch_too_large", "unsupported_media_type", "validation_failed",
                     "unknown_event", "unavailable", "internal"
                 ] },
