@@ -37,7 +37,7 @@ pub(crate) async fn trace(app: &TestApp, token: &str, channel: &str) -> Value {
         .unwrap_or_else(|| panic!("no {channel} delivery in {items:?}"))
 }
 
-fn delivery_id(d: &Value) -> DeliveryId {
+pub(crate) fn delivery_id(d: &Value) -> DeliveryId {
     d["id"].as_str().unwrap().parse().unwrap()
 }
 

@@ -7,6 +7,7 @@ mod browser;
 mod catalog;
 mod cluster;
 mod delivery;
+mod dispatch;
 mod inbox;
 mod ingest;
 mod realtime;

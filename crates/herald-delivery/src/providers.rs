@@ -1000,6 +1000,10 @@ impl ProviderChain {
         if answers.iter().any(Result::is_ok) {
             return Ok(());
         }
+        if let [Err(only)] = answers.as_slice() {
+            // A transport's own answer already says which it is.
+            return Err(only.clone());
+        }
         Err(self
             .providers
             .iter()

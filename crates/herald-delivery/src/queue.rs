@@ -234,6 +234,30 @@ impl Queue {
         }
     }
 
+    /// How many jobs the storage keeps, finished ones included: what the
+    /// sweeper's purge keeps small.
+    pub async fn stored_jobs(&self) -> Result<u64, Error> {
+        match self {
+            Queue::Sqlite { pool, name, .. } => {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM Jobs WHERE job_type = ?1")
+                    .bind(name)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(queue_error)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+            Queue::Redis { storage } => {
+                let mut storage = storage.clone();
+                let config = storage.get_config().clone();
+                redis::cmd("HLEN")
+                    .arg(config.job_data_hash())
+                    .query_async(storage.get_connection())
+                    .await
+                    .map_err(queue_error)
+            }
+        }
+    }
+
     /// A round trip to the storage, for readiness checks.
     pub async fn ping(&self) -> Result<(), Error> {
         match self {
@@ -269,7 +293,7 @@ impl Queue {
                 loop {
                     let done = sqlx::query(
                         "DELETE FROM Jobs WHERE rowid IN (SELECT rowid FROM Jobs \
-                         WHERE job_type = ?1 AND status IN ('Done', 'Killed') AND done_at < ?2 LIMIT ?3)",
+                         WHERE job_type = ?1 AND status IN ('Done', 'Killed') AND done_at <= ?2 LIMIT ?3)",
                     )
                     .bind(name)
                     .bind(i64::try_from(before).unwrap_or(i64::MAX))

@@ -23,8 +23,8 @@ use crate::metrics::DeliveryMetrics;
 use crate::queue::Queue;
 
 /// How long a finished job stays in the queue (on SQLite) before the sweep
-/// purges it: long enough to look at while debugging a burst.
-const FINISHED_KEPT: Duration = Duration::from_secs(60);
+/// purges it: not at all. The delivery's row and trace say what happened.
+const FINISHED_KEPT: Duration = Duration::ZERO;
 
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

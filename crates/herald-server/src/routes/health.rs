@@ -15,7 +15,8 @@ pub async fn healthz() -> Json<Value> {
 /// Herald can do its job: the database answers, the delivery queue
 /// answers, and realtime fan-out works (with Redis: the bus is connected).
 /// 503 otherwise, naming the failing check. Each transport's own check is
-/// listed under `channels`, for information.
+/// listed under `channels`, and each provider's circuit breaker under
+/// `providers`, for information.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let (database, queue, realtime) = tokio::join!(
         state.store.ping(),
@@ -57,6 +58,17 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         .collect();
     let mut checks = checks;
     checks["channels"] = Value::Object(channels);
+    // Each provider's circuit breaker (closed, open, half_open): also
+    // informational, the chain routes around an open one.
+    let breakers: serde_json::Map<String, Value> = state
+        .delivery
+        .dispatcher
+        .channels
+        .values()
+        .flat_map(|chain| chain.breakers())
+        .map(|(provider, state)| (provider, Value::String(state.to_owned())))
+        .collect();
+    checks["providers"] = Value::Object(breakers);
     let (status, word) = if ready {
         (StatusCode::OK, "ready")
     } else {
