@@ -225,3 +225,209 @@ async fn readyz_follows_the_bus() {
     assert!(metrics.contains("herald_realtime_bus_up 1"), "{metrics}");
     clear_redis(&redis, &prefix).await;
 }
+
+/// A Redis of the test's own, to kill with SIGKILL and start again on the
+/// same port: empty, or from the snapshot it last saved.
+struct PrivateRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> Option<PrivateRedis> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("herald-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = PrivateRedis {
+            port,
+            dir,
+            child: None,
+        };
+        redis.spawn().await.then_some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts `redis-server` (loading `dump.rdb` if one was saved).
+    async fn spawn(&mut self) -> bool {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dbfilename",
+                "dump.rdb",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let Ok(child) = child else {
+            assert!(
+                !herald_testkit::services_required(),
+                "redis-server is required (HERALD_REQUIRE_SERVICES=1)"
+            );
+            eprintln!("skipped: no redis-server to start");
+            return false;
+        };
+        self.child = Some(child);
+        let url = self.url();
+        herald_testkit::eventually("redis-server to answer", WAIT, || async {
+            let client = redis::Client::open(url.as_str()).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        })
+        .await;
+        true
+    }
+
+    /// `SAVE`: what a restart will load.
+    async fn snapshot(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("SAVE")
+            .query_async::<String>(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Redis killed with SIGKILL under two nodes, events published meanwhile
+/// (each answered 202): the publishing node's sockets still get them, every
+/// socket is then told to resume, and the resume says truthfully that the
+/// history cannot be vouched for — never `recovered` with a gap. The same
+/// when Redis comes back from a stale snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_never_silent() {
+    for from_snapshot in [false, true] {
+        let Some(mut redis) = PrivateRedis::start().await else {
+            return;
+        };
+        let prefix = prefix();
+        let a = node(&redis.url(), &prefix).await;
+        let b = node(&redis.url(), &prefix).await;
+        let guest = user("outage-guest");
+        let token = a.token(Role::Guest, &guest, None);
+        let (mut on_a, _) = Ws::connect(&a, &token).await;
+        let (mut on_b, connected_b) = Ws::connect(&b, &token).await;
+        for ws in [&mut on_a, &mut on_b] {
+            ws.subscribe("guest_card", json!({"guestId": guest})).await;
+        }
+        publish_ok(&a, &points_for(&guest, 1)).await;
+        let mut last_b = Value::Null;
+        for ws in [&mut on_a, &mut on_b] {
+            last_b = ws.event("points_added").await;
+        }
+        if from_snapshot {
+            redis.snapshot().await;
+        }
+
+        redis.kill9().await;
+        for amount in 2..=4 {
+            publish_ok(&a, &points_for(&guest, amount)).await;
+        }
+        // The publishing node's own sockets are served without the bus.
+        for amount in 2..=4 {
+            assert_eq!(on_a.event("points_added").await["data"]["amount"], amount);
+        }
+        let ready = a.get("/readyz", "").await;
+        assert_eq!(ready.status(), 503, "the bus is down");
+
+        assert!(redis.spawn().await);
+        // Once the bus is back, every socket on both nodes is told to
+        // resume: b's never saw 2–4, a's may have missed b's.
+        for ws in [&mut on_a, &mut on_b] {
+            loop {
+                let frame = ws.recv().await;
+                if frame["event"] == "disconnected" {
+                    assert_eq!(frame["data"]["reason"], "server_restart");
+                    break;
+                }
+                assert_eq!(frame["event"], "points_added", "{frame}");
+                let amount = frame["data"]["amount"].as_i64().unwrap();
+                assert!(amount >= 5, "b never gets the local-only events: {frame}");
+            }
+        }
+        // Publishing goes on meanwhile (it is what brings the bus back).
+        let published = tokio::spawn({
+            let body = points_for(&guest, 5);
+            let a_addr = a.address.clone();
+            let token = a.service_token();
+            async move {
+                reqwest::Client::new()
+                    .post(format!("{a_addr}/v1/events"))
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        });
+        assert_eq!(published.await.unwrap(), 202);
+
+        // The resume is truthful: the history cannot vouch for the gap.
+        let (mut again, _) = Ws::connect(&b, &token).await;
+        let (outcome, replayed) = again
+            .request_collect(
+                "resume",
+                json!({
+                    "offset": last_b["offset"],
+                    "epoch": connected_b["epoch"],
+                    "subscriptions": [{"type": "guest_card", "data": {"guestId": guest}}],
+                }),
+            )
+            .await;
+        assert_eq!(outcome["recovered"], false, "{outcome}");
+        assert_eq!(outcome["reason"], "epoch_changed", "{outcome}");
+        assert!(
+            outcome["rooms"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(format!("guest:{guest}"))),
+            "{outcome}"
+        );
+        assert!(replayed.is_empty());
+        // Live again on both nodes.
+        publish_ok(&b, &points_for(&guest, 6)).await;
+        loop {
+            let frame = again.event("points_added").await;
+            if frame["data"]["amount"] == 6 {
+                break;
+            }
+        }
+        for node in [&a, &b] {
+            herald_testkit::eventually("ready again", WAIT, || async {
+                (node.get("/readyz", "").await.status() == 200).then_some(())
+            })
+            .await;
+        }
+    }
+}

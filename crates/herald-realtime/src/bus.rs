@@ -38,16 +38,35 @@ use crate::hub::Hub;
 use crate::protocol::CloseReason;
 use crate::{Error, RealtimeConfig};
 
+/// Opens every script: the epoch vouches for the history only while Redis
+/// runs as the process that wrote it. A Redis that restarted — empty, or
+/// from a snapshot missing whatever came after it — has another `run_id`,
+/// and the first script to notice starts a new epoch (`fresh`, made anew
+/// for each call, so a restarted Redis never gets an old epoch back).
+const VOUCH: &str = r"
+local function vouch(p, fresh)
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  if redis.call('GET', p .. 'run') ~= run or redis.call('EXISTS', p .. 'epoch') == 0 then
+    redis.call('SET', p .. 'run', run)
+    redis.call('SET', p .. 'epoch', fresh)
+  end
+end
+";
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{VOUCH}{body}"))
+}
+
 /// Issues offsets and appends a batch. ARGV: prefix, maxlen, max age (ms),
-/// a fresh epoch (used if none is set), the cap of `P:all`, then per event:
-/// frame, event id, room count, rooms…  Returns the offsets.
+/// a fresh epoch (used if the history cannot vouch), the cap of `P:all`,
+/// then per event: frame, event id, room count, rooms…  Returns the offsets.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r"
 local p = ARGV[1]
 local maxlen = tonumber(ARGV[2])
 local age = tonumber(ARGV[3])
-redis.call('SET', p .. 'epoch', ARGV[4], 'NX')
+vouch(p, ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local last = tonumber(redis.call('GET', p .. 'clock') or '0')
@@ -96,10 +115,10 @@ return out
 /// The epoch and the head: the clock moved up to Redis's `now`, so every
 /// later offset is above it. ARGV: prefix, a fresh epoch.
 static POSITION: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r"
 local p = ARGV[1]
-redis.call('SET', p .. 'epoch', ARGV[2], 'NX')
+vouch(p, ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local clock = tonumber(redis.call('GET', p .. 'clock') or '0')
@@ -114,10 +133,10 @@ return {redis.call('GET', p .. 'epoch'), string.format('%.0f', head)}
 /// (ms), per-room limit, then room/offset pairs. Returns epoch, head, now
 /// (ms), then per room {horizon or '', id, frame, id, frame, …}.
 static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r"
 local p = ARGV[1]
-redis.call('SET', p .. 'epoch', ARGV[2], 'NX')
+vouch(p, ARGV[2])
 local limit = tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -145,6 +164,34 @@ return out
     )
 });
 
+/// Starts a new epoch and tells every node, through the shared stream, to
+/// ask its sockets to resume: this node delivered events while it could not
+/// reach Redis, so the history cannot vouch for them. ARGV: prefix, a fresh
+/// epoch, the cap of `P:all`, max age (ms). Returns the new epoch.
+static RESYNC: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local p = ARGV[1]
+vouch(p, ARGV[2])
+redis.call('SET', p .. 'epoch', ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('GET', p .. 'clock') or '0')
+local offset = math.max(last + 1, now * 1000)
+local id = string.format('%.0f', offset)
+redis.call('XADD', p .. 'all', 'MAXLEN', '~', ARGV[3], id .. '-0', 'resync', ARGV[2])
+redis.call('PEXPIRE', p .. 'all', ARGV[4])
+redis.call('SET', p .. 'clock', id)
+return ARGV[2]
+",
+    )
+});
+
+/// A fresh epoch: used only if the history cannot vouch for the current one.
+fn fresh_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// Redis connections and the reader's health.
 #[derive(Debug)]
 pub(crate) struct RedisBus {
@@ -153,8 +200,6 @@ pub(crate) struct RedisBus {
     prefix: String,
     max_events: usize,
     max_age_ms: u64,
-    /// A fresh epoch, used only if Redis has none.
-    fresh_epoch: String,
     reading: Arc<AtomicBool>,
 }
 
@@ -207,7 +252,6 @@ impl RedisBus {
             prefix: format!("{}:", config.redis_prefix.trim_end_matches(':')),
             max_events: config.history_max_events,
             max_age_ms: config.history_max_age_seconds * 1000,
-            fresh_epoch: uuid::Uuid::new_v4().simple().to_string(),
             reading: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -220,8 +264,8 @@ impl RedisBus {
             .arg(&self.prefix)
             .arg(self.max_events)
             .arg(self.max_age_ms)
-            .arg(&self.fresh_epoch)
-            .arg((self.max_events * 10).max(10_000));
+            .arg(fresh_epoch())
+            .arg(self.all_cap());
         for event in batch {
             let frame = serde_json::to_string(event).map_err(|e| Error::Bus(e.to_string()))?;
             invocation
@@ -240,12 +284,32 @@ impl RedisBus {
         Ok(())
     }
 
+    /// How many entries `P:all` keeps (approximately).
+    fn all_cap(&self) -> usize {
+        (self.max_events * 10).max(10_000)
+    }
+
+    /// A new epoch, and every node's sockets asked to resume (see
+    /// [`RESYNC`]). Returns the new epoch.
+    pub async fn resync(&self) -> Result<String, Error> {
+        let mut conn = self.conn.clone();
+        RESYNC
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(fresh_epoch())
+            .arg(self.all_cap())
+            .arg(self.max_age_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(bus_error)
+    }
+
     pub async fn position(&self) -> Result<(String, u64), Error> {
         let mut conn = self.conn.clone();
         let (epoch, head): (String, String) = POSITION
             .prepare_invoke()
             .arg(&self.prefix)
-            .arg(&self.fresh_epoch)
+            .arg(fresh_epoch())
             .invoke_async(&mut conn)
             .await
             .map_err(bus_error)?;
@@ -259,7 +323,7 @@ impl RedisBus {
         let mut invocation = SNAPSHOT.prepare_invoke();
         invocation
             .arg(&self.prefix)
-            .arg(&self.fresh_epoch)
+            .arg(fresh_epoch())
             .arg(self.max_age_ms)
             .arg(self.max_events);
         for (room, offset) in from {
@@ -364,6 +428,9 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
     let key = format!("{prefix}all");
     let mut last = start;
     let mut backoff = Duration::from_millis(100);
+    // The epoch this node's sockets were given; a new one means the history
+    // they hold offsets into is gone.
+    let mut epoch = bus.position().await.ok().map(|(e, _)| e);
     loop {
         if *stop.borrow() {
             return;
@@ -405,6 +472,22 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
             );
             hub.kill_all(CloseReason::ServerRestart);
         }
+        // Redis restarted (the scripts start a new epoch when its run_id
+        // changes): what the sockets were sent may not be in its history.
+        match bus.position().await {
+            Ok((now, _)) if epoch.as_ref().is_some_and(|e| *e != now) => {
+                tracing::warn!(
+                    "realtime bus: Redis lost its history (a new epoch); asking this node's sockets to resume"
+                );
+                hub.kill_all(CloseReason::ServerRestart);
+                epoch = Some(now);
+            }
+            Ok((now, _)) => epoch = Some(now),
+            Err(_) => {}
+        }
+        // This node delivered events on its own while it could not reach
+        // Redis: start a new epoch and tell every node.
+        hub.heal().await;
         backoff = Duration::from_millis(100);
         reading.store(true, Ordering::SeqCst);
         hub.metrics().bus_up.set(1);
@@ -432,11 +515,23 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
                     }
                 }
                 Ok(reply) => {
-                    for (id, frame) in entries(reply) {
+                    for (id, entry) in entries(reply) {
                         let Some(offset) = id_offset(&id) else {
                             continue;
                         };
                         last = offset;
+                        let frame = match entry {
+                            Entry::Event(frame) => frame,
+                            Entry::Resync(new) => {
+                                tracing::warn!(
+                                    "realtime bus: a node delivered events without the bus; asking this node's sockets to resume"
+                                );
+                                epoch = Some(new);
+                                hub.raise_watermark(offset);
+                                hub.kill_all(CloseReason::ServerRestart);
+                                continue;
+                            }
+                        };
                         match serde_json::from_str::<Stored>(&frame) {
                             Ok(stored) => hub.dispatch(&Arc::new(Delivery::new(offset, stored))),
                             Err(e) => {
@@ -456,8 +551,17 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
     }
 }
 
-/// `(id, frame)` pairs of an `XREAD` reply for one stream.
-fn entries(reply: Value) -> Vec<(String, String)> {
+/// An entry of the shared stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    /// An event's frame.
+    Event(String),
+    /// A new epoch began: sockets must resume (see [`RESYNC`]).
+    Resync(String),
+}
+
+/// `(id, entry)` pairs of an `XREAD` reply for one stream.
+fn entries(reply: Value) -> Vec<(String, Entry)> {
     let mut out = Vec::new();
     for stream in array(reply) {
         let mut parts = array(stream).into_iter();
@@ -470,14 +574,15 @@ fn entries(reply: Value) -> Vec<(String, String)> {
                 continue;
             };
             let fields: Vec<String> = array(fields).iter().filter_map(text).collect();
-            if let (Some(id), Some(frame)) = (
-                text(&id),
-                fields
-                    .chunks(2)
-                    .find(|kv| kv[0] == "e")
-                    .and_then(|kv| kv.get(1).cloned()),
-            ) {
-                out.push((id, frame));
+            let entry = fields
+                .chunks(2)
+                .find_map(|kv| match (kv[0].as_str(), kv.get(1)) {
+                    ("e", Some(frame)) => Some(Entry::Event(frame.clone())),
+                    ("resync", Some(epoch)) => Some(Entry::Resync(epoch.clone())),
+                    _ => None,
+                });
+            if let (Some(id), Some(entry)) = (text(&id), entry) {
+                out.push((id, entry));
             }
         }
     }
@@ -519,7 +624,10 @@ mod tests {
                 Value::Array(vec![b("6-0"), Value::Array(vec![b("x"), b("y")])]),
             ]),
         ])]);
-        assert_eq!(entries(reply), vec![("5-0".to_owned(), "{}".to_owned())]);
+        assert_eq!(
+            entries(reply),
+            vec![("5-0".to_owned(), Entry::Event("{}".to_owned()))]
+        );
         let info = Value::Array(vec![
             b("length"),
             Value::Int(3),

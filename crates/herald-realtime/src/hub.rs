@@ -36,7 +36,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::actions::Actions;
 use crate::bus::RedisBus;
-use crate::history::{Delivery, MemoryLog, Snapshot, Stored};
+use crate::history::{Delivery, MemoryLog, Snapshot, Stored, next_offset};
 use crate::metrics::Metrics;
 use crate::protocol::{CloseReason, ErrorCode, Refusal, auto_rooms};
 use crate::{Error, RealtimeConfig, Verifier};
@@ -129,6 +129,52 @@ struct Registry {
     watermark: u64,
 }
 
+/// How long a publish waits for the bus before delivering to this node's
+/// sockets alone: a Redis that does not answer must not hold up ingest.
+const BUS_PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
+/// While cut off, how often a publish tries the bus again.
+const BUS_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether this node delivered events the shared history does not hold.
+#[derive(Debug, Default)]
+struct Outage {
+    /// Since when, if so; and when the bus was last tried.
+    state: Mutex<Option<(std::time::Instant, std::time::Instant)>>,
+    /// The last offset this node issued on its own.
+    last: Mutex<u64>,
+}
+
+impl Outage {
+    fn cut_off(&self) {
+        let now = std::time::Instant::now();
+        let mut state = self.state.lock().expect("outage lock");
+        let since = state.map_or(now, |(since, _)| since);
+        *state = Some((since, now));
+    }
+
+    fn is_cut_off(&self) -> bool {
+        self.state.lock().expect("outage lock").is_some()
+    }
+
+    fn healed(&self) {
+        *self.state.lock().expect("outage lock") = None;
+    }
+
+    /// Whether a publish should try the bus: always when it works, and
+    /// every [`BUS_RETRY`] while it does not.
+    fn try_bus(&self) -> bool {
+        let mut state = self.state.lock().expect("outage lock");
+        match &mut *state {
+            None => true,
+            Some((_, tried)) if tried.elapsed() >= BUS_RETRY => {
+                *tried = std::time::Instant::now();
+                true
+            }
+            Some(_) => false,
+        }
+    }
+}
+
 /// Where room streams live.
 #[derive(Debug)]
 pub(crate) enum Log {
@@ -170,6 +216,8 @@ pub(crate) struct Inner {
     pub actions: Actions,
     pub log: Log,
     registry: RwLock<Registry>,
+    /// The bus was down when this node published (clustered only).
+    outage: Outage,
     next_id: AtomicU64,
     closing: AtomicBool,
     emptied: Notify,
@@ -227,6 +275,7 @@ impl Hub {
                 actions,
                 log,
                 registry: RwLock::new(Registry::default()),
+                outage: Outage::default(),
                 next_id: AtomicU64::new(1),
                 closing: AtomicBool::new(false),
                 emptied: Notify::new(),
@@ -305,11 +354,68 @@ impl Hub {
                 }
             }
             Log::Redis(bus) => {
-                if let Err(e) = bus.publish(&stored).await {
-                    tracing::error!(error = %e, events = stored.len(), "realtime fan-out failed: bus unavailable");
-                    self.inner.metrics.bus_up.set(0);
+                if !self.inner.outage.try_bus() {
+                    self.fan_out_locally(stored);
+                    return;
+                }
+                let published =
+                    tokio::time::timeout(BUS_PUBLISH_TIMEOUT, bus.publish(&stored)).await;
+                match published {
+                    Ok(Ok(())) => self.heal().await,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, events = stored.len(), "realtime bus unavailable: delivering to this node's sockets only");
+                        self.fan_out_locally(stored);
+                    }
+                    Err(_) => {
+                        tracing::error!(
+                            events = stored.len(),
+                            "realtime bus did not answer: delivering to this node's sockets only"
+                        );
+                        self.fan_out_locally(stored);
+                    }
                 }
             }
+        }
+    }
+
+    /// The bus is down: this node's sockets still get the events, with
+    /// offsets of this node's own, and the node remembers that the shared
+    /// history misses them. Sockets on other nodes (and, later, these) are
+    /// asked to resume once the bus is back ([`Hub::heal`]).
+    fn fan_out_locally(&self, stored: Vec<Stored>) {
+        self.inner.metrics.bus_up.set(0);
+        self.inner.outage.cut_off();
+        let now = now_ms();
+        for s in stored {
+            // One at a time, so offsets stay in dispatch order.
+            let mut last = self.inner.outage.last.lock().expect("outage lock");
+            let watermark = self.inner.registry.read().expect("registry lock").watermark;
+            *last = next_offset((*last).max(watermark), now);
+            self.dispatch(&Arc::new(Delivery::new(*last, s)));
+        }
+    }
+
+    /// After an outage in which this node delivered events on its own: a
+    /// new epoch, and every node's sockets asked to resume, so that no
+    /// resume claims a history that misses those events. Tried again (by
+    /// the next publish or the bus reader) until it succeeds.
+    pub(crate) async fn heal(&self) {
+        let Log::Redis(bus) = &self.inner.log else {
+            return;
+        };
+        if !self.inner.outage.is_cut_off() {
+            return;
+        }
+        match tokio::time::timeout(BUS_PUBLISH_TIMEOUT, bus.resync()).await {
+            Ok(Ok(epoch)) => {
+                self.inner.outage.healed();
+                self.inner.metrics.bus_up.set(1);
+                tracing::warn!(%epoch, "realtime bus back: new epoch; every node's sockets asked to resume");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "realtime bus: could not start a new epoch yet")
+            }
+            Err(_) => tracing::warn!("realtime bus: no answer to the new epoch yet"),
         }
     }
 

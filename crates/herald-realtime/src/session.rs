@@ -612,11 +612,13 @@ impl Session {
             }
         };
         if request.epoch.as_ref().is_some_and(|e| *e != epoch) {
+            // Every room the client is in may miss something.
+            let rooms = self.rooms.iter().cloned().collect();
             return Ok(Some(self.not_recovered(
                 "epoch_changed",
                 epoch,
                 head,
-                Vec::new(),
+                rooms,
             )));
         }
         if !refused.is_empty() {
@@ -676,11 +678,12 @@ impl Session {
             }
         };
         if snapshot.epoch != epoch {
+            let rooms = from.iter().map(|(room, _)| room.clone()).collect();
             return Ok(Some(self.not_recovered(
                 "epoch_changed",
                 snapshot.epoch,
                 snapshot.head,
-                Vec::new(),
+                rooms,
             )));
         }
         let lost: Vec<String> = snapshot

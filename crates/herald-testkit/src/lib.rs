@@ -73,7 +73,9 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn require_services() -> bool {
+/// Whether a missing service fails the test instead of skipping it
+/// (`HERALD_REQUIRE_SERVICES=1`, as CI sets).
+pub fn services_required() -> bool {
     std::env::var("HERALD_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v == "true")
 }
 
@@ -216,7 +218,7 @@ async fn spawn(
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);
                     assert!(
-                        !require_services(),
+                        !services_required(),
                         "PostgreSQL is required (HERALD_REQUIRE_SERVICES=1) but unreachable at {base}: {e}"
                     );
                     eprintln!("skipped: PostgreSQL unreachable at {base}: {e}");
@@ -300,7 +302,7 @@ pub async fn postgres_available() -> bool {
         .await
         .is_ok_and(|c| c.is_ok());
     assert!(
-        ok || !require_services(),
+        ok || !services_required(),
         "PostgreSQL is required but unreachable at {url}"
     );
     ok
