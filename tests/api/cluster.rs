@@ -431,3 +431,78 @@ async fn a_redis_outage_is_never_silent() {
         }
     }
 }
+
+/// Redis loses its history — restarted empty, or from a snapshot taken
+/// before the last events — while a client is away: its resume on another
+/// node is served from the database, exactly what it missed, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_is_recovered_from_the_database_after_redis_lost_its_history() {
+    for from_snapshot in [false, true] {
+        let Some(mut redis) = PrivateRedis::start().await else {
+            return;
+        };
+        let prefix = prefix();
+        let a = node(&redis.url(), &prefix).await;
+        // The second node shares the first one's database, as nodes do.
+        let db = a.outbox_dir().parent().unwrap().join("herald.db");
+        let b = {
+            let (url, prefix) = (redis.url(), prefix.clone());
+            spawn_app_with(Backend::Sqlite, move |s| {
+                s.auth.secret =
+                    herald_server::config::Secret::new(format!("{prefix}-shared-secret"));
+                s.realtime.redis_url = url;
+                s.realtime.redis_prefix = prefix;
+                s.database.url =
+                    herald_server::config::Secret::new(format!("sqlite://{}", db.display()));
+            })
+            .await
+            .unwrap()
+        };
+        let guest = user("recovered-guest");
+        let token = a.token(Role::Guest, &guest, None);
+        let (mut away, connected) = Ws::connect(&b, &token).await;
+        away.subscribe("guest_card", json!({"guestId": guest}))
+            .await;
+        publish_ok(&a, &points_for(&guest, 1)).await;
+        let seen = away.event("points_added").await;
+        drop(away);
+
+        if from_snapshot {
+            redis.snapshot().await;
+        }
+        for amount in 2..=3 {
+            publish_ok(&a, &points_for(&guest, amount)).await;
+        }
+        redis.kill9().await;
+        assert!(redis.spawn().await);
+        for node in [&a, &b] {
+            herald_testkit::eventually("the bus back", WAIT, || async {
+                (node.get("/readyz", "").await.status() == 200).then_some(())
+            })
+            .await;
+        }
+        publish_ok(&a, &points_for(&guest, 4)).await;
+
+        let (mut back, _) = Ws::connect(&b, &token).await;
+        let (outcome, replayed) = back
+            .request_collect(
+                "resume",
+                json!({
+                    "offset": seen["offset"],
+                    "epoch": connected["epoch"],
+                    "subscriptions": [{"type": "guest_card", "data": {"guestId": guest}}],
+                }),
+            )
+            .await;
+        assert_eq!(outcome["recovered"], true, "{outcome}");
+        assert_ne!(outcome["epoch"], connected["epoch"], "a new epoch");
+        let amounts: Vec<_> = replayed
+            .iter()
+            .map(|f| f["data"]["amount"].as_i64().unwrap())
+            .collect();
+        assert_eq!(amounts, [2, 3, 4], "exactly the missed events, in order");
+        // Live from here, nothing twice.
+        publish_ok(&a, &points_for(&guest, 5)).await;
+        assert_eq!(back.event("points_added").await["data"]["amount"], 5);
+    }
+}

@@ -47,9 +47,20 @@ const VOUCH: &str = r"
 local function vouch(p, fresh)
   local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
   if redis.call('GET', p .. 'run') ~= run or redis.call('EXISTS', p .. 'epoch') == 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local clock = tonumber(redis.call('GET', p .. 'clock') or '0')
+    local start = string.format('%.0f', math.max(clock, now * 1000 - 1))
     redis.call('SET', p .. 'run', run)
     redis.call('SET', p .. 'epoch', fresh)
+    redis.call('SET', p .. 'clock', start)
+    redis.call('SET', p .. 'epoch_start', start)
+    redis.call('SET', p .. 'epoch_kind', 'restart')
   end
+end
+local function epoch(p)
+  return {redis.call('GET', p .. 'epoch'), redis.call('GET', p .. 'epoch_start') or '0',
+          redis.call('GET', p .. 'epoch_kind') or 'restart'}
 end
 ";
 
@@ -59,7 +70,8 @@ fn script(body: &str) -> Script {
 
 /// Issues offsets and appends a batch. ARGV: prefix, maxlen, max age (ms),
 /// a fresh epoch (used if the history cannot vouch), the cap of `P:all`,
-/// then per event: frame, event id, room count, rooms…  Returns the offsets.
+/// then per event: frame, event id, room count, rooms…  Returns the epoch
+/// (see [`EpochInfo`]) and the offsets.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
@@ -107,7 +119,7 @@ while i <= #ARGV do
   out[#out + 1] = s(offset)
 end
 redis.call('SET', p .. 'clock', s(last))
-return out
+return {epoch(p), out}
 ",
     )
 });
@@ -124,7 +136,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local clock = tonumber(redis.call('GET', p .. 'clock') or '0')
 local head = math.max(clock, now * 1000 - 1)
 redis.call('SET', p .. 'clock', string.format('%.0f', head))
-return {redis.call('GET', p .. 'epoch'), string.format('%.0f', head)}
+return {epoch(p), string.format('%.0f', head)}
 ",
     )
 });
@@ -182,10 +194,32 @@ local id = string.format('%.0f', offset)
 redis.call('XADD', p .. 'all', 'MAXLEN', '~', ARGV[3], id .. '-0', 'resync', ARGV[2])
 redis.call('PEXPIRE', p .. 'all', ARGV[4])
 redis.call('SET', p .. 'clock', id)
-return ARGV[2]
+redis.call('SET', p .. 'epoch_start', id)
+redis.call('SET', p .. 'epoch_kind', 'resync')
+return epoch(p)
 ",
     )
 });
+
+/// The history's epoch, the offset it began after, and why it began
+/// (`restart` or `resync`, as the `realtime_epochs` table records them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochInfo {
+    pub epoch: String,
+    pub start: u64,
+    pub kind: String,
+}
+
+impl redis::FromRedisValue for EpochInfo {
+    fn from_redis_value(v: Value) -> Result<Self, redis::ParsingError> {
+        let (epoch, start, kind): (String, String, String) =
+            redis::FromRedisValue::from_redis_value(v)?;
+        let start = start
+            .parse()
+            .map_err(|_| format!("epoch_start `{start}` is not a number"))?;
+        Ok(EpochInfo { epoch, start, kind })
+    }
+}
 
 /// A fresh epoch: used only if the history cannot vouch for the current one.
 fn fresh_epoch() -> String {
@@ -258,7 +292,7 @@ impl RedisBus {
 
     /// Appends a batch to its rooms and to the shared stream. Every node's
     /// reader (this one's included) dispatches it.
-    pub async fn publish(&self, batch: &[Stored]) -> Result<(), Error> {
+    pub async fn publish(&self, batch: &[Stored]) -> Result<(EpochInfo, Vec<u64>), Error> {
         let mut invocation = PUBLISH.prepare_invoke();
         invocation
             .arg(&self.prefix)
@@ -277,11 +311,18 @@ impl RedisBus {
             }
         }
         let mut conn = self.conn.clone();
-        let _offsets: Vec<String> = invocation
+        let (epoch, offsets): (EpochInfo, Vec<String>) = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(bus_error)?;
-        Ok(())
+        let offsets = offsets
+            .iter()
+            .map(|o| {
+                o.parse()
+                    .map_err(|_| Error::Bus(format!("bad offset `{o}`")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((epoch, offsets))
     }
 
     /// How many entries `P:all` keeps (approximately).
@@ -291,7 +332,7 @@ impl RedisBus {
 
     /// A new epoch, and every node's sockets asked to resume (see
     /// [`RESYNC`]). Returns the new epoch.
-    pub async fn resync(&self) -> Result<String, Error> {
+    pub async fn resync(&self) -> Result<EpochInfo, Error> {
         let mut conn = self.conn.clone();
         RESYNC
             .prepare_invoke()
@@ -305,8 +346,14 @@ impl RedisBus {
     }
 
     pub async fn position(&self) -> Result<(String, u64), Error> {
+        let (epoch, head) = self.position_with_epoch().await?;
+        Ok((epoch.epoch, head))
+    }
+
+    /// The epoch (with where and why it began) and the head.
+    pub async fn position_with_epoch(&self) -> Result<(EpochInfo, u64), Error> {
         let mut conn = self.conn.clone();
-        let (epoch, head): (String, String) = POSITION
+        let (epoch, head): (EpochInfo, String) = POSITION
             .prepare_invoke()
             .arg(&self.prefix)
             .arg(fresh_epoch())
@@ -474,16 +521,17 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
         }
         // Redis restarted (the scripts start a new epoch when its run_id
         // changes): what the sockets were sent may not be in its history.
-        match bus.position().await {
-            Ok((now, _)) if epoch.as_ref().is_some_and(|e| *e != now) => {
+        if let Ok((now, _)) = bus.position_with_epoch().await {
+            if let Some(log) = &hub.inner.durable {
+                log.note_epoch(&now).await;
+            }
+            if epoch.as_ref().is_some_and(|e| *e != now.epoch) {
                 tracing::warn!(
                     "realtime bus: Redis lost its history (a new epoch); asking this node's sockets to resume"
                 );
                 hub.kill_all(CloseReason::ServerRestart);
-                epoch = Some(now);
             }
-            Ok((now, _)) => epoch = Some(now),
-            Err(_) => {}
+            epoch = Some(now.epoch);
         }
         // This node delivered events on its own while it could not reach
         // Redis: start a new epoch and tell every node.

@@ -36,6 +36,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::actions::Actions;
 use crate::bus::RedisBus;
+use crate::durable::DurableLog;
 use crate::history::{Delivery, MemoryLog, Snapshot, Stored, next_offset};
 use crate::metrics::Metrics;
 use crate::protocol::{CloseReason, ErrorCode, Refusal, auto_rooms};
@@ -218,6 +219,8 @@ pub(crate) struct Inner {
     registry: RwLock<Registry>,
     /// The bus was down when this node published (clustered only).
     outage: Outage,
+    /// The realtime log in the database (clustered only).
+    pub(crate) durable: Option<Arc<DurableLog>>,
     next_id: AtomicU64,
     closing: AtomicBool,
     emptied: Notify,
@@ -265,6 +268,14 @@ impl Hub {
         } else {
             Log::Redis(RedisBus::connect(&config).await?)
         };
+        let durable = matches!(log, Log::Redis(_)).then(|| {
+            DurableLog::start(
+                store.clone(),
+                config.history_max_events,
+                (config.history_max_age_seconds * 1000) as i64,
+                stop.subscribe(),
+            )
+        });
         let actions = Actions::new(store, &config)?;
         let hub = Hub {
             inner: Arc::new(Inner {
@@ -276,6 +287,7 @@ impl Hub {
                 log,
                 registry: RwLock::new(Registry::default()),
                 outage: Outage::default(),
+                durable,
                 next_id: AtomicU64::new(1),
                 closing: AtomicBool::new(false),
                 emptied: Notify::new(),
@@ -288,7 +300,10 @@ impl Hub {
                 tokio::spawn(sweep_memory(hub.clone()));
             }
             Log::Redis(bus) => {
-                let (_, head) = bus.position().await?;
+                let (epoch, head) = bus.position_with_epoch().await?;
+                if let Some(log) = &hub.inner.durable {
+                    log.note_epoch(&epoch).await;
+                }
                 hub.raise_watermark(head);
                 bus.spawn_reader(hub.clone(), head);
             }
@@ -361,7 +376,13 @@ impl Hub {
                 let published =
                     tokio::time::timeout(BUS_PUBLISH_TIMEOUT, bus.publish(&stored)).await;
                 match published {
-                    Ok(Ok(())) => self.heal().await,
+                    Ok(Ok((epoch, offsets))) => {
+                        if let Some(log) = &self.inner.durable {
+                            log.note_epoch(&epoch).await;
+                            log.append(&stored, &offsets);
+                        }
+                        self.heal().await;
+                    }
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, events = stored.len(), "realtime bus unavailable: delivering to this node's sockets only");
                         self.fan_out_locally(stored);
@@ -403,14 +424,18 @@ impl Hub {
         let Log::Redis(bus) = &self.inner.log else {
             return;
         };
-        if !self.inner.outage.is_cut_off() {
+        let log_has_holes = self.inner.durable.as_ref().is_some_and(|l| l.owes_resync());
+        if !self.inner.outage.is_cut_off() && !log_has_holes {
             return;
         }
         match tokio::time::timeout(BUS_PUBLISH_TIMEOUT, bus.resync()).await {
             Ok(Ok(epoch)) => {
                 self.inner.outage.healed();
                 self.inner.metrics.bus_up.set(1);
-                tracing::warn!(%epoch, "realtime bus back: new epoch; every node's sockets asked to resume");
+                if let Some(log) = &self.inner.durable {
+                    log.note_epoch(&epoch).await;
+                }
+                tracing::warn!(epoch = %epoch.epoch, "realtime history: new epoch; every node's sockets asked to resume");
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "realtime bus: could not start a new epoch yet")
@@ -630,6 +655,22 @@ impl Hub {
         match &self.inner.log {
             Log::Memory(log) => Ok(log.lock().expect("history lock").snapshot(from, now_ms())),
             Log::Redis(bus) => bus.snapshot(from).await,
+        }
+    }
+
+    /// What a client at epoch `old` missed since `from`, when the history
+    /// changed epoch only because Redis restarted (see [`crate::durable`]).
+    pub(crate) async fn recover_across_epochs(
+        &self,
+        old: &str,
+        from: &[(String, u64)],
+    ) -> Result<Option<(String, u64, Vec<Arc<Delivery>>)>, Error> {
+        match (&self.inner.log, &self.inner.durable) {
+            (Log::Redis(bus), Some(log)) => Ok(log
+                .recover(bus, old, from)
+                .await?
+                .map(|(epoch, head, missed)| (epoch.epoch, head, missed))),
+            _ => Ok(None),
         }
     }
 

@@ -7,6 +7,7 @@
 //! | [`hub`] | connections, rooms and fan-out: each event serialised once, each socket served once, slow sockets cut off |
 //! | [`history`] | room streams: offsets, the per-room history resume reads, single-node storage |
 //! | [`bus`] | the same streams in Redis, and the reader that fans out events published on any node |
+//! | [`durable`] | the realtime log and its epochs in the database: resume after Redis lost its history |
 //! | [`session`] | one connection's life on either transport: `connected`, resume, messages in order, the close |
 //! | [`socketio`] | Socket.IO v4 at `/socket.io/` (socketioxide): handshake auth, inline message intake |
 //! | [`ws`] | the plain JSON WebSocket at `/ws` |
@@ -22,6 +23,7 @@
 pub mod actions;
 pub mod bus;
 pub mod config;
+pub mod durable;
 pub mod history;
 pub mod hub;
 pub mod metrics;

@@ -611,16 +611,6 @@ impl Session {
                 )));
             }
         };
-        if request.epoch.as_ref().is_some_and(|e| *e != epoch) {
-            // Every room the client is in may miss something.
-            let rooms = self.rooms.iter().cloned().collect();
-            return Ok(Some(self.not_recovered(
-                "epoch_changed",
-                epoch,
-                head,
-                rooms,
-            )));
-        }
         if !refused.is_empty() {
             return Ok(Some(self.not_recovered(
                 "unauthorized",
@@ -665,45 +655,36 @@ impl Session {
             })
             .collect();
         from.sort();
-        let snapshot = match self.hub.snapshot(&from).await {
-            Ok(snapshot) => snapshot,
-            Err(e) => {
-                tracing::warn!(error = %e, "resume: history unavailable");
-                return Ok(Some(self.not_recovered(
-                    "history_unavailable",
-                    epoch,
-                    head,
-                    Vec::new(),
-                )));
-            }
+        let (epoch, head, missed) = match request.epoch.filter(|e| *e != epoch) {
+            // The history changed epoch since the client's offsets: served
+            // from the database when only Redis restarts lie between.
+            Some(old) => match self.hub.recover_across_epochs(&old, &from).await {
+                Ok(Some(recovered)) => recovered,
+                Ok(None) => {
+                    // Every room the client is in may miss something.
+                    let rooms = from.iter().map(|(room, _)| room.clone()).collect();
+                    return Ok(Some(self.not_recovered(
+                        "epoch_changed",
+                        epoch,
+                        head,
+                        rooms,
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "resume: history unavailable");
+                    return Ok(Some(self.not_recovered(
+                        "history_unavailable",
+                        epoch,
+                        head,
+                        Vec::new(),
+                    )));
+                }
+            },
+            None => match self.snapshot(&from, epoch, head).await {
+                Ok(found) => found,
+                Err(outcome) => return Ok(Some(outcome)),
+            },
         };
-        if snapshot.epoch != epoch {
-            let rooms = from.iter().map(|(room, _)| room.clone()).collect();
-            return Ok(Some(self.not_recovered(
-                "epoch_changed",
-                snapshot.epoch,
-                snapshot.head,
-                rooms,
-            )));
-        }
-        let lost: Vec<String> = snapshot
-            .rooms
-            .iter()
-            .filter(|(_, events)| events.is_none())
-            .map(|(room, _)| room.clone())
-            .collect();
-        if !lost.is_empty() {
-            let too_far = from.iter().any(|(_, o)| *o > snapshot.head);
-            let reason = if too_far { "unknown_offset" } else { "too_old" };
-            return Ok(Some(self.not_recovered(reason, epoch, snapshot.head, lost)));
-        }
-        let mut missed: Vec<Arc<Delivery>> = snapshot
-            .rooms
-            .into_iter()
-            .flat_map(|(_, events)| events.unwrap_or_default())
-            .collect();
-        missed.sort_by_key(|d| d.offset);
-        missed.dedup_by_key(|d| d.offset);
         let mut replayed = 0;
         for d in &missed {
             if self.seen.contains(d.offset) {
@@ -726,10 +707,50 @@ impl Session {
             recovered: true,
             replayed,
             reason: None,
-            offset: snapshot.head.max(self.watermark),
+            offset: head.max(self.watermark),
             epoch,
             rooms: Vec::new(),
         }))
+    }
+
+    /// The events after `from` in the current epoch's history, or the
+    /// answer that says why they cannot be had.
+    async fn snapshot(
+        &self,
+        from: &[(String, u64)],
+        epoch: String,
+        head: u64,
+    ) -> Result<(String, u64, Vec<Arc<Delivery>>), ResumeOutcome> {
+        let snapshot = match self.hub.snapshot(from).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::warn!(error = %e, "resume: history unavailable");
+                return Err(self.not_recovered("history_unavailable", epoch, head, Vec::new()));
+            }
+        };
+        if snapshot.epoch != epoch {
+            let rooms = from.iter().map(|(room, _)| room.clone()).collect();
+            return Err(self.not_recovered("epoch_changed", snapshot.epoch, snapshot.head, rooms));
+        }
+        let lost: Vec<String> = snapshot
+            .rooms
+            .iter()
+            .filter(|(_, events)| events.is_none())
+            .map(|(room, _)| room.clone())
+            .collect();
+        if !lost.is_empty() {
+            let too_far = from.iter().any(|(_, o)| *o > snapshot.head);
+            let reason = if too_far { "unknown_offset" } else { "too_old" };
+            return Err(self.not_recovered(reason, epoch, snapshot.head, lost));
+        }
+        let mut missed: Vec<Arc<Delivery>> = snapshot
+            .rooms
+            .into_iter()
+            .flat_map(|(_, events)| events.unwrap_or_default())
+            .collect();
+        missed.sort_by_key(|d| d.offset);
+        missed.dedup_by_key(|d| d.offset);
+        Ok((epoch, snapshot.head, missed))
     }
 }
 

@@ -8,6 +8,7 @@
 //! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
 //! | [`redrive`] | the admin's list of failed and expired deliveries; re-drive by compare-and-set, traced |
+//! | [`realtime`] | the realtime log (events by offset and room) and its epochs: what a resume falls back on when Redis lost its history |
 //! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
 //! | [`scratch`] | throwaway PostgreSQL databases for tests |
 //!
@@ -33,6 +34,7 @@ pub mod deliveries;
 pub mod directory;
 pub mod events;
 pub mod inbox;
+pub mod realtime;
 pub mod records;
 pub mod redrive;
 pub mod scratch;
