@@ -16,11 +16,22 @@ use super::*;
 /// A node on `redis` under `prefix`; nodes of one prefix share their
 /// token secret, as a deployment's nodes do.
 async fn node(redis: &str, prefix: &str) -> TestApp {
+    node_on(redis, prefix, None).await
+}
+
+/// A node as [`node`], on the database of `peer` (a SQLite file) when given,
+/// as a deployment's nodes share theirs.
+async fn node_on(redis: &str, prefix: &str, peer: Option<&TestApp>) -> TestApp {
     let (redis, prefix) = (redis.to_owned(), prefix.to_owned());
+    let db = peer.map(|p| p.outbox_dir().parent().unwrap().join("herald.db"));
     spawn_app_with(Backend::Sqlite, move |s| {
         s.auth.secret = herald_server::config::Secret::new(format!("{prefix}-shared-secret"));
         s.realtime.redis_url = redis;
         s.realtime.redis_prefix = prefix;
+        if let Some(db) = db {
+            s.database.url =
+                herald_server::config::Secret::new(format!("sqlite://{}", db.display()));
+        }
     })
     .await
     .expect("sqlite always runs")
@@ -332,7 +343,7 @@ async fn a_redis_outage_is_never_silent() {
         };
         let prefix = prefix();
         let a = node(&redis.url(), &prefix).await;
-        let b = node(&redis.url(), &prefix).await;
+        let b = node_on(&redis.url(), &prefix, Some(&a)).await;
         let guest = user("outage-guest");
         let token = a.token(Role::Guest, &guest, None);
         let (mut on_a, _) = Ws::connect(&a, &token).await;
@@ -443,21 +454,7 @@ async fn a_client_is_recovered_from_the_database_after_redis_lost_its_history() 
         };
         let prefix = prefix();
         let a = node(&redis.url(), &prefix).await;
-        // The second node shares the first one's database, as nodes do.
-        let db = a.outbox_dir().parent().unwrap().join("herald.db");
-        let b = {
-            let (url, prefix) = (redis.url(), prefix.clone());
-            spawn_app_with(Backend::Sqlite, move |s| {
-                s.auth.secret =
-                    herald_server::config::Secret::new(format!("{prefix}-shared-secret"));
-                s.realtime.redis_url = url;
-                s.realtime.redis_prefix = prefix;
-                s.database.url =
-                    herald_server::config::Secret::new(format!("sqlite://{}", db.display()));
-            })
-            .await
-            .unwrap()
-        };
+        let b = node_on(&redis.url(), &prefix, Some(&a)).await;
         let guest = user("recovered-guest");
         let token = a.token(Role::Guest, &guest, None);
         let (mut away, connected) = Ws::connect(&b, &token).await;
