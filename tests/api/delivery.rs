@@ -599,6 +599,9 @@ async fn a_backlog_waiting_before_the_workers_start_drains() {
     .await;
     stop.cancel();
     workers.await.unwrap().unwrap();
+    // Finished jobs do not stay in Redis: the sweep purges them.
+    app.delivery.sweeper.sweep_once().await.unwrap();
+    assert_eq!(app.delivery.queue.stored_jobs().await.unwrap(), 0);
 
     // apalis-redis registers each worker it runs: one means none died.
     let workers: u64 = redis::cmd("ZCARD")
