@@ -1,6 +1,13 @@
 // Fills the peer's queue with the benchmark's deliveries, from an empty queue.
 //
 //   EMAIL=300 SMS=300 PUSH=300 node bullmq/enqueue.mjs    → prints "enqueued 900"
+//
+// LIVE=1 adds them while a worker is already taking jobs, as a producer
+// would: the queue is not emptied first (the caller starts from an empty
+// Redis database), "adding" is printed just before the first addBulk, jobs
+// go CHUNK at a time (default 1000) with IN_FLIGHT addBulks outstanding
+// (default 1), and the last line also gives this process's CPU time from
+// "adding" on: "enqueued 5000 cpu_ms 412".
 
 import { Queue } from "bullmq";
 import { CHANNELS, QUEUE, job, redisConnection } from "./jobs.mjs";
@@ -15,7 +22,9 @@ const count = (name, fallback) => {
 };
 
 const counts = { email: count("EMAIL", 0), sms: count("SMS", 0), push: count("PUSH", 0) };
-const CHUNK = 1000; // one round trip per thousand jobs, not one per job
+const LIVE = process.env.LIVE === "1";
+const CHUNK = Math.max(count("CHUNK", 1000), 1); // one round trip per CHUNK jobs, not one per job
+const IN_FLIGHT = Math.max(count("IN_FLIGHT", 1), 1);
 
 const opts = {
   attempts: count("ATTEMPTS", 5),
@@ -31,7 +40,8 @@ const queue = new Queue(QUEUE, { connection: redisConnection() });
 queue.on("error", (err) => console.error("enqueue:", err.message));
 
 // A previous run's leftovers would be delivered too and skew the count.
-await queue.obliterate({ force: true });
+if (!LIVE) await queue.obliterate({ force: true });
+await queue.waitUntilReady();
 
 // Interleave the channels, as a real event stream would, so no channel waits behind another.
 const total = Math.max(...Object.values(counts));
@@ -39,9 +49,18 @@ const jobs = [];
 for (let i = 0; i < total; i++) {
   for (const channel of CHANNELS) if (i < counts[channel]) jobs.push(job(channel, i));
 }
+const batches = [];
 for (let start = 0; start < jobs.length; start += CHUNK) {
-  await queue.addBulk(jobs.slice(start, start + CHUNK).map((j) => ({ ...j, opts: { ...opts, ...j.opts } })));
+  batches.push(jobs.slice(start, start + CHUNK).map((j) => ({ ...j, opts: { ...opts, ...j.opts } })));
 }
+if (LIVE) console.log("adding");
+const cpu = process.cpuUsage();
+let next = 0;
+const lane = async () => {
+  while (next < batches.length) await queue.addBulk(batches[next++]);
+};
+await Promise.all(Array.from({ length: IN_FLIGHT }, lane));
+const used = process.cpuUsage(cpu);
 
-console.log(`enqueued ${jobs.length}`);
+console.log(`enqueued ${jobs.length}${LIVE ? ` cpu_ms ${((used.user + used.system) / 1000).toFixed(0)}` : ""}`);
 await queue.close();

@@ -10,12 +10,14 @@
 //! | [`fanout`] | (a) fan-out: rate sweep, fastest, latency histograms |
 //! | [`idle`] | (b) idle memory per connection and connect rate |
 //! | [`ingest`] | (c) durable ingest on SQLite and PostgreSQL |
-//! | [`queue`] | (d) email/SMS/push dispatch through Redis, Herald and BullMQ, and the fake provider |
+//! | [`queue`] | (d) email/SMS/push dispatch from a filled queue, Herald (PostgreSQL + Redis, and embedded) and BullMQ, and the fake provider |
+//! | [`e2e`] | (e) end to end: events over REST while the workers run, one email each |
 //! | [`report`] | the table, the JSON and the plot |
 //!
 //! `benches/run.sh` builds everything and runs the whole table;
 //! `herald-bench --smoke` is the 10-second version CI runs.
 
+mod e2e;
 mod fanout;
 mod idle;
 mod ingest;
@@ -42,11 +44,11 @@ struct Args {
     /// harness works; its figures mean nothing.
     #[arg(long)]
     smoke: bool,
-    /// Scenarios to run: fanout, idle, ingest, queue.
+    /// Scenarios to run: fanout, idle, ingest, queue, e2e.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fanout,idle,ingest,queue"
+        default_value = "fanout,idle,ingest,queue,e2e"
     )]
     only: Vec<String>,
     /// Where results.json, table.md and fanout-p99.svg go.
@@ -61,6 +63,9 @@ struct Args {
     /// Events per provider mode in scenario (d) (three jobs each).
     #[arg(long, default_value_t = 2_000)]
     queue_events: u64,
+    /// Events (one email each) in scenario (e).
+    #[arg(long, default_value_t = 5_000)]
+    e2e_emails: u64,
     /// Measure Herald alone (profiling runs); the table then has no ratios.
     #[arg(long)]
     herald_only: bool,
@@ -174,17 +179,38 @@ async fn main() -> Result<()> {
                 .extend(ingest::run(&paths, &secret, db, runs, duration).await?);
         }
     }
-    if wants("queue") {
+    let provider = if wants("queue") || wants("e2e") {
+        Some(queue::Provider::start().await?)
+    } else {
+        None
+    };
+    if let (true, Some((provider, url))) = (wants("queue"), &provider) {
         let events = if args.smoke { 20 } else { args.queue_events };
         eprintln!("(d) queue dispatch: {} jobs per mode", 3 * events);
-        let (provider, url) = queue::Provider::start().await?;
+        let mut herald = Vec::new();
+        for deployment in queue::Deployment::ALL {
+            herald.extend(queue::herald(&paths, &secret, provider, url, events, deployment).await?);
+        }
         if !args.herald_only {
             results
                 .dispatch
-                .extend(queue::bullmq(&paths, &provider, &url, events).await?);
+                .extend(queue::bullmq(&paths, provider, url, events).await?);
         }
-        let h = queue::herald(&paths, &secret, &provider, &url, events).await?;
-        results.dispatch.splice(0..0, h);
+        results.dispatch.splice(0..0, herald);
+    }
+    if let (true, Some((provider, url))) = (wants("e2e"), &provider) {
+        let emails = if args.smoke { 200 } else { args.e2e_emails };
+        eprintln!("(e) end to end: {emails} events over REST, one email each");
+        for deployment in queue::Deployment::ALL {
+            results
+                .e2e
+                .push(e2e::herald(&paths, &secret, provider, url, emails, deployment).await?);
+        }
+        if !args.herald_only {
+            results
+                .e2e
+                .push(e2e::bullmq(&paths, provider, url, emails).await?);
+        }
     }
 
     std::fs::create_dir_all(&args.out)?;

@@ -3,12 +3,21 @@
 //! OAuth token endpoint), at 0 ms and 50 ms provider latency and with 10%
 //! of messages failing once (503) before they go through.
 //!
-//! Herald: `herald serve` (workers off) takes `points_redeemed` events
-//! routed to email, SMS and push, so the deliveries wait in Redis; then one
-//! `herald worker` drains them. The peer: `enqueue.mjs` fills a BullMQ
-//! queue with the same messages, then one BullMQ worker drains it. Both
-//! run 16 jobs at a time and back off from 100 ms. Throughput is counted
-//! from the provider's first request to the last message it accepted.
+//! Herald, on each of its two deployments ([`Deployment`]):
+//!
+//! - PostgreSQL + Redis: `herald serve` (workers off) takes
+//!   `points_redeemed` events routed to email, SMS and push, so the
+//!   deliveries wait in Redis; then one `herald worker` drains them.
+//! - the embedded default (SQLite database, SQLite queue): `herald serve`
+//!   with workers off takes the events and stops; then `herald serve` with
+//!   its workers on, over the same files, drains them.
+//!
+//! The peer: `enqueue.mjs` fills a BullMQ queue with the same messages,
+//! then one BullMQ worker drains it. Both run 16 sends at a time and back
+//! off from 100 ms. Throughput is counted from the provider's first request
+//! to the last message it accepted.
+//!
+//! The fake provider here also serves scenario (e), [`crate::e2e`].
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -31,7 +40,7 @@ use crate::server::{self, Db, HeraldSpec, Paths, Proc};
 pub const CONCURRENCY: usize = 16;
 pub const BACKOFF_MS: u64 = 100;
 const HERALD_QUEUE: &str = "redis://127.0.0.1:6379/14";
-const BULLMQ_QUEUE: &str = "redis://127.0.0.1:6379/13";
+pub const BULLMQ_QUEUE: &str = "redis://127.0.0.1:6379/13";
 
 /// One provider behaviour to measure under.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -91,7 +100,7 @@ impl Provider {
         Ok((provider, url))
     }
 
-    fn reset(&self, mode: Mode) {
+    pub fn reset(&self, mode: Mode) {
         self.latency_ms.store(mode.latency_ms, Ordering::SeqCst);
         self.fail_per_mille
             .store(mode.fail_once_per_mille, Ordering::SeqCst);
@@ -100,8 +109,39 @@ impl Provider {
         *self.tally.lock().expect("tally") = Tally::default();
     }
 
-    fn accepted(&self) -> usize {
+    pub fn accepted(&self) -> usize {
         self.tally.lock().expect("tally").accepted.len()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::SeqCst)
+    }
+
+    /// When the last message was accepted.
+    pub fn last_accept(&self) -> Option<Instant> {
+        self.tally.lock().expect("tally").last_accept
+    }
+
+    /// Waits until `expected` messages were accepted, or until none came
+    /// for `stall` (then the rest are lost); how many were accepted.
+    pub async fn settle(&self, expected: usize, stall: Duration) -> usize {
+        let mut seen = self.accepted();
+        let mut progress = Instant::now();
+        while seen < expected && progress.elapsed() < stall {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = self.accepted();
+            if now > seen {
+                seen = now;
+                progress = Instant::now();
+            }
+        }
+        // A moment for stray duplicates to show.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.accepted()
     }
 
     /// Waits until `expected` messages were accepted; then the window from
@@ -181,6 +221,93 @@ async fn answer(State(p): State<Arc<Provider>>, uri: Uri, body: Bytes) -> Respon
     }
 }
 
+/// Where Herald keeps its deliveries and who sends them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    /// PostgreSQL, a Redis queue, `herald serve` without workers and one
+    /// `herald worker` process.
+    PostgresRedis,
+    /// The embedded default: SQLite database and queue, the workers inside
+    /// `herald serve`.
+    Embedded,
+}
+
+impl Deployment {
+    pub const ALL: [Deployment; 2] = [Deployment::PostgresRedis, Deployment::Embedded];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Deployment::PostgresRedis => "Herald, PostgreSQL + Redis, 1 worker process",
+            Deployment::Embedded => "Herald, embedded (SQLite), workers in serve",
+        }
+    }
+
+    /// Herald started this way, its deliveries routed to `channels` and
+    /// sent to the fake providers at `url`, 16 at a time. Workers in
+    /// `herald serve` stay off; [`HeraldEnv::with_workers`] turns them on.
+    pub fn spec(self, paths: &Paths, url: &str, channels: &str) -> Result<HeraldSpec> {
+        let routing = routing_file(paths, channels)?;
+        let service_account = json!({
+            "type": "service_account",
+            "project_id": "herald-bench",
+            "private_key": std::fs::read_to_string(paths.root.join("tests/fixtures/rsa-private.pem"))?,
+            "client_email": "bench@herald-bench.iam.gserviceaccount.com",
+            "token_uri": format!("{url}/token"),
+        });
+        let env = |k: &str, v: String| (format!("HERALD__{k}"), v);
+        let (db, queue) = match self {
+            Deployment::PostgresRedis => (Db::Postgres, Some(HERALD_QUEUE.to_owned())),
+            Deployment::Embedded => (Db::Sqlite, None),
+        };
+        Ok(HeraldSpec {
+            db,
+            queue,
+            workers_in_serve: false,
+            env: vec![
+                env("ROUTING__FILE", routing.display().to_string()),
+                env("DELIVERY__CONCURRENCY", CONCURRENCY.to_string()),
+                env("DELIVERY__RETRY__BASE_MS", BACKOFF_MS.to_string()),
+                env("CHANNELS__EMAIL", "sendgrid".into()),
+                env("CHANNELS__SMS", "twilio".into()),
+                env("CHANNELS__PUSH", "fcm".into()),
+                env("CHANNELS__SENDGRID__BASE_URL", url.to_owned()),
+                env("CHANNELS__SENDGRID__API_KEY", "SG.bench".into()),
+                env("CHANNELS__TWILIO__BASE_URL", url.to_owned()),
+                env(
+                    "CHANNELS__TWILIO__ACCOUNT_SID",
+                    format!("AC{}", "0123456789abcdef".repeat(2)),
+                ),
+                env("CHANNELS__TWILIO__AUTH_TOKEN", "bench".into()),
+                env("CHANNELS__TWILIO__FROM", "+15017122661".into()),
+                env("CHANNELS__FCM__BASE_URL", url.to_owned()),
+                env(
+                    "CHANNELS__FCM__SERVICE_ACCOUNT_JSON",
+                    service_account.to_string(),
+                ),
+            ],
+        })
+    }
+}
+
+/// The shipped routing table with `points_redeemed` sent to `channels`
+/// (e.g. `"email", "sms", "push"`).
+fn routing_file(paths: &Paths, channels: &str) -> Result<std::path::PathBuf> {
+    let shipped = std::fs::read_to_string(paths.root.join("config/routing.toml"))?;
+    let variant = shipped.replacen(
+        r#"deliveries = [{ to = "{guestId}", channels = ["push", "email"] }]"#,
+        &format!(r#"deliveries = [{{ to = "{{guestId}}", channels = [{channels}] }}]"#),
+        1,
+    );
+    anyhow::ensure!(
+        variant != shipped,
+        "routing.toml changed shape; update the bench"
+    );
+    let name: String = channels.chars().filter(char::is_ascii_alphabetic).collect();
+    let path = paths.scratch.join(format!("routing-{name}.toml"));
+    std::fs::write(&path, variant)?;
+    Ok(path)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Dispatch {
     pub server: String,
@@ -200,6 +327,7 @@ fn dispatch(
     jobs: usize,
     seconds: f64,
     p: &Provider,
+    worker_cpu_s: f64,
     worker: &Proc,
 ) -> Result<Dispatch> {
     let s = worker.sample()?;
@@ -209,9 +337,9 @@ fn dispatch(
         jobs,
         seconds,
         jobs_per_s: jobs as f64 / seconds.max(1e-9),
-        provider_requests: p.requests.load(Ordering::SeqCst),
-        duplicates: p.duplicates.load(Ordering::SeqCst),
-        worker_cpu_s: s.cpu_secs,
+        provider_requests: p.requests(),
+        duplicates: p.duplicates(),
+        worker_cpu_s,
         worker_peak_rss_mib: s.peak_rss_kib as f64 / 1024.0,
     };
     eprintln!(
@@ -221,85 +349,30 @@ fn dispatch(
     Ok(d)
 }
 
-/// Herald: one `herald serve` to take the events, one `herald worker` per
-/// mode to send them.
-pub async fn herald(
-    paths: &Paths,
-    secret: &str,
-    provider: &Arc<Provider>,
-    url: &str,
-    events: u64,
-) -> Result<Vec<Dispatch>> {
-    let routing = paths.scratch.join("routing-bench.toml");
-    let shipped = std::fs::read_to_string(paths.root.join("config/routing.toml"))?;
-    let all_three = shipped.replacen(
-        r#"deliveries = [{ to = "{guestId}", channels = ["push", "email"] }]"#,
-        r#"deliveries = [{ to = "{guestId}", channels = ["email", "sms", "push"] }]"#,
-        1,
-    );
-    anyhow::ensure!(
-        all_three != shipped,
-        "routing.toml changed shape; update the bench"
-    );
-    std::fs::write(&routing, all_three)?;
-    let service_account = json!({
-        "type": "service_account",
-        "project_id": "herald-bench",
-        "private_key": std::fs::read_to_string(paths.root.join("tests/fixtures/rsa-private.pem"))?,
-        "client_email": "bench@herald-bench.iam.gserviceaccount.com",
-        "token_uri": format!("{url}/token"),
-    });
-    let env = |k: &str, v: String| (format!("HERALD__{k}"), v);
-    let spec = HeraldSpec {
-        db: Db::Postgres,
-        queue: Some(HERALD_QUEUE.to_owned()),
-        workers_in_serve: false,
-        env: vec![
-            env("ROUTING__FILE", routing.display().to_string()),
-            env("DELIVERY__CONCURRENCY", CONCURRENCY.to_string()),
-            env("DELIVERY__RETRY__BASE_MS", BACKOFF_MS.to_string()),
-            env("CHANNELS__EMAIL", "sendgrid".into()),
-            env("CHANNELS__SMS", "twilio".into()),
-            env("CHANNELS__PUSH", "fcm".into()),
-            env("CHANNELS__SENDGRID__BASE_URL", url.to_owned()),
-            env("CHANNELS__SENDGRID__API_KEY", "SG.bench".into()),
-            env("CHANNELS__TWILIO__BASE_URL", url.to_owned()),
-            env(
-                "CHANNELS__TWILIO__ACCOUNT_SID",
-                format!("AC{}", "0123456789abcdef".repeat(2)),
-            ),
-            env("CHANNELS__TWILIO__AUTH_TOKEN", "bench".into()),
-            env("CHANNELS__TWILIO__FROM", "+15017122661".into()),
-            env("CHANNELS__FCM__BASE_URL", url.to_owned()),
-            env(
-                "CHANNELS__FCM__SERVICE_ACCOUNT_JSON",
-                service_account.to_string(),
-            ),
-        ],
-    };
-    let henv = server::prepare_herald(paths, &spec, secret).await?;
-    let serve = server::start_herald(paths, &henv).await?;
-    let http = reqwest::Client::new();
-    let admin = token(secret, "bench-admin", "admin", None);
-    let base = serve.base();
-    let total_guests = events * MODES.len() as u64;
-    // Every guest gets an address, a phone and a phone app.
-    let setup = futures::stream::iter((0..total_guests).map(|g| {
-        let (http, admin, base) = (&http, &admin, &base);
-        async move {
-            let user = format!("{base}/v1/users/{}", guest_id(g));
-            let contact = json!({
-                "email": format!("guest{g}@example.com"),
-                "phone": format!("+7900{g:07}"),
-                "locale": "ru",
-            });
-            let r = http
-                .put(format!("{user}/contact"))
-                .bearer_auth(admin)
-                .json(&contact)
-                .send()
-                .await?;
-            anyhow::ensure!(r.status().is_success(), "contact: {}", r.status());
+/// Gives every guest of `guests` an address, a phone and (with `device`)
+/// a phone app, over REST, 32 at a time.
+pub async fn contacts(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    guests: std::ops::Range<u64>,
+    device: bool,
+) -> Result<()> {
+    let setup = futures::stream::iter(guests.map(|g| async move {
+        let user = format!("{base}/v1/users/{}", guest_id(g));
+        let contact = json!({
+            "email": format!("guest{g}@example.com"),
+            "phone": format!("+7900{g:07}"),
+            "locale": "ru",
+        });
+        let r = http
+            .put(format!("{user}/contact"))
+            .bearer_auth(admin)
+            .json(&contact)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "contact: {}", r.status());
+        if device {
             let device = json!({ "kind": "fcm", "token": format!("fcm-token-{g}") });
             let r = http
                 .post(format!("{user}/devices"))
@@ -308,8 +381,8 @@ pub async fn herald(
                 .send()
                 .await?;
             anyhow::ensure!(r.status().is_success(), "device: {}", r.status());
-            Ok(())
         }
+        Ok(())
     }))
     .buffer_unordered(32)
     .collect::<Vec<Result<()>>>()
@@ -317,29 +390,95 @@ pub async fn herald(
     setup
         .into_iter()
         .collect::<Result<()>>()
-        .context("setting up guests")?;
+        .context("setting up guests")
+}
 
+/// POSTs `points_redeemed` for `guests` in arrays of `batch`, `in_flight`
+/// requests at a time.
+pub async fn publish(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    guests: std::ops::Range<u64>,
+    batch: usize,
+    in_flight: usize,
+) -> Result<()> {
+    let all: Vec<u64> = guests.collect();
+    let posts = futures::stream::iter(all.chunks(batch).map(|chunk| async move {
+        let body: Vec<_> = chunk.iter().map(|&g| points_redeemed(g)).collect();
+        let r = http
+            .post(format!("{base}/v1/events"))
+            .bearer_auth(admin)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "publish: {}", r.status());
+        Ok(())
+    }))
+    .buffer_unordered(in_flight)
+    .collect::<Vec<Result<()>>>()
+    .await;
+    posts.into_iter().collect()
+}
+
+/// Herald on `deployment`: the events of each mode published with no worker
+/// running, then drained by one worker process.
+pub async fn herald(
+    paths: &Paths,
+    secret: &str,
+    provider: &Arc<Provider>,
+    url: &str,
+    events: u64,
+    deployment: Deployment,
+) -> Result<Vec<Dispatch>> {
+    let spec = deployment.spec(paths, url, r#""email", "sms", "push""#)?;
+    let henv = server::prepare_herald(paths, &spec, secret).await?;
+    let mut serve = Some(server::start_herald(paths, &henv).await?);
+    let http = reqwest::Client::new();
+    let admin = token(secret, "bench-admin", "admin", None);
+    let total_guests = events * MODES.len() as u64;
+    let base = serve.as_ref().map(Proc::base).unwrap_or_default();
+    contacts(&http, &base, &admin, 0..total_guests, true).await?;
+
+    let label = deployment.label();
     let mut results = Vec::new();
     for (m, mode) in MODES.into_iter().enumerate() {
         let first = m as u64 * events;
-        for chunk in (first..first + events).collect::<Vec<_>>().chunks(100) {
-            let body: Vec<_> = chunk.iter().map(|&g| points_redeemed(g)).collect();
-            let r = http
-                .post(format!("{base}/v1/events"))
-                .bearer_auth(&admin)
-                .json(&body)
-                .send()
-                .await?;
-            anyhow::ensure!(r.status().is_success(), "publish: {}", r.status());
-        }
+        let filler = match serve.take() {
+            Some(s) => s,
+            None => server::start_herald(paths, &henv).await?,
+        };
+        publish(&http, &filler.base(), &admin, first..first + events, 100, 1).await?;
         provider.reset(mode);
         let jobs = events as usize * 3;
-        let worker = server::start_herald_worker(paths, &henv)?;
-        let seconds = provider.wait_for(jobs, Duration::from_secs(600)).await?;
-        results.push(dispatch("Herald", mode, jobs, seconds, provider, &worker)?);
-        worker.stop().await;
+        match deployment {
+            Deployment::PostgresRedis => {
+                let worker = server::start_herald_worker(paths, &henv)?;
+                let seconds = provider.wait_for(jobs, Duration::from_secs(600)).await?;
+                let cpu = worker.sample()?.cpu_secs;
+                results.push(dispatch(
+                    label, mode, jobs, seconds, provider, cpu, &worker,
+                )?);
+                worker.stop().await;
+                serve = Some(filler);
+            }
+            Deployment::Embedded => {
+                // One process owns the SQLite files at a time: the filler
+                // goes, a serve with workers comes over the same files.
+                filler.stop().await;
+                let worker = server::start_herald(paths, &henv.with_workers()).await?;
+                let seconds = provider.wait_for(jobs, Duration::from_secs(600)).await?;
+                let cpu = worker.sample()?.cpu_secs;
+                results.push(dispatch(
+                    label, mode, jobs, seconds, provider, cpu, &worker,
+                )?);
+                worker.stop().await;
+            }
+        }
     }
-    serve.stop().await;
+    if let Some(serve) = serve {
+        serve.stop().await;
+    }
     Ok(results)
 }
 
@@ -357,8 +496,19 @@ pub async fn bullmq(
         server::bullmq_enqueue(paths, BULLMQ_QUEUE, [n, n, n], BACKOFF_MS).await?;
         provider.reset(mode);
         let worker = server::start_bullmq_worker(paths, BULLMQ_QUEUE, url, CONCURRENCY).await?;
+        // Node's start (loading BullMQ, ~0.4 CPU-s) is not per-job work.
+        let at_ready = worker.sample()?.cpu_secs;
         let seconds = provider.wait_for(3 * n, Duration::from_secs(600)).await?;
-        results.push(dispatch("BullMQ", mode, 3 * n, seconds, provider, &worker)?);
+        let cpu = worker.sample()?.cpu_secs - at_ready;
+        results.push(dispatch(
+            "BullMQ",
+            mode,
+            3 * n,
+            seconds,
+            provider,
+            cpu,
+            &worker,
+        )?);
         worker.stop().await;
     }
     Ok(results)

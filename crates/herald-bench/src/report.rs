@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::e2e::EndToEnd;
 use crate::fanout::{Fanout, P99_BOUND_MS};
 use crate::idle::Idle;
 use crate::ingest::Ingest;
@@ -23,6 +24,7 @@ pub struct Results {
     pub idle: Vec<Idle>,
     pub ingest: Vec<Ingest>,
     pub dispatch: Vec<Dispatch>,
+    pub e2e: Vec<EndToEnd>,
 }
 
 fn ratio(herald: f64, peer: f64) -> String {
@@ -172,16 +174,76 @@ impl Results {
                 "≥ 5×",
             );
         }
-        for h in self.dispatch.iter().filter(|d| d.server == "Herald") {
+        for h in self
+            .dispatch
+            .iter()
+            .filter(|d| d.server.starts_with("Herald"))
+        {
             let p = Self::find(&self.dispatch, |d| {
-                d.server != "Herald" && d.mode.label == h.mode.label
+                !d.server.starts_with("Herald") && d.mode.label == h.mode.label
             });
+            let target = if h.mode.latency_ms > 0 {
+                format!(
+                    "≥ {:.0} (90% of 16 / latency)",
+                    0.9 * 16_000.0 / h.mode.latency_ms as f64
+                )
+            } else {
+                "≥ 2×".to_owned()
+            };
             row(
-                &format!("queue dispatch, jobs/s, provider {}", h.mode.label),
+                &format!(
+                    "queue dispatch, jobs/s, provider {} ({})",
+                    h.mode.label, h.server
+                ),
                 Some(h.jobs_per_s),
                 p.map(|p| p.jobs_per_s),
                 p.map_or("—".to_owned(), |p| ratio(h.jobs_per_s, p.jobs_per_s)),
-                "≥ 2×",
+                &target,
+            );
+            row(
+                &format!(
+                    "queue dispatch, worker CPU-s per 1,000 jobs, provider {} ({})",
+                    h.mode.label, h.server
+                ),
+                Some(h.worker_cpu_s * 1000.0 / h.jobs as f64),
+                p.map(|p| p.worker_cpu_s * 1000.0 / p.jobs as f64),
+                String::new(),
+                "",
+            );
+        }
+        let pe = Self::find(&self.e2e, |e| !e.server.starts_with("Herald"));
+        for h in self.e2e.iter().filter(|e| e.server.starts_with("Herald")) {
+            let target = if h.server.contains("embedded") {
+                "≥ 1,500"
+            } else {
+                "≥ 3,000"
+            };
+            row(
+                &format!(
+                    "end to end, emails/s, REST in → provider out ({})",
+                    h.server
+                ),
+                Some(h.emails_per_s),
+                pe.map(|p| p.emails_per_s),
+                pe.map_or("—".to_owned(), |p| ratio(h.emails_per_s, p.emails_per_s)),
+                target,
+            );
+            row(
+                &format!(
+                    "end to end, CPU-s per 1,000 emails, server + worker ({})",
+                    h.server
+                ),
+                Some(h.cpu_s_per_1000),
+                pe.map(|p| p.cpu_s_per_1000),
+                String::new(),
+                "",
+            );
+            row(
+                &format!("end to end, lost / duplicated ({})", h.server),
+                Some((h.lost as u64 + h.duplicates) as f64),
+                pe.map(|p| (p.lost as u64 + p.duplicates) as f64),
+                String::new(),
+                "0",
             );
         }
         for i in &self.ingest {

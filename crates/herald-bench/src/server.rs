@@ -119,6 +119,25 @@ pub struct HeraldEnv {
     vars: Vec<(String, String)>,
 }
 
+impl HeraldEnv {
+    /// The same Herald with `key` set to `value`.
+    pub fn with(&self, key: &str, value: &str) -> HeraldEnv {
+        let mut vars: Vec<(String, String)> = self
+            .vars
+            .iter()
+            .filter(|(k, _)| k != key)
+            .cloned()
+            .collect();
+        vars.push((key.to_owned(), value.to_owned()));
+        HeraldEnv { vars }
+    }
+
+    /// The same Herald with its delivery workers inside `herald serve`.
+    pub fn with_workers(&self) -> HeraldEnv {
+        self.with("HERALD__DELIVERY__WORKERS_IN_SERVE", "true")
+    }
+}
+
 pub async fn prepare_herald(paths: &Paths, spec: &HeraldSpec, secret: &str) -> Result<HeraldEnv> {
     let dir = paths.scratch.join("herald");
     let _ = std::fs::remove_dir_all(&dir);
@@ -275,6 +294,64 @@ pub async fn bullmq_enqueue(
         bail!("enqueue.mjs failed: {status}");
     }
     Ok(())
+}
+
+/// What a live enqueue (jobs added while the worker runs) took.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveEnqueue {
+    /// When the enqueuer was about to add its first batch.
+    pub started: Instant,
+    /// The enqueuer's own CPU seconds from then to its last batch.
+    pub cpu_s: f64,
+}
+
+/// Adds `emails` email jobs to the BullMQ queue while its worker runs, in
+/// `addBulk`s of `batch`, `in_flight` at a time, as a producer would.
+pub async fn bullmq_enqueue_live(
+    paths: &Paths,
+    redis: &str,
+    emails: usize,
+    batch: usize,
+    in_flight: usize,
+    backoff_ms: u64,
+) -> Result<LiveEnqueue> {
+    let mut cmd = Command::new(&paths.node);
+    cmd.arg(paths.peers().join("bullmq/enqueue.mjs"))
+        .current_dir(paths.peers())
+        .env("REDIS_URL", redis)
+        .env("EMAIL", emails.to_string())
+        .env("LIVE", "1")
+        .env("CHUNK", batch.to_string())
+        .env("IN_FLIGHT", in_flight.to_string())
+        .env("BACKOFF_MS", backoff_ms.to_string());
+    let mut child = spawn(cmd, "BullMQ enqueue", Stdout::Read)?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut started = None;
+    let mut cpu_s = None;
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        .await
+        .context("enqueue.mjs went quiet")??
+    {
+        if line.starts_with("adding") {
+            started = Some(Instant::now());
+        } else if let Some(rest) = line.strip_prefix("enqueued ") {
+            cpu_s = rest
+                .split_whitespace()
+                .skip_while(|w| *w != "cpu_ms")
+                .nth(1)
+                .and_then(|v| v.parse::<f64>().ok())
+                .map(|ms| ms / 1000.0);
+        }
+    }
+    let status = child.wait().await?;
+    if !status.success() {
+        bail!("enqueue.mjs failed: {status}");
+    }
+    Ok(LiveEnqueue {
+        started: started.context("enqueue.mjs never said `adding`")?,
+        cpu_s: cpu_s.unwrap_or(0.0),
+    })
 }
 
 /// What becomes of a child's stdout.
