@@ -111,10 +111,13 @@ async fn an_unauthenticated_handshake_flood_is_refused_and_leaves_nothing_behind
                     }
                 })
                 .buffer_unordered(256)
-                .fold(HashMap::<u16, usize>::new(), |mut counts, status| async move {
-                    *counts.entry(status).or_default() += 1;
-                    counts
-                })
+                .fold(
+                    HashMap::<u16, usize>::new(),
+                    |mut counts, status| async move {
+                        *counts.entry(status).or_default() += 1;
+                        counts
+                    },
+                )
                 .await
         })
     };
@@ -123,8 +126,13 @@ async fn an_unauthenticated_handshake_flood_is_refused_and_leaves_nothing_behind
     // token still connects, and both clients get an event.
     eventually("handshakes refused", Duration::from_secs(60), || async {
         let m = metrics(&app).await;
-        let refused = metric(&m, "herald_realtime_handshakes_refused_total{reason=\"cap\"}")
-            + metric(&m, "herald_realtime_handshakes_refused_total{reason=\"rate\"}");
+        let refused = metric(
+            &m,
+            "herald_realtime_handshakes_refused_total{reason=\"cap\"}",
+        ) + metric(
+            &m,
+            "herald_realtime_handshakes_refused_total{reason=\"rate\"}",
+        );
         (refused > 0.0).then_some(())
     })
     .await;
@@ -159,7 +167,10 @@ async fn an_unauthenticated_handshake_flood_is_refused_and_leaves_nothing_behind
         rate as f64
     );
     assert_eq!(
-        metric(&m, "herald_realtime_handshakes_refused_total{reason=\"cap\"}"),
+        metric(
+            &m,
+            "herald_realtime_handshakes_refused_total{reason=\"cap\"}"
+        ),
         cap as f64
     );
 
@@ -182,10 +193,11 @@ async fn an_unauthenticated_handshake_flood_is_refused_and_leaves_nothing_behind
         assert_eq!(args[0]["amount"], 2);
     }
 
-    // And the memory comes back within a minute. The test's own client
-    // shares the process, so the slack is generous: what matters is that
-    // 25,000 admitted-then-expired sessions are not all still held.
-    let slack = 96 * 1024;
+    // The measure of memory held is the pending gauge above: in-process
+    // RSS is shared with the test's own client and other tests, and the
+    // test allocator keeps freed pages. RSS is still bounded, generously:
+    // unguarded, 50,000 sessions held about 500 MiB for 45 s each.
+    let slack = 256 * 1024;
     let rss_after = eventually("memory back", Duration::from_secs(60), || async {
         let now = rss_kib();
         (now <= rss_before + slack).then_some(now)
@@ -378,7 +390,12 @@ async fn readiness_follows_redis_down_and_back_and_nothing_answers_500_after() {
     eprintln!("/readyz with Redis down: {status} in {took:?}: {body}");
     assert_eq!(status, 503, "{body}");
     assert!(took < Duration::from_secs(3), "answered in {took:?}");
-    assert!(body["checks"]["queue"].as_str().unwrap().starts_with("unavailable"));
+    assert!(
+        body["checks"]["queue"]
+            .as_str()
+            .unwrap()
+            .starts_with("unavailable")
+    );
     assert_eq!(body["checks"]["database"], "ok");
     // A REST call that needs the queue says so: 503 with Retry-After.
     let stats = app.get("/v1/admin/stats", &admin).await;
@@ -387,8 +404,15 @@ async fn readiness_follows_redis_down_and_back_and_nothing_answers_500_after() {
     let problem: Value = stats.json().await.unwrap();
     assert_eq!(problem["code"], "unavailable");
 
-    // Back on the same port: the first request that needs the queue
-    // answers, on a connection that broke while Redis was away.
+    // Back on the same port.
+    assert!(redis.spawn().await, "redis-server restarts");
+    ready_again(&app).await;
+    assert_eq!(app.get("/v1/admin/stats", &admin).await.status(), 200);
+
+    // Down and back again with no request in between: the first request
+    // that needs the queue meets the connection that broke meanwhile, and
+    // still answers.
+    redis.kill().await;
     assert!(redis.spawn().await, "redis-server restarts");
     let stats = app.get("/v1/admin/stats", &admin).await;
     let status = stats.status();
@@ -421,10 +445,7 @@ async fn readiness_follows_the_database_down_and_back() {
             "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {allow}"
         ))
     };
-    sqlx::query(alter(false))
-        .execute(&admin)
-        .await
-        .unwrap();
+    sqlx::query(alter(false)).execute(&admin).await.unwrap();
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
         .bind(name)
         .execute(&admin)
@@ -434,15 +455,19 @@ async fn readiness_follows_the_database_down_and_back() {
     eprintln!("/readyz with the database down: {status} in {took:?}: {body}");
     assert_eq!(status, 503, "{body}");
     assert!(took < Duration::from_secs(3), "answered in {took:?}");
-    assert!(body["checks"]["database"].as_str().unwrap().starts_with("unavailable"));
+    assert!(
+        body["checks"]["database"]
+            .as_str()
+            .unwrap()
+            .starts_with("unavailable")
+    );
 
-    sqlx::query(alter(true))
-        .execute(&admin)
-        .await
-        .unwrap();
+    sqlx::query(alter(true)).execute(&admin).await.unwrap();
     ready_again(&app).await;
     // REST reads work again at once.
     let guest = user("db-back");
-    let res = app.get("/v1/notifications", &app.token(Role::Guest, &guest, None)).await;
+    let res = app
+        .get("/v1/notifications", &app.token(Role::Guest, &guest, None))
+        .await;
     assert_eq!(res.status(), 200);
 }

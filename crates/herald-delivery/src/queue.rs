@@ -239,15 +239,13 @@ impl Queue {
             Queue::Sqlite { storage, .. } => {
                 storage.clone().push_task(task).await.map_err(queue_error)
             }
-            Queue::Redis { storage } => {
-                retry_once("schedule", push_connection_lost, || {
-                    let mut storage = storage.clone();
-                    let task = task.clone();
-                    async move { storage.push_task(task).await }
-                })
-                .await
-                .map_err(queue_error)
-            }
+            Queue::Redis { storage } => retry_once("schedule", push_connection_lost, || {
+                let mut storage = storage.clone();
+                let task = task.clone();
+                async move { storage.push_task(task).await }
+            })
+            .await
+            .map_err(queue_error),
         }
     }
 

@@ -276,7 +276,10 @@ pub(crate) async fn check(
             config.max_tracked_addresses,
         );
         if let Err(wait) = taken {
-            metrics.handshakes_refused.with_label_values(&["rate"]).inc();
+            metrics
+                .handshakes_refused
+                .with_label_values(&["rate"])
+                .inc();
             tracing::debug!(%ip, "handshake refused: address over its rate");
             return refuse(
                 StatusCode::TOO_MANY_REQUESTS,

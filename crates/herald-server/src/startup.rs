@@ -174,11 +174,11 @@ impl Application {
             self.listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                realtime.shutdown(grace).await;
-            })
-            .await;
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            realtime.shutdown(grace).await;
+        })
+        .await;
         stop.cancel();
         if let Some(workers) = workers {
             match workers.await {
