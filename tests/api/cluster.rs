@@ -221,7 +221,8 @@ async fn readyz_follows_the_bus() {
     let res = ready().await;
     assert_eq!(res.status(), 503);
     let body: Value = res.json().await.unwrap();
-    assert_eq!(body["checks"]["realtime"], "unavailable");
+    let realtime = body["checks"]["realtime"].as_str().unwrap();
+    assert!(realtime.starts_with("unavailable"), "{body}");
     assert_eq!(body["checks"]["database"], "ok");
 
     let _restored = proxy.restore().await;

@@ -8,6 +8,7 @@ mod catalog;
 mod cluster;
 mod delivery;
 mod dispatch;
+mod guard;
 mod inbox;
 mod ingest;
 mod realtime;

@@ -23,6 +23,15 @@
 //! Finished jobs are purged as the sweeper goes ([`Queue::purge_finished`]):
 //! the database keeps each delivery's trace, so the queue keeps nothing
 //! once a job is done.
+//!
+//! Redis restarts. The storage's connection (redis-rs's `ConnectionManager`)
+//! reconnects, but only once a command has failed on the dead connection:
+//! the first command after a restart fails with `broken pipe`. So every
+//! Redis command Herald itself issues here is retried once when it failed
+//! on the connection ([`connection_lost`]); the retry runs on the new one.
+//! A command that fails twice means Redis is still away, and the error
+//! says so. (Pushing twice is safe: a job only names deliveries, which are
+//! claimed in the database.)
 
 use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -95,6 +104,34 @@ impl std::fmt::Debug for Queue {
 
 fn queue_error(e: impl std::fmt::Display) -> Error {
     Error::Queue(e.to_string())
+}
+
+/// Whether a Redis command failed on the connection rather than on its own
+/// terms: the connection dropped, was refused, or timed out. Worth one retry.
+fn connection_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// As [`connection_lost`], for a push through apalis.
+fn push_connection_lost(e: &TaskSinkError<apalis_redis::Error>) -> bool {
+    matches!(e, TaskSinkError::PushError(apalis_redis::Error::Database(r)) if connection_lost(r))
+}
+
+/// Runs `op`, and once more if it failed on the connection (see the module
+/// docs): the second attempt goes out on the reconnected connection.
+async fn retry_once<T, E, F, Fut>(what: &str, lost: impl Fn(&E) -> bool, mut op: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    match op().await {
+        Err(e) if lost(&e) => {
+            tracing::debug!(op = what, error = %e, "queue connection lost; retrying once");
+            op().await
+        }
+        done => done,
+    }
 }
 
 impl Queue {
@@ -171,11 +208,13 @@ impl Queue {
             }
             Queue::Redis { storage } => {
                 for chunk in jobs.chunks(REDIS_CHUNK) {
-                    storage
-                        .clone()
-                        .push_bulk(chunk.to_vec())
-                        .await
-                        .map_err(queue_error)?;
+                    retry_once("enqueue", push_connection_lost, || {
+                        let mut storage = storage.clone();
+                        let jobs = chunk.to_vec();
+                        async move { storage.push_bulk(jobs).await }
+                    })
+                    .await
+                    .map_err(queue_error)?;
                     promote_due(storage).await?;
                 }
                 Ok(())
@@ -200,7 +239,13 @@ impl Queue {
             Queue::Sqlite { storage, .. } => {
                 storage.clone().push_task(task).await.map_err(queue_error)
             }
-            Queue::Redis { storage } => storage.clone().push_task(task).await.map_err(queue_error),
+            Queue::Redis { storage } => retry_once("schedule", push_connection_lost, || {
+                let mut storage = storage.clone();
+                let task = task.clone();
+                async move { storage.push_task(task).await }
+            })
+            .await
+            .map_err(queue_error),
         }
     }
 
@@ -219,16 +264,20 @@ impl Queue {
                 Ok(u64::try_from(n).unwrap_or(0))
             }
             Queue::Redis { storage } => {
-                let mut storage = storage.clone();
                 let config = storage.get_config().clone();
-                let (active, scheduled): (u64, u64) = redis::pipe()
+                let pipe = redis::pipe()
                     .cmd("LLEN")
                     .arg(config.active_jobs_list())
                     .cmd("ZCARD")
                     .arg(config.scheduled_jobs_set())
-                    .query_async(storage.get_connection())
-                    .await
-                    .map_err(queue_error)?;
+                    .clone();
+                let (active, scheduled): (u64, u64) = retry_once("depth", connection_lost, || {
+                    let mut storage = storage.clone();
+                    let pipe = pipe.clone();
+                    async move { pipe.query_async(storage.get_connection()).await }
+                })
+                .await
+                .map_err(queue_error)?;
                 Ok(active + scheduled)
             }
         }
@@ -247,13 +296,19 @@ impl Queue {
                 Ok(u64::try_from(n).unwrap_or(0))
             }
             Queue::Redis { storage } => {
-                let mut storage = storage.clone();
-                let config = storage.get_config().clone();
-                redis::cmd("HLEN")
-                    .arg(config.job_data_hash())
-                    .query_async(storage.get_connection())
-                    .await
-                    .map_err(queue_error)
+                let key = storage.get_config().job_data_hash();
+                retry_once("stored_jobs", connection_lost, || {
+                    let mut storage = storage.clone();
+                    let key = key.clone();
+                    async move {
+                        redis::cmd("HLEN")
+                            .arg(key)
+                            .query_async(storage.get_connection())
+                            .await
+                    }
+                })
+                .await
+                .map_err(queue_error)
             }
         }
     }
@@ -268,11 +323,16 @@ impl Queue {
                     .map_err(queue_error)?;
             }
             Queue::Redis { storage } => {
-                let mut storage = storage.clone();
-                redis::cmd("PING")
-                    .query_async::<String>(storage.get_connection())
-                    .await
-                    .map_err(queue_error)?;
+                retry_once("ping", connection_lost, || {
+                    let mut storage = storage.clone();
+                    async move {
+                        redis::cmd("PING")
+                            .query_async::<String>(storage.get_connection())
+                            .await
+                    }
+                })
+                .await
+                .map_err(queue_error)?;
             }
         }
         Ok(())
@@ -308,18 +368,24 @@ impl Queue {
                 }
             }
             Queue::Redis { storage } => {
-                let mut storage = storage.clone();
                 let config = storage.get_config().clone();
                 loop {
-                    let purged: u64 = PURGE_FINISHED
-                        .key(config.done_jobs_set())
-                        .key(config.dead_jobs_set())
-                        .key(config.job_data_hash())
-                        .key(config.job_meta_hash())
-                        .arg(PURGE_CHUNK)
-                        .invoke_async(storage.get_connection())
-                        .await
-                        .map_err(queue_error)?;
+                    let purged: u64 = retry_once("purge_finished", connection_lost, || {
+                        let mut storage = storage.clone();
+                        let config = config.clone();
+                        async move {
+                            PURGE_FINISHED
+                                .key(config.done_jobs_set())
+                                .key(config.dead_jobs_set())
+                                .key(config.job_data_hash())
+                                .key(config.job_meta_hash())
+                                .arg(PURGE_CHUNK)
+                                .invoke_async(storage.get_connection())
+                                .await
+                        }
+                    })
+                    .await
+                    .map_err(queue_error)?;
                     total += purged;
                     if purged < PURGE_CHUNK as u64 {
                         return Ok(total);
@@ -388,7 +454,6 @@ impl Queue {
 /// atomic, so a worker fetching meanwhile (which moves due jobs too) and
 /// this never move the same job twice.
 async fn promote_due(storage: &RedisStorage<DeliveryJob>) -> Result<u64, Error> {
-    let mut storage = storage.clone();
     let config = storage.get_config().clone();
     // apalis-redis scores jobs in whole seconds of the wall clock.
     let now = SystemTime::now()
@@ -397,15 +462,22 @@ async fn promote_due(storage: &RedisStorage<DeliveryJob>) -> Result<u64, Error> 
         .as_secs();
     let mut total = 0;
     loop {
-        let moved: u64 = PROMOTE_DUE
-            .key(config.scheduled_jobs_set())
-            .key(config.active_jobs_list())
-            .key(config.signal_list())
-            .arg(now)
-            .arg(REDIS_CHUNK)
-            .invoke_async(storage.get_connection())
-            .await
-            .map_err(queue_error)?;
+        let moved: u64 = retry_once("promote_due", connection_lost, || {
+            let mut storage = storage.clone();
+            let config = config.clone();
+            async move {
+                PROMOTE_DUE
+                    .key(config.scheduled_jobs_set())
+                    .key(config.active_jobs_list())
+                    .key(config.signal_list())
+                    .arg(now)
+                    .arg(REDIS_CHUNK)
+                    .invoke_async(storage.get_connection())
+                    .await
+            }
+        })
+        .await
+        .map_err(queue_error)?;
         total += moved;
         if moved < REDIS_CHUNK as u64 {
             return Ok(total);

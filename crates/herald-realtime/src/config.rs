@@ -72,6 +72,29 @@ pub struct RealtimeConfig {
     pub webhook_retry_base_ms: u64,
     /// …up to this.
     pub webhook_retry_max_ms: u64,
+    /// A Socket.IO session that has not connected to its namespace with a
+    /// valid token this long after its handshake is closed and freed
+    /// (socket.io's `connectTimeout`).
+    pub connect_timeout_ms: u64,
+    /// Socket.IO sessions on this node that have not authenticated yet;
+    /// further handshakes without a token are refused (503) until some
+    /// authenticate or time out. This bounds what an unauthenticated
+    /// handshake flood can hold, whatever its source addresses.
+    pub max_pending_handshakes: usize,
+    /// Handshakes without a valid token (Socket.IO, `/ws`) one client
+    /// address may open per second, sustained…
+    pub handshakes_per_second_per_address: u32,
+    /// …and in a burst above that rate. Beyond either: 429.
+    pub handshake_burst_per_address: u32,
+    /// Client addresses whose handshake rate is tracked at once; the table
+    /// forgets an address as soon as its allowance is whole again, and past
+    /// this size new addresses are not tracked (the pending cap still holds).
+    pub max_tracked_addresses: usize,
+    /// Take the client address from the rightmost `X-Forwarded-For` entry
+    /// (the one a trusted load balancer appended) instead of the socket
+    /// peer. Only behind a balancer that sets it: otherwise a client could
+    /// pick its own address.
+    pub trust_forwarded_for: bool,
 }
 
 /// A list from TOML, or a comma-separated string from an environment variable.
@@ -120,6 +143,18 @@ impl fmt::Debug for RealtimeConfig {
             .field("webhook_timeout_ms", &self.webhook_timeout_ms)
             .field("webhook_retry_base_ms", &self.webhook_retry_base_ms)
             .field("webhook_retry_max_ms", &self.webhook_retry_max_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("max_pending_handshakes", &self.max_pending_handshakes)
+            .field(
+                "handshakes_per_second_per_address",
+                &self.handshakes_per_second_per_address,
+            )
+            .field(
+                "handshake_burst_per_address",
+                &self.handshake_burst_per_address,
+            )
+            .field("max_tracked_addresses", &self.max_tracked_addresses)
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
             .finish()
     }
 }
@@ -192,7 +227,26 @@ impl RealtimeConfig {
                 "an origin is scheme://host[:port], without a trailing slash",
             );
         }
+        if !(100..=300_000).contains(&self.connect_timeout_ms) {
+            return bad("connect_timeout_ms", "must be 100 ms to 5 minutes");
+        }
+        if self.max_pending_handshakes == 0 {
+            return bad("max_pending_handshakes", "must be at least 1");
+        }
+        if self.handshakes_per_second_per_address == 0 {
+            return bad("handshakes_per_second_per_address", "must be at least 1");
+        }
+        if self.handshake_burst_per_address == 0 {
+            return bad("handshake_burst_per_address", "must be at least 1");
+        }
+        if self.max_tracked_addresses == 0 {
+            return bad("max_tracked_addresses", "must be at least 1");
+        }
         Ok(())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
     }
 
     pub fn ping_interval(&self) -> Duration {

@@ -12,6 +12,7 @@
 //! | [`socketio`] | Socket.IO v4 at `/socket.io/` (socketioxide): handshake auth, inline message intake |
 //! | [`ws`] | the plain JSON WebSocket at `/ws` |
 //! | [`origin`] | the Origin allowlist on both endpoints |
+//! | [`guard`] | what a client may cost before it shows a token: connect timeout, pending cap, handshake rate per address |
 //! | [`actions`] | `action_confirm`: recorded, acked, relayed to a signed webhook with retries |
 //! | [`metrics`] | the gateway's Prometheus metrics |
 //!
@@ -24,6 +25,7 @@ pub mod actions;
 pub mod bus;
 pub mod config;
 pub mod durable;
+pub mod guard;
 pub mod history;
 pub mod hub;
 pub mod metrics;
@@ -60,9 +62,11 @@ pub enum Error {
 }
 
 impl Hub {
-    /// The two realtime endpoints, behind the Origin check: `GET /ws` and
-    /// `/socket.io/`. Call once; the Socket.IO engine it builds is the one
-    /// [`Hub::shutdown`] closes.
+    /// The two realtime endpoints, behind the handshake guard and the
+    /// Origin check: `GET /ws` and `/socket.io/`. Call once; the Socket.IO
+    /// engine it builds is the one [`Hub::shutdown`] closes. The guard
+    /// reads the client's address from axum's `ConnectInfo<SocketAddr>`:
+    /// serve with `into_make_service_with_connect_info`.
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         let (socketio, io) = socketio::router(self);
         if self.inner.io.set(io).is_err() {
@@ -78,6 +82,10 @@ impl Hub {
                 origin::check,
             ))
             .layer(axum::middleware::from_fn(own_request_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                std::sync::Arc::new(guard::Guard::new(self)),
+                guard::check,
+            ))
             .with_state(self.clone())
     }
 }

@@ -33,6 +33,12 @@ pub struct Metrics {
     pub bus_up: IntGauge,
     /// `action_confirm` relays, by outcome (`relayed`, `failed`).
     pub relays: IntCounterVec,
+    /// Handshakes without a token refused before any session was made, by
+    /// reason (`rate`: the client address's allowance; `cap`: too many
+    /// sessions pending authentication on this node).
+    pub handshakes_refused: IntCounterVec,
+    /// Socket.IO sessions holding memory that have not authenticated yet.
+    pub pending_handshakes: IntGauge,
 }
 
 impl Metrics {
@@ -73,6 +79,19 @@ impl Metrics {
             "action_confirm webhook relays",
             &["outcome"],
         );
+        let handshakes_refused = counter_vec(
+            "handshakes_refused_total",
+            "Handshakes without a token refused before a session was made",
+            &["reason"],
+        );
+        let pending_handshakes = IntGauge::with_opts(opts(
+            "pending_handshakes",
+            "Socket.IO sessions not authenticated yet",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(pending_handshakes.clone()))
+            .expect("unique metric");
         let rooms = IntGauge::with_opts(opts("rooms", "Rooms with sockets on this node"))
             .expect("valid metric");
         registry
@@ -106,6 +125,9 @@ impl Metrics {
         for o in ["relayed", "failed"] {
             relays.with_label_values(&[o]);
         }
+        for r in ["rate", "cap"] {
+            handshakes_refused.with_label_values(&[r]);
+        }
         Metrics {
             registry,
             connections,
@@ -118,6 +140,8 @@ impl Metrics {
             resumes,
             bus_up,
             relays,
+            handshakes_refused,
+            pending_handshakes,
         }
     }
 

@@ -21,6 +21,7 @@ use socketioxide::{SocketIo, TransportType};
 use tokio::sync::{mpsc, oneshot};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::guard::Ticket;
 use crate::hub::{Conn, Hub, Transport};
 use crate::protocol::{CloseReason, Refusal};
 use crate::session::{Bucket, Inbound, Link, Reply, Session};
@@ -31,6 +32,7 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(hub: &Hub) -> (axum::Rout
     let (svc, io) = SocketIo::builder()
         .ping_interval(c.ping_interval())
         .ping_timeout(c.ping_timeout())
+        .connect_timeout(c.connect_timeout())
         .max_buffer_size(c.outbound_queue)
         .max_payload(c.max_message_bytes as u64)
         .ws_read_buffer_size(c.read_buffer_bytes)
@@ -122,6 +124,10 @@ async fn admit(hub: Hub, socket: SocketRef, auth: Option<Value>) -> Result<(), R
     let registered = hub
         .register(principal, Transport::SocketIo)
         .map_err(|r| Refused(format!("{}: {}", r.code.as_str(), r.message)))?;
+    // Authenticated: the session no longer counts against the pending cap.
+    if let Some(ticket) = socket.req_parts().extensions.get::<Arc<Ticket>>() {
+        ticket.settle();
+    }
     let conn = registered.conn.clone();
     tracing::info!(
         conn = conn.id,

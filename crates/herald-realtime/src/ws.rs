@@ -12,7 +12,15 @@
 //! `?lastEventId=`) and `?epoch=`, replayed before any live event.
 //!
 //! Buffers are set explicitly — a few KiB per idle connection — and a
-//! frame larger than `max_message_bytes` closes the socket with 1009.
+//! message larger than `max_message_bytes` closes the socket with 1009
+//! (Message Too Big). The WebSocket layer itself takes messages up to
+//! [`hard_cap`], a few times the limit, and the size is checked here: an
+//! oversized message is then read whole, so the close frame is followed by
+//! a clean closing handshake. Were the read cut short at the limit, the
+//! rest of the message would sit unread when the socket closes, and the
+//! kernel would answer with a reset that overtakes the close frame (the
+//! client sees 1006). Past the hard cap the read does fail; the socket
+//! then lingers a moment, unread, so the close frame still arrives first.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,10 +105,21 @@ pub(crate) async fn upgrade(
     ws.read_buffer_size(c.read_buffer_bytes)
         .write_buffer_size(c.write_buffer_bytes)
         .max_write_buffer_size(c.write_buffer_bytes + 2 * c.max_message_bytes)
-        .max_message_size(c.max_message_bytes)
-        .max_frame_size(c.max_message_bytes)
+        .max_message_size(hard_cap(c.max_message_bytes))
+        .max_frame_size(hard_cap(c.max_message_bytes))
         .on_upgrade(move |socket| serve(hub, socket, principal, exp, resume))
 }
+
+/// The largest message the WebSocket layer reads whole: four times the
+/// limit, at least 2 MiB, at most 64 MiB. Only an authenticated client can
+/// make the server buffer this much, once, on its way out.
+pub(crate) fn hard_cap(max_message_bytes: usize) -> usize {
+    (max_message_bytes * 4).clamp(2 << 20, 64 << 20)
+}
+
+/// How long a socket whose read failed on the hard cap stays open, unread,
+/// so the client can take the close frame before the reset.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `?offset=…&epoch=…` or `?lastEventId=…` as a resume request.
 fn handshake_resume(query: &HashMap<String, String>) -> Result<Option<Value>, String> {
@@ -152,6 +171,7 @@ async fn serve(
         conn,
         Bucket::new(c.rate_limit_per_second, c.rate_limit_burst),
         heard.clone(),
+        c.max_message_bytes,
     ));
     let grace = c.ping_timeout();
     let reason = Session::new(hub, registered, Link::Ws(sink), rx, exp, Some(heard))
@@ -178,6 +198,7 @@ async fn read(
     conn: Arc<Conn>,
     mut bucket: Bucket,
     heard: Arc<AtomicI64>,
+    max_message_bytes: usize,
 ) {
     while let Some(frame) = stream.next().await {
         heard.store(now_ms(), Ordering::Relaxed);
@@ -188,6 +209,17 @@ async fn read(
                 Ok(Message::Close(_)) | Err(_) => return,
                 Ok(_) => continue,
             }
+        }
+        let size = match &frame {
+            Ok(Message::Text(text)) => text.len(),
+            Ok(Message::Binary(bytes)) => bytes.len(),
+            _ => 0,
+        };
+        if size > max_message_bytes {
+            // Read whole: keep reading, as a closing connection does, up to
+            // the client's answer to the 1009.
+            conn.kill(CloseReason::MessageTooLarge);
+            continue;
         }
         let inbound = match frame {
             Ok(Message::Text(text)) => parse(text.as_str()),
@@ -204,11 +236,12 @@ async fn read(
                 return;
             }
             Err(e) => {
-                conn.kill(if too_large(&e) {
-                    CloseReason::MessageTooLarge
+                if too_large(&e) {
+                    conn.kill(CloseReason::MessageTooLarge);
+                    tokio::time::sleep(LINGER).await;
                 } else {
-                    CloseReason::TransportError
-                });
+                    conn.kill(CloseReason::TransportError);
+                }
                 return;
             }
         };

@@ -354,13 +354,14 @@ impl DeliveryRuntime {
     }
 
     /// Asks every transport whether it can work now (`Channel::check`), at
-    /// most `within` each. A broken provider is reported, not fatal: the
+    /// most `within` in all (they are asked at once). A broken provider is
+    /// reported, not fatal: the
     /// deliveries it owes wait and retry until it comes back.
     pub async fn check_channels(&self, within: Duration) -> Vec<(ChannelKind, Result<(), String>)> {
         let mut kinds: Vec<ChannelKind> = self.dispatcher.channels.keys().copied().collect();
         kinds.sort();
-        let mut out = Vec::with_capacity(kinds.len());
-        for kind in kinds {
+        // Concurrently: the whole answer takes at most `within`.
+        futures::future::join_all(kinds.into_iter().map(|kind| async move {
             let channel = &self.dispatcher.channels[&kind];
             let result = tokio::time::timeout(within, channel.check())
                 .await
@@ -370,9 +371,9 @@ impl DeliveryRuntime {
                         channel.names().join(", ")
                     ))
                 });
-            out.push((kind, result));
-        }
-        out
+            (kind, result)
+        }))
+        .await
     }
 
     /// Runs the workers and the sweeper until `stop` is cancelled. A worker

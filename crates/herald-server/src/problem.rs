@@ -20,6 +20,10 @@
 //! | `unknown_event` | 422 |
 //! | `internal` | 500 |
 //! | `unavailable` | 503 |
+//!
+//! A dependency that is down (the database unreachable, the queue's Redis
+//! away) is `unavailable`, 503 with `Retry-After`, never `internal`: the
+//! request may be repeated as it is once the dependency is back.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -87,6 +91,16 @@ impl ApiError {
         )
     }
 
+    /// A dependency is down; `detail` names it. The cause goes to the log.
+    pub fn unavailable(what: &str, err: impl std::fmt::Display) -> Self {
+        tracing::warn!(dependency = what, error = %err, "dependency unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the {what} is unavailable; retry shortly"),
+        )
+    }
+
     fn title(&self) -> &'static str {
         match self.code {
             "bad_request" => "Bad request",
@@ -122,10 +136,15 @@ impl From<herald_store::Error> for ApiError {
                 "idempotency_conflict",
                 err.to_string(),
             ),
+            ref e if e.is_unavailable() => ApiError::unavailable("database", err),
             other => ApiError::internal(other),
         }
     }
 }
+
+/// How long a client should wait before repeating a request that met an
+/// unavailable dependency.
+const RETRY_AFTER_SECONDS: &str = "5";
 
 #[derive(Serialize)]
 struct Problem<'a> {
@@ -158,6 +177,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
         }
         response
     }

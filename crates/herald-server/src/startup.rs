@@ -168,12 +168,17 @@ impl Application {
         let realtime = self.state.realtime.clone();
         let grace = self.state.settings.realtime.shutdown_grace();
         let app = router(self.state);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                realtime.shutdown(grace).await;
-            })
-            .await;
+        // The peer address rides with each request: the realtime handshake
+        // guard limits handshakes per client address.
+        let served = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            realtime.shutdown(grace).await;
+        })
+        .await;
         stop.cancel();
         if let Some(workers) = workers {
             match workers.await {

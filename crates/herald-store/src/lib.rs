@@ -75,6 +75,30 @@ pub enum Error {
     Corrupt(String),
 }
 
+impl Error {
+    /// Whether the database could not be reached (or dropped the
+    /// connection), rather than refusing the statement: the same request
+    /// may succeed once it is back. The pool opens fresh connections by
+    /// itself, so nothing else is needed to recover.
+    pub fn is_unavailable(&self) -> bool {
+        let Error::Database(err) = self else {
+            return false;
+        };
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed => true,
+            // Connection exceptions (class 08), an administrator's shutdown
+            // or termination (57P0x), too many connections (53300).
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c == "53300"),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Which database a URL names.

@@ -12,15 +12,28 @@ use crate::auth::Caller;
 use crate::problem::ApiError;
 use crate::startup::AppState;
 
+/// How long a REST request waits on a dependency before answering 503.
+pub const DEPENDENCY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `GET /v1/admin/stats`: this node's realtime sockets (`connectedUsers`,
 /// `totalSockets`, `rooms` — the number of rooms with a socket — by
 /// transport, and `serverId`), and the delivery backlog shared by all
 /// nodes: `queue.jobs` waiting in the queue, `queue.deliveries` owed an
-/// attempt by status. Admins only.
+/// attempt by status. Admins only. A queue that does not answer within
+/// [`DEPENDENCY_TIMEOUT`] (its Redis is down) makes this a 503.
 pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin])?;
     let mut stats = serde_json::to_value(state.realtime.stats()).map_err(ApiError::internal)?;
-    let jobs = state.queue.depth().await.map_err(ApiError::internal)?;
+    let jobs = match tokio::time::timeout(DEPENDENCY_TIMEOUT, state.queue.depth()).await {
+        Ok(Ok(jobs)) => jobs,
+        Ok(Err(e)) => return Err(ApiError::unavailable("delivery queue", e)),
+        Err(_) => {
+            return Err(ApiError::unavailable(
+                "delivery queue",
+                format!("no answer within {DEPENDENCY_TIMEOUT:?}"),
+            ));
+        }
+    };
     let deliveries: Map<String, Value> = state
         .store
         .delivery_backlog()
