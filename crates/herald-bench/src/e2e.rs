@@ -92,6 +92,7 @@ pub async fn herald(
     url: &str,
     emails: u64,
     deployment: Deployment,
+    analyze: bool,
 ) -> Result<EndToEnd> {
     let spec = deployment.spec(paths, url, r#""email""#)?;
     let env = server::prepare_herald(paths, &spec, secret).await?;
@@ -108,6 +109,7 @@ pub async fn herald(
     let admin = token(secret, "bench-admin", "admin", None);
     let base = serve.base();
     queue::contacts(&http, &base, &admin, 0..emails, false).await?;
+    deployment.settle_statistics(analyze).await?;
     // The worker connects while the contacts go in; a moment more so it
     // is polling before the clock starts.
     tokio::time::sleep(Duration::from_secs(1)).await;

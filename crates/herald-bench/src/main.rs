@@ -66,6 +66,11 @@ struct Args {
     /// Events (one email each) in scenario (e).
     #[arg(long, default_value_t = 5_000)]
     e2e_emails: u64,
+    /// Leave PostgreSQL's statistics as they are after the guests are set
+    /// up in (d) and (e), instead of running ANALYZE as autovacuum would
+    /// within its minute (tables filled seconds ago then look empty).
+    #[arg(long)]
+    no_analyze: bool,
     /// Measure Herald alone (profiling runs); the table then has no ratios.
     #[arg(long)]
     herald_only: bool,
@@ -189,7 +194,18 @@ async fn main() -> Result<()> {
         eprintln!("(d) queue dispatch: {} jobs per mode", 3 * events);
         let mut herald = Vec::new();
         for deployment in queue::Deployment::ALL {
-            herald.extend(queue::herald(&paths, &secret, provider, url, events, deployment).await?);
+            herald.extend(
+                queue::herald(
+                    &paths,
+                    &secret,
+                    provider,
+                    url,
+                    events,
+                    deployment,
+                    !args.no_analyze,
+                )
+                .await?,
+            );
         }
         if !args.herald_only {
             results
@@ -202,9 +218,18 @@ async fn main() -> Result<()> {
         let emails = if args.smoke { 200 } else { args.e2e_emails };
         eprintln!("(e) end to end: {emails} events over REST, one email each");
         for deployment in queue::Deployment::ALL {
-            results
-                .e2e
-                .push(e2e::herald(&paths, &secret, provider, url, emails, deployment).await?);
+            results.e2e.push(
+                e2e::herald(
+                    &paths,
+                    &secret,
+                    provider,
+                    url,
+                    emails,
+                    deployment,
+                    !args.no_analyze,
+                )
+                .await?,
+            );
         }
         if !args.herald_only {
             results

@@ -289,6 +289,17 @@ impl Deployment {
     }
 }
 
+impl Deployment {
+    /// With `analyze`, refreshes PostgreSQL's statistics after the guests
+    /// were set up (see [`server::analyze_pg`]); SQLite plans without them.
+    pub async fn settle_statistics(self, analyze: bool) -> Result<()> {
+        if analyze && self == Deployment::PostgresRedis {
+            server::analyze_pg().await?;
+        }
+        Ok(())
+    }
+}
+
 /// The shipped routing table with `points_redeemed` sent to `channels`
 /// (e.g. `"email", "sms", "push"`).
 fn routing_file(paths: &Paths, channels: &str) -> Result<std::path::PathBuf> {
@@ -430,6 +441,7 @@ pub async fn herald(
     url: &str,
     events: u64,
     deployment: Deployment,
+    analyze: bool,
 ) -> Result<Vec<Dispatch>> {
     let spec = deployment.spec(paths, url, r#""email", "sms", "push""#)?;
     let henv = server::prepare_herald(paths, &spec, secret).await?;
@@ -439,6 +451,7 @@ pub async fn herald(
     let total_guests = events * MODES.len() as u64;
     let base = serve.as_ref().map(Proc::base).unwrap_or_default();
     contacts(&http, &base, &admin, 0..total_guests, true).await?;
+    deployment.settle_statistics(analyze).await?;
 
     let label = deployment.label();
     let mut results = Vec::new();

@@ -414,6 +414,24 @@ async fn recreate_pg_database() -> Result<()> {
     Ok(())
 }
 
+/// Refreshes the planner's statistics of the bench database, as
+/// autovacuum would within its minute: without them, tables filled
+/// seconds ago look empty, and a lookup by a list of ids may be planned as
+/// a scan of the whole table.
+pub async fn analyze_pg() -> Result<()> {
+    let url = format!("postgres://postgres@127.0.0.1:5432/{PG_BENCH_DB}");
+    let status = Command::new("psql")
+        .args([url.as_str(), "-qc", "ANALYZE"])
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .context("psql")?;
+    if !status.success() {
+        bail!("ANALYZE on {PG_BENCH_DB} failed");
+    }
+    Ok(())
+}
+
 /// Empties the Redis database a queue URL names.
 pub async fn flush_redis(url: &str) -> Result<()> {
     let db = url.rsplit('/').next().unwrap_or("0");
