@@ -292,6 +292,12 @@ impl Ws {
             .expect("the upgrade answers in time")
     }
 
+    /// The next JSON frame, or `None` if nothing came within `within`
+    /// (pings, answered as they come, do not count).
+    pub async fn recv_within(&mut self, within: Duration) -> Option<Value> {
+        tokio::time::timeout(within, self.recv()).await.ok()
+    }
+
     /// The next JSON frame (pings and pongs skipped).
     pub async fn recv(&mut self) -> Value {
         loop {
