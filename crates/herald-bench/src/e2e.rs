@@ -39,6 +39,8 @@ pub struct EndToEnd {
     pub provider_requests: u64,
     pub seconds: f64,
     pub emails_per_s: f64,
+    /// From the first POST (or `addBulk`) to the provider's first request.
+    pub first_email_ms: f64,
     /// CPU seconds of the side that takes the events: `herald serve` (with
     /// its workers, on the embedded default), or BullMQ's producer.
     pub ingest_cpu_s: f64,
@@ -71,14 +73,17 @@ impl EndToEnd {
             provider_requests: provider.requests(),
             seconds,
             emails_per_s: accepted as f64 / seconds.max(1e-9),
+            first_email_ms: provider.first_request().map_or(0.0, |t| {
+                t.saturating_duration_since(started).as_secs_f64() * 1000.0
+            }),
             ingest_cpu_s,
             worker_cpu_s,
             cpu_s_per_1000: cpu * 1000.0 / (accepted.max(1) as f64),
         };
         eprintln!(
-            "  {server}: {accepted} of {emails} emails in {seconds:.2} s = {:.0} emails/s \
-             ({} lost, {} duplicates; {ingest_cpu_s:.2} + {worker_cpu_s:.2} CPU-s = {:.2} per 1,000)",
-            r.emails_per_s, r.lost, r.duplicates, r.cpu_s_per_1000
+            "  {server}: {accepted} of {emails} emails in {seconds:.2} s = {:.0} emails/s, \
+             the first after {:.0} ms ({} lost, {} duplicates; {ingest_cpu_s:.2} + {worker_cpu_s:.2} CPU-s = {:.2} per 1,000)",
+            r.emails_per_s, r.first_email_ms, r.lost, r.duplicates, r.cpu_s_per_1000
         );
         r
     }

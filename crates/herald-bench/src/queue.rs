@@ -121,6 +121,11 @@ impl Provider {
         self.duplicates.load(Ordering::SeqCst)
     }
 
+    /// When the first request came.
+    pub fn first_request(&self) -> Option<Instant> {
+        self.tally.lock().expect("tally").first_request
+    }
+
     /// When the last message was accepted.
     pub fn last_accept(&self) -> Option<Instant> {
         self.tally.lock().expect("tally").last_accept
