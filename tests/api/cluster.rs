@@ -461,9 +461,14 @@ async fn a_client_is_recovered_from_the_database_after_redis_lost_its_history() 
         let (mut away, connected) = Ws::connect(&b, &token).await;
         away.subscribe("guest_card", json!({"guestId": guest}))
             .await;
+        // The official Socket.IO client, on the other node.
+        let (mut sio, sio_connected) = Sio::connect(&a, &token).await;
+        sio.subscribe("guest_card", json!({"guestId": guest})).await;
         publish_ok(&a, &points_for(&guest, 1)).await;
         let seen = away.event("points_added").await;
         drop(away);
+        let sio_seen = sio.event("points_added").await[1]["offset"].clone();
+        sio.exit().await;
 
         if from_snapshot {
             redis.snapshot().await;
@@ -499,8 +504,28 @@ async fn a_client_is_recovered_from_the_database_after_redis_lost_its_history() 
             .map(|f| f["data"]["amount"].as_i64().unwrap())
             .collect();
         assert_eq!(amounts, [2, 3, 4], "exactly the missed events, in order");
+        let resume = json!({
+            "epoch": sio_connected["epoch"],
+            "offset": sio_seen,
+            "subscriptions": [{"type": "guest_card", "data": {"guestId": guest}}],
+        });
+        let (mut sio, _) = Sio::connect_with(&a.address, &token, json!({"resume": resume})).await;
+        let mut amounts = Vec::new();
+        for _ in 0..3 {
+            amounts.push(
+                sio.event("points_added").await[0]["amount"]
+                    .as_i64()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(amounts, [2, 3, 4], "Socket.IO too: in order, once each");
+        let resumed = sio.event("resumed").await;
+        assert_eq!(resumed[0]["recovered"], true, "{resumed:?}");
+
         // Live from here, nothing twice.
         publish_ok(&a, &points_for(&guest, 5)).await;
         assert_eq!(back.event("points_added").await["data"]["amount"], 5);
+        assert_eq!(sio.event("points_added").await[0]["amount"], 5);
+        sio.exit().await;
     }
 }
