@@ -171,8 +171,19 @@ pub async fn prepare_herald(paths: &Paths, spec: &HeraldSpec, secret: &str) -> R
             dir.join("outbox").display().to_string(),
         ),
         ("HERALD__LOG__FILTER", "warn".to_owned()),
-        // The harness's sockets only subscribe; thousands of them share
-        // one address, so the per-connection limits stay as shipped.
+        // Every socket of the harness comes from 127.0.0.1, and its
+        // token travels in the Socket.IO CONNECT, after the upgrade: the
+        // per-address handshake limit (20/s, meant for one client) would
+        // measure itself, so it is lifted. The per-connection limits stay
+        // as shipped.
+        (
+            "HERALD__REALTIME__HANDSHAKES_PER_SECOND_PER_ADDRESS",
+            "1000000".to_owned(),
+        ),
+        (
+            "HERALD__REALTIME__HANDSHAKE_BURST_PER_ADDRESS",
+            "1000000".to_owned(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
