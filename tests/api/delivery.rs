@@ -705,6 +705,43 @@ async fn connected_clients_see_each_failed_attempt() {
     }
 }
 
+/// A worker idle on a Redis queue still looks for jobs every
+/// `poll_interval_ms`: one published after a quiet spell, and a retry that
+/// falls due later, go out within seconds, not at the worker's next
+/// heartbeat half a minute on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_keeps_looking_for_jobs() {
+    let redis_url = "redis://127.0.0.1:6379/12";
+    let Some((_, backend)) = redis_queue(redis_url).await else {
+        return;
+    };
+    let fakes = Fakes::live();
+    let queue = format!("herald-test-{}", uuid::Uuid::new_v4().simple());
+    let app = spawn_app_with_fakes(backend, fakes.clone(), |s| {
+        s.delivery.queue_url = herald_server::config::Secret::new(redis_url);
+        s.delivery.queue_name = queue.clone();
+        s.delivery.retry.base_ms = 1_000;
+        s.delivery.retry.cap_ms = 1_000;
+    })
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let workers = tokio::spawn(app.delivery.clone().run(stop.clone()));
+    // Quiet for a while: the worker has polled and found nothing, more
+    // than once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (guest, _) = guest_with_email(&app, "after-a-quiet-spell", json!({})).await;
+    fakes.email.script([Step::Transient { retry_after: None }]);
+    app.publish(&redeemed(&guest)).await;
+    eventually("the retry to go out", Duration::from_secs(10), || async {
+        (fakes.email.sent().len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(fakes.email.calls(), 2);
+    stop.cancel();
+    workers.await.unwrap().unwrap();
+}
+
 /// A connection to the Redis database a queue test uses, and the database
 /// backend to run it on (PostgreSQL when reachable). None: Redis is down
 /// and the test skips, unless services are required.

@@ -409,7 +409,7 @@ impl Queue {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let stop = shutdown.map(Ok::<(), std::io::Error>);
-        let strategy = Strategy::new().interval(poll);
+        let strategy = Strategy::new().apply(Ticker::new(poll));
         let result = match self {
             Queue::Sqlite { storage, hook, .. } => {
                 let hook = hook.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -446,6 +446,44 @@ impl Queue {
             }
         };
         result.map_err(queue_error)
+    }
+}
+
+/// Wakes an idle worker every `period`, so it looks for jobs.
+///
+/// apalis-core 1.0's `IntervalStrategy` arms its next timer without polling
+/// it, and its caller does not poll the strategy again before sleeping, so
+/// after the first tick nothing wakes an idle worker until something else
+/// does (its heartbeat, half a minute later): jobs pushed by another
+/// process, and retries falling due, waited that long. This ticker always
+/// leaves its next tick armed, with the waker registered.
+struct Ticker(std::sync::Mutex<tokio::time::Interval>);
+
+impl Ticker {
+    fn new(period: Duration) -> Ticker {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker(std::sync::Mutex::new(interval))
+    }
+}
+
+impl PollStrategy for Ticker {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        let interval = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut fired = false;
+        // Past a tick, poll again: the next one is then armed to wake us.
+        while interval.poll_tick(cx).is_ready() {
+            fired = true;
+        }
+        if fired {
+            std::task::Poll::Ready(Some(()))
+        } else {
+            std::task::Poll::Pending
+        }
     }
 }
 
