@@ -556,6 +556,12 @@ impl Session {
         }
     }
 
+    /// The history could not be read (Redis or the database is down).
+    fn history_unavailable(&self, e: &crate::Error, epoch: String, head: u64) -> ResumeOutcome {
+        tracing::warn!(error = %e, "resume: history unavailable");
+        self.not_recovered("history_unavailable", epoch, head, Vec::new())
+    }
+
     fn not_recovered(
         &self,
         reason: &'static str,
@@ -602,12 +608,10 @@ impl Session {
         let (epoch, head) = match self.hub.position().await {
             Ok(position) => position,
             Err(e) => {
-                tracing::warn!(error = %e, "resume: history unavailable");
-                return Ok(Some(self.not_recovered(
-                    "history_unavailable",
+                return Ok(Some(self.history_unavailable(
+                    &e,
                     String::new(),
                     self.watermark,
-                    Vec::new(),
                 )));
             }
         };
@@ -631,13 +635,7 @@ impl Session {
                     )));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "resume: history unavailable");
-                    return Ok(Some(self.not_recovered(
-                        "history_unavailable",
-                        epoch,
-                        head,
-                        Vec::new(),
-                    )));
+                    return Ok(Some(self.history_unavailable(&e, epoch, head)));
                 }
             },
             None => request.offset,
@@ -671,13 +669,7 @@ impl Session {
                     )));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "resume: history unavailable");
-                    return Ok(Some(self.not_recovered(
-                        "history_unavailable",
-                        epoch,
-                        head,
-                        Vec::new(),
-                    )));
+                    return Ok(Some(self.history_unavailable(&e, epoch, head)));
                 }
             },
             None => match self.snapshot(&from, epoch, head).await {
@@ -723,10 +715,7 @@ impl Session {
     ) -> Result<(String, u64, Vec<Arc<Delivery>>), ResumeOutcome> {
         let snapshot = match self.hub.snapshot(from).await {
             Ok(snapshot) => snapshot,
-            Err(e) => {
-                tracing::warn!(error = %e, "resume: history unavailable");
-                return Err(self.not_recovered("history_unavailable", epoch, head, Vec::new()));
-            }
+            Err(e) => return Err(self.history_unavailable(&e, epoch, head)),
         };
         if snapshot.epoch != epoch {
             let rooms = from.iter().map(|(room, _)| room.clone()).collect();
