@@ -297,6 +297,15 @@ impl DeliveryRuntime {
             failures: d.breaker.failures,
             open_for: Duration::from_secs(d.breaker.open_seconds),
         };
+        // A provider that serves several channels (the outbox) has a
+        // breaker per channel; its name says which, in the trace, on
+        // /readyz and in /metrics. Its rate limit is shared.
+        let mut channels_of: HashMap<String, usize> = HashMap::new();
+        for chain in providers.values() {
+            for (name, _) in chain {
+                *channels_of.entry(name.clone()).or_default() += 1;
+            }
+        }
         let channels: Channels = providers
             .into_iter()
             .map(|(kind, chain)| {
@@ -304,7 +313,12 @@ impl DeliveryRuntime {
                     .into_iter()
                     .map(|(name, transport)| {
                         let limiter = limiters.limiter(&name);
-                        (name, transport, limiter)
+                        let label = if channels_of[&name] > 1 {
+                            format!("{name}:{kind}")
+                        } else {
+                            name
+                        };
+                        (label, transport, limiter)
                     })
                     .collect();
                 let chain = ProviderChain::new(chain, breaker, provider_metrics.clone());
