@@ -532,10 +532,9 @@ async fn a_backlog_waiting_before_the_workers_start_drains() {
         return;
     };
     let fakes = Fakes::live();
-    let queue = format!("herald-test-{}", uuid::Uuid::new_v4().simple());
+    let queue = queue_name();
     let app = spawn_app_with_fakes(backend, fakes.clone(), |s| {
-        s.delivery.queue_url = herald_server::config::Secret::new(redis_url);
-        s.delivery.queue_name = queue.clone();
+        on_redis_queue(s, redis_url, &queue);
         s.delivery.workers_in_serve = false;
         s.delivery.concurrency = 32;
         s.delivery.stale_seconds = 3_600;
@@ -716,10 +715,8 @@ async fn an_idle_worker_keeps_looking_for_jobs() {
         return;
     };
     let fakes = Fakes::live();
-    let queue = format!("herald-test-{}", uuid::Uuid::new_v4().simple());
     let app = spawn_app_with_fakes(backend, fakes.clone(), |s| {
-        s.delivery.queue_url = herald_server::config::Secret::new(redis_url);
-        s.delivery.queue_name = queue.clone();
+        on_redis_queue(s, redis_url, &queue_name());
         s.delivery.retry.base_ms = 1_000;
         s.delivery.retry.cap_ms = 1_000;
     })
@@ -740,6 +737,18 @@ async fn an_idle_worker_keeps_looking_for_jobs() {
     assert_eq!(fakes.email.calls(), 2);
     stop.cancel();
     workers.await.unwrap().unwrap();
+}
+
+/// The delivery queue on `redis_url`, under `queue`, a name of the test's
+/// own.
+fn on_redis_queue(s: &mut herald_server::Settings, redis_url: &str, queue: &str) {
+    s.delivery.queue_url = herald_server::config::Secret::new(redis_url);
+    s.delivery.queue_name = queue.to_owned();
+}
+
+/// A queue name no other test uses.
+fn queue_name() -> String {
+    format!("herald-test-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// A connection to the Redis database a queue test uses, and the database

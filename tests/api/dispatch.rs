@@ -91,6 +91,15 @@ fn use_sendgrid(s: &mut herald_server::Settings, uri: &str) {
     s.channels.email = "sendgrid".into();
 }
 
+/// Email through SendGrid at `uri`, failing over to SMTP on `port`.
+fn use_sendgrid_then_smtp(s: &mut herald_server::Settings, uri: &str, port: u16) {
+    use_sendgrid(s, uri);
+    s.channels.email = "sendgrid, smtp".into();
+    s.channels.smtp.host = "127.0.0.1".into();
+    s.channels.smtp.port = port;
+    s.channels.smtp.security = "none".into();
+}
+
 /// `n` guests with an email address, and a `points_redeemed` for each.
 async fn guests_redeeming(app: &TestApp, prefix: &str, n: usize) -> Vec<(String, String)> {
     let mut guests = Vec::with_capacity(n);
@@ -212,11 +221,7 @@ async fn a_failing_primary_fails_over_and_its_breaker_recovers() {
     let mut smtp = SmtpSink::start().await;
     let (uri, port) = (server.uri(), smtp.addr.port());
     let app = spawn_app_with(Backend::Sqlite, move |s| {
-        use_sendgrid(s, &uri);
-        s.channels.email = "sendgrid, smtp".into();
-        s.channels.smtp.host = "127.0.0.1".into();
-        s.channels.smtp.port = port;
-        s.channels.smtp.security = "none".into();
+        use_sendgrid_then_smtp(s, &uri, port);
         s.delivery.breaker.failures = 2;
         s.delivery.breaker.open_seconds = 2;
     })
@@ -285,11 +290,7 @@ async fn a_permanent_error_does_not_fail_over() {
     let mut smtp = SmtpSink::start().await;
     let (uri, port) = (server.uri(), smtp.addr.port());
     let app = spawn_app_with(Backend::Sqlite, move |s| {
-        use_sendgrid(s, &uri);
-        s.channels.email = "sendgrid, smtp".into();
-        s.channels.smtp.host = "127.0.0.1".into();
-        s.channels.smtp.port = port;
-        s.channels.smtp.security = "none".into();
+        use_sendgrid_then_smtp(s, &uri, port);
     })
     .await
     .unwrap();
