@@ -338,35 +338,27 @@ impl Queue {
         Ok(())
     }
 
-    /// Removes finished jobs: on SQLite those done more than `older_than`
-    /// ago, on Redis every done or dead one. In chunks, so neither storage
-    /// is held for long; returns how many went.
-    pub async fn purge_finished(&self, older_than: Duration) -> Result<u64, Error> {
+    /// Removes finished jobs, done or dead, in chunks so neither storage is
+    /// held for long; returns how many went. The delivery's row and trace
+    /// say what happened, so the queue keeps nothing of a finished job.
+    pub async fn purge_finished(&self) -> Result<u64, Error> {
         let mut total = 0;
         match self {
-            Queue::Sqlite { pool, name, .. } => {
-                let before = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .saturating_sub(older_than)
-                    .as_secs();
-                loop {
-                    let done = sqlx::query(
-                        "DELETE FROM Jobs WHERE rowid IN (SELECT rowid FROM Jobs \
-                         WHERE job_type = ?1 AND status IN ('Done', 'Killed') AND done_at <= ?2 LIMIT ?3)",
-                    )
-                    .bind(name)
-                    .bind(i64::try_from(before).unwrap_or(i64::MAX))
-                    .bind(PURGE_CHUNK as i64)
-                    .execute(pool)
-                    .await
-                    .map_err(queue_error)?;
-                    total += done.rows_affected();
-                    if done.rows_affected() < PURGE_CHUNK as u64 {
-                        return Ok(total);
-                    }
+            Queue::Sqlite { pool, name, .. } => loop {
+                let done = sqlx::query(
+                    "DELETE FROM Jobs WHERE rowid IN (SELECT rowid FROM Jobs \
+                         WHERE job_type = ?1 AND status IN ('Done', 'Killed') LIMIT ?2)",
+                )
+                .bind(name)
+                .bind(PURGE_CHUNK as i64)
+                .execute(pool)
+                .await
+                .map_err(queue_error)?;
+                total += done.rows_affected();
+                if done.rows_affected() < PURGE_CHUNK as u64 {
+                    return Ok(total);
                 }
-            }
+            },
             Queue::Redis { storage } => {
                 let config = storage.get_config().clone();
                 loop {

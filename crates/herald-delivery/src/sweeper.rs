@@ -22,10 +22,6 @@ use crate::clock::Clock;
 use crate::metrics::DeliveryMetrics;
 use crate::queue::Queue;
 
-/// How long a finished job stays in the queue (on SQLite) before the sweep
-/// purges it: not at all. The delivery's row and trace say what happened.
-const FINISHED_KEPT: Duration = Duration::ZERO;
-
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sweep {
@@ -70,7 +66,7 @@ impl Sweeper {
                 .with_label_values(&["requeued"])
                 .inc_by(stranded.len() as u64);
         }
-        let purged = self.queue.purge_finished(FINISHED_KEPT).await?;
+        let purged = self.queue.purge_finished().await?;
         if released > 0 || !stranded.is_empty() {
             tracing::info!(
                 released,

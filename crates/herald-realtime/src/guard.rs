@@ -39,7 +39,7 @@ use axum::response::Response;
 use prometheus::IntGauge;
 
 use crate::hub::Hub;
-use crate::ws::problem;
+use crate::ws::{bearer, problem};
 
 /// The guard's state: one per router.
 pub(crate) struct Guard {
@@ -176,16 +176,7 @@ fn kind(request: &Request) -> Kind {
 /// The token a request carries before any session exists: a Bearer header,
 /// or on `/ws` also `?token=`.
 fn token(request: &Request, query_too: bool) -> Option<String> {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty());
+    let header = bearer(request.headers());
     if header.is_some() || !query_too {
         return header;
     }

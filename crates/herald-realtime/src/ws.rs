@@ -62,14 +62,9 @@ pub(crate) fn problem(status: StatusCode, code: &str, detail: &str) -> Response 
     response
 }
 
-/// `GET /ws`: authenticate, then upgrade.
-pub(crate) async fn upgrade(
-    State(hub): State<Hub>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let token = headers
+/// The token of an `Authorization: Bearer …` header, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| {
@@ -77,8 +72,17 @@ pub(crate) async fn upgrade(
                 .or_else(|| h.strip_prefix("bearer "))
         })
         .map(|t| t.trim().to_owned())
-        .or_else(|| query.get("token").cloned())
-        .filter(|t| !t.is_empty());
+        .filter(|t| !t.is_empty())
+}
+
+/// `GET /ws`: authenticate, then upgrade.
+pub(crate) async fn upgrade(
+    State(hub): State<Hub>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = bearer(&headers).or_else(|| query.get("token").cloned().filter(|t| !t.is_empty()));
     let Some(token) = token else {
         return problem(
             StatusCode::UNAUTHORIZED,

@@ -221,17 +221,6 @@ impl Store {
         self.claim_context(rows).await
     }
 
-    /// Claims delivery `id` if it is due and free (see
-    /// [`Store::claim_deliveries`]).
-    pub async fn claim_delivery(
-        &self,
-        id: DeliveryId,
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<Option<Claimed>> {
-        Ok(self.claim_deliveries(&[id], now, lease_ms).await?.pop())
-    }
-
     /// What claimed deliveries need besides their row: the event.
     async fn claim_context(&self, rows: Vec<writer::ClaimedRow>) -> Result<Vec<Claimed>> {
         let mut notifications: Vec<&str> =
@@ -307,27 +296,6 @@ impl Store {
             .await
             .map_err(|_| Error::WriterStopped)?;
         answer.await.map_err(|_| Error::WriterStopped)?
-    }
-
-    /// Records how attempt `attempt` of a claimed delivery ended (see
-    /// [`Store::finish_deliveries`]).
-    pub async fn finish_delivery(
-        &self,
-        id: DeliveryId,
-        attempt: i64,
-        finish: &Finish,
-        now: i64,
-    ) -> Result<bool> {
-        let done = self
-            .finish_deliveries(vec![Finished {
-                id,
-                attempt,
-                finish: finish.clone(),
-                trace: Vec::new(),
-                at: now,
-            }])
-            .await?;
-        Ok(done.first().copied().unwrap_or(false))
     }
 
     /// Applies a provider's report about message `message_id` once:
@@ -434,16 +402,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-
-    /// How many deliveries are owed an attempt, now or later.
-    pub async fn open_deliveries(&self) -> Result<u64> {
-        let sql = format!("SELECT COUNT(*) FROM deliveries WHERE status IN ({CLAIMABLE})");
-        let n: i64 = sqlx::query(AssertSqlSafe(sql))
-            .fetch_one(&self.read)
-            .await?
-            .try_get(0)?;
-        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Notes that queue jobs were made for `ids` and fall due at `at`.

@@ -9,6 +9,7 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::events::{backend_of, values};
 use crate::{Result, Store, placeholders};
 
 /// One event as the log keeps it.
@@ -40,11 +41,12 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.write.begin().await?;
+        let backend = backend_of(&tx);
         for chunk in events.chunks(ROWS) {
             let sql = format!(
                 "INSERT INTO realtime_log (rt_offset, frame, at) VALUES {} \
                  ON CONFLICT (rt_offset) DO NOTHING",
-                rows(1, chunk.len(), 3)
+                values(backend, chunk.len(), 3)
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for e in chunk {
@@ -59,7 +61,7 @@ impl Store {
                 let sql = format!(
                     "INSERT INTO realtime_log_rooms (room, rt_offset) VALUES {} \
                      ON CONFLICT (room, rt_offset) DO NOTHING",
-                    rows(1, pairs.len(), 2)
+                    values(backend, pairs.len(), 2)
                 );
                 let mut query = sqlx::query(AssertSqlSafe(sql));
                 for (room, offset) in pairs {
@@ -174,12 +176,4 @@ impl Store {
             total += offsets.len() as u64;
         }
     }
-}
-
-/// `($1, $2), ($3, $4), …`: `n` rows of `columns` numbered parameters.
-fn rows(from: usize, n: usize, columns: usize) -> String {
-    (0..n)
-        .map(|r| format!("({})", placeholders(from + r * columns, columns)))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
