@@ -3,6 +3,7 @@
 
 mod actions;
 mod auth;
+mod balancer;
 mod browser;
 mod catalog;
 mod cluster;
