@@ -32,8 +32,7 @@ use herald_core::{DeliveryId, EventId, EventKind, NotificationId, UserId};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::oneshot;
 
-use crate::inbox::parse_id;
-use crate::{Error, Result, Store, placeholders};
+use crate::{Error, Result, Store, parse_id, parse_named, placeholders};
 
 /// Statuses a worker may claim from.
 pub(crate) const CLAIMABLE: &str = "'pending', 'deferred', 'retrying'";
@@ -242,13 +241,10 @@ impl Store {
             }
             for row in query.fetch_all(&self.read).await? {
                 let payload: String = row.try_get("payload")?;
-                let event_id: String = row.try_get("event_id")?;
                 context.insert(
                     row.try_get("notification_id")?,
                     (
-                        event_id
-                            .parse()
-                            .map_err(|_| Error::Corrupt(format!("`{event_id}` is not an id")))?,
+                        parse_named(&row, "event_id")?,
                         crate::events::kind(&row.try_get::<String, _>("kind")?)?,
                         serde_json::from_str(&payload)
                             .map_err(|e| Error::Corrupt(format!("event payload: {e}")))?,
@@ -267,9 +263,7 @@ impl Store {
                     attempt: r.attempt,
                     channel: r.channel,
                     reason: r.reason,
-                    notification_id: r.notification_id.parse().map_err(|_| {
-                        Error::Corrupt(format!("`{}` is not an id", r.notification_id))
-                    })?,
+                    notification_id: parse_id(&r.notification_id)?,
                     recipient: UserId(r.recipient),
                     event_id,
                     kind,
@@ -380,7 +374,7 @@ impl Store {
             .bind(i64::from(limit))
             .fetch_all(&self.read)
             .await?;
-        rows.iter().map(|r| parse_id(r, 0)).collect()
+        rows.iter().map(|r| parse_named(r, "id")).collect()
     }
 
     /// Those of `ids` that are owed an attempt but not yet, with when they
@@ -398,7 +392,7 @@ impl Store {
                 query = query.bind(id.to_string());
             }
             for row in query.fetch_all(&self.read).await? {
-                out.push((parse_id(&row, 0)?, row.try_get("next_attempt_at")?));
+                out.push((parse_named(&row, "id")?, row.try_get("next_attempt_at")?));
             }
         }
         Ok(out)
@@ -424,13 +418,13 @@ impl Store {
     /// the database sees it.
     pub async fn delivery_backlog(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
-            "SELECT status, COUNT(*) FROM deliveries \
+            "SELECT status, COUNT(*) AS n FROM deliveries \
              WHERE status IN ('pending', 'deferred', 'retrying', 'sending') GROUP BY status ORDER BY status",
         )
         .fetch_all(&self.read)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect()
     }
 }

@@ -29,7 +29,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{CLAIMABLE, Finished, Transition};
 use crate::events::backend_of;
-use crate::{Result, placeholders};
+use crate::{Result, parse_named, placeholders};
 
 /// Requests that may wait for a lane before callers wait to queue.
 const QUEUE_CAPACITY: usize = 4_096;
@@ -309,7 +309,7 @@ async fn claim(
         }
         for row in query.fetch_all(&mut *tx).await? {
             out.push(ClaimedRow {
-                id: crate::inbox::parse_id(&row, 0)?,
+                id: parse_named(&row, "id")?,
                 attempt: row.try_get("attempts")?,
                 channel: row.try_get("channel")?,
                 reason: row.try_get("reason")?,
