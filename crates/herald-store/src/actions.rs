@@ -103,6 +103,11 @@ impl TryFrom<ActionRow> for ActionRecord {
 impl Store {
     /// Records a confirmation durably (committed when this returns).
     /// `relay` says whether a webhook will relay it.
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(user = %new.user_id, action_id = %new.action_id)
+    )]
     pub async fn record_action(&self, new: &ActionRecord, relay: bool) -> Result<Recorded> {
         let now = now_ms();
         let status = if relay {
@@ -182,6 +187,11 @@ impl Store {
     }
 
     /// The webhook accepted a confirmation.
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(user = %user_id, action_id = %action_id)
+    )]
     pub async fn action_relayed(&self, user_id: &str, action_id: &str) -> Result<()> {
         let now = now_ms();
         sqlx::query(
@@ -197,6 +207,11 @@ impl Store {
     }
 
     /// A relay attempt failed; try again at `next_attempt_at`.
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(user = %user_id, action_id = %action_id)
+    )]
     pub async fn action_retry(
         &self,
         user_id: &str,

@@ -196,6 +196,7 @@ impl Store {
     /// Claims those of `ids` that are due and free, for `lease_ms` each;
     /// the rest (already sent, being sent, not yet due, unknown) are left
     /// alone. Concurrent calls share one statement and one commit.
+    #[tracing::instrument(level = "debug", skip_all, fields(deliveries = ids.len()))]
     pub async fn claim_deliveries(
         &self,
         ids: &[DeliveryId],
@@ -280,6 +281,7 @@ impl Store {
     /// item, in order: `false` when that claim was lost (the lease ran out
     /// and the delivery moved on), and nothing of it was written.
     /// Concurrent calls share one transaction and one commit.
+    #[tracing::instrument(level = "debug", skip_all, fields(deliveries = items.len()))]
     pub async fn finish_deliveries(&self, items: Vec<Finished>) -> Result<Vec<bool>> {
         if items.is_empty() {
             return Ok(Vec::new());
@@ -296,6 +298,11 @@ impl Store {
     /// the first time `(provider, event_id)` is seen it moves the delivery
     /// that message belongs to (from `sent`, or from `delivered` to a late
     /// bounce or failure); a repeat changes nothing.
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(provider = event.provider, status = event.status.as_str())
+    )]
     pub async fn record_provider_event(
         &self,
         event: &ProviderEvent<'_>,
@@ -341,6 +348,7 @@ impl Store {
 
     /// Hands deliveries whose worker died (still `sending` past their lease)
     /// back for another attempt. Returns how many.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn release_expired_leases(&self, now: i64) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, lease_until = NULL, \
@@ -399,6 +407,7 @@ impl Store {
     }
 
     /// Notes that queue jobs were made for `ids` and fall due at `at`.
+    #[tracing::instrument(level = "debug", skip_all, fields(deliveries = ids.len()))]
     pub async fn mark_enqueued(&self, ids: &[DeliveryId], at: i64) -> Result<()> {
         for chunk in ids.chunks(500) {
             let sql = format!(

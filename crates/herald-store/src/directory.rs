@@ -42,6 +42,7 @@ impl Store {
     }
 
     /// Replaces a user's contact record.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn put_contact(&self, user: &UserId, record: &ContactRecord) -> Result<()> {
         let c = &record.contact;
         sqlx::query(
@@ -67,6 +68,7 @@ impl Store {
     /// platform named it in an event); an address already on file, set by
     /// the user or the platform, is never overwritten. Returns whether it
     /// filled one.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn fill_contact_email(&self, user: &UserId, email: &str) -> Result<bool> {
         let done = sqlx::query(
             "INSERT INTO contacts (user_id, email, updated_at) VALUES ($1, $2, $3) \
@@ -93,6 +95,7 @@ impl Store {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn put_preferences(&self, user: &UserId, prefs: &Preferences) -> Result<()> {
         let doc = serde_json::to_string(prefs).expect("preferences serialise");
         sqlx::query(
@@ -161,6 +164,11 @@ impl Store {
 
     /// Registers a device; registering the same token again returns the
     /// existing device (with its subscription refreshed).
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(user = %user, kind = device.kind.as_str())
+    )]
     pub async fn add_device(&self, user: &UserId, device: &NewDevice) -> Result<(Device, bool)> {
         let now = now_ms();
         let id = DeviceId::new();
@@ -192,6 +200,7 @@ impl Store {
         ))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user, device = %id))]
     pub async fn delete_device(&self, user: &UserId, id: DeviceId) -> Result<bool> {
         let done = sqlx::query("DELETE FROM devices WHERE id = $1 AND user_id = $2")
             .bind(id.to_string())
@@ -204,6 +213,7 @@ impl Store {
     /// Removes the device a provider reported gone (an unregistered FCM
     /// token, an expired Web Push endpoint), returning its id if it was
     /// still there.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn delete_device_by_token(
         &self,
         user: &UserId,

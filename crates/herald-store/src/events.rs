@@ -59,6 +59,7 @@ impl Store {
     /// or the error this batch alone would meet.
     ///
     /// Once queued, the batch is written even if this future is dropped.
+    #[tracing::instrument(level = "debug", skip_all, fields(events = batch.len()))]
     pub async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<Ingested>> {
         if batch.is_empty() {
             return Ok(Vec::new());

@@ -78,6 +78,7 @@ impl Store {
 
     /// Marks one entry read (keeping the first read time). `None` if `user`
     /// has no such entry.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user, notification = %id))]
     pub async fn mark_read(
         &self,
         user: &UserId,
@@ -97,6 +98,7 @@ impl Store {
     }
 
     /// Marks every unread entry read; returns how many changed.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn mark_all_read(&self, user: &UserId) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE notifications SET read_at = $1 \
@@ -111,6 +113,7 @@ impl Store {
 
     /// Hides an entry from the inbox; its delivery history stays. `false`
     /// if `user` has no such entry.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user, notification = %id))]
     pub async fn delete_notification(&self, user: &UserId, id: NotificationId) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE notifications SET deleted_at = $1 \

@@ -157,6 +157,7 @@ async fn finish_group(pool: &AnyPool, group: Vec<FinishRequest>) {
 }
 
 /// Writes finishes and their trace in one transaction; whether each applied.
+#[tracing::instrument(level = "debug", skip_all, fields(deliveries = items.len()))]
 async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
     let mut tx = pool.begin().await?;
     let backend = backend_of(&tx);
@@ -278,6 +279,7 @@ async fn claim_group(pool: &AnyPool, group: Vec<ClaimRequest>) {
 
 /// Claims the due and free ones of `ids` (sorted, so concurrent claims
 /// lock rows in one order) in one transaction.
+#[tracing::instrument(level = "debug", skip_all, fields(deliveries = ids.len()))]
 async fn claim(
     pool: &AnyPool,
     ids: &[&DeliveryId],
