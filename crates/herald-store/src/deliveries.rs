@@ -484,3 +484,6 @@ pub enum ProviderEventOutcome {
     /// Seen before: nothing done.
     Duplicate,
 }
+
+#[cfg(test)]
+mod tests;
