@@ -68,23 +68,46 @@ pub enum Recorded {
 const COLUMNS: &str =
     "user_id, action_id, role, restaurant_id, action, amount, status, attempts, created_at";
 
-fn record(row: &sqlx::any::AnyRow) -> Result<ActionRecord> {
-    Ok(ActionRecord {
-        user_id: row.try_get(0)?,
-        action_id: row.try_get(1)?,
-        role: row.try_get(2)?,
-        restaurant_id: row.try_get(3)?,
-        action: row.try_get(4)?,
-        amount: row.try_get(5)?,
-        status: ActionStatus::parse(&row.try_get::<String, _>(6)?)?,
-        attempts: row.try_get(7)?,
-        created_at: row.try_get(8)?,
-    })
+/// A row of `action_confirms` as [`COLUMNS`] reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct ActionRow {
+    user_id: String,
+    action_id: String,
+    role: String,
+    restaurant_id: Option<String>,
+    action: String,
+    amount: String,
+    status: String,
+    attempts: i64,
+    created_at: i64,
+}
+
+impl TryFrom<ActionRow> for ActionRecord {
+    type Error = Error;
+
+    fn try_from(row: ActionRow) -> Result<ActionRecord> {
+        Ok(ActionRecord {
+            user_id: row.user_id,
+            action_id: row.action_id,
+            role: row.role,
+            restaurant_id: row.restaurant_id,
+            action: row.action,
+            amount: row.amount,
+            status: ActionStatus::parse(&row.status)?,
+            attempts: row.attempts,
+            created_at: row.created_at,
+        })
+    }
 }
 
 impl Store {
     /// Records a confirmation durably (committed when this returns).
     /// `relay` says whether a webhook will relay it.
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(user = %new.user_id, action_id = %new.action_id)
+    )]
     pub async fn record_action(&self, new: &ActionRecord, relay: bool) -> Result<Recorded> {
         let now = now_ms();
         let status = if relay {
@@ -108,14 +131,14 @@ impl Store {
         .execute(&self.write)
         .await?
         .rows_affected();
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let stored: ActionRecord = sqlx::query_as::<_, ActionRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM action_confirms WHERE user_id = $1 AND action_id = $2"
         )))
         .bind(new.user_id.clone())
         .bind(new.action_id.clone())
         .fetch_one(&self.write)
-        .await?;
-        let stored = record(&row)?;
+        .await?
+        .try_into()?;
         if inserted == 1 {
             return Ok(Recorded::New(stored));
         }
@@ -131,7 +154,7 @@ impl Store {
     /// each for `lease_ms`.
     pub async fn claim_due_actions(&self, limit: i64, lease_ms: i64) -> Result<Vec<ActionRecord>> {
         let now = now_ms();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query_as::<_, ActionRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM action_confirms \
              WHERE status = 'pending' AND next_attempt_at <= $1 \
              AND (lease_until IS NULL OR lease_until < $1) \
@@ -142,8 +165,8 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let r = record(row)?;
+        for row in rows {
+            let r = ActionRecord::try_from(row)?;
             let won = sqlx::query(
                 "UPDATE action_confirms SET lease_until = $1 \
                  WHERE user_id = $2 AND action_id = $3 AND status = 'pending' \
@@ -164,6 +187,11 @@ impl Store {
     }
 
     /// The webhook accepted a confirmation.
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(user = %user_id, action_id = %action_id)
+    )]
     pub async fn action_relayed(&self, user_id: &str, action_id: &str) -> Result<()> {
         let now = now_ms();
         sqlx::query(
@@ -179,6 +207,11 @@ impl Store {
     }
 
     /// A relay attempt failed; try again at `next_attempt_at`.
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(user = %user_id, action_id = %action_id)
+    )]
     pub async fn action_retry(
         &self,
         user_id: &str,
@@ -202,22 +235,23 @@ impl Store {
     /// When the next pending confirmation falls due, if any.
     pub async fn next_action_due(&self) -> Result<Option<i64>> {
         let row = sqlx::query(
-            "SELECT MIN(next_attempt_at) FROM action_confirms WHERE status = 'pending'",
+            "SELECT MIN(next_attempt_at) AS next_due FROM action_confirms WHERE status = 'pending'",
         )
         .fetch_one(&self.read)
         .await?;
-        Ok(row.try_get::<Option<i64>, _>(0)?)
+        Ok(row.try_get("next_due")?)
     }
 
     /// One confirmation, for tests and support.
     pub async fn action(&self, user_id: &str, action_id: &str) -> Result<Option<ActionRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        sqlx::query_as::<_, ActionRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM action_confirms WHERE user_id = $1 AND action_id = $2"
         )))
         .bind(user_id.to_owned())
         .bind(action_id.to_owned())
         .fetch_optional(&self.read)
-        .await?;
-        row.as_ref().map(record).transpose()
+        .await?
+        .map(ActionRecord::try_from)
+        .transpose()
     }
 }

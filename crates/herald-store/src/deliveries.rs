@@ -32,8 +32,7 @@ use herald_core::{DeliveryId, EventId, EventKind, NotificationId, UserId};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::oneshot;
 
-use crate::inbox::parse_id;
-use crate::{Error, Result, Store, placeholders};
+use crate::{Error, Result, Store, parse_id, parse_named, placeholders};
 
 /// Statuses a worker may claim from.
 pub(crate) const CLAIMABLE: &str = "'pending', 'deferred', 'retrying'";
@@ -197,6 +196,7 @@ impl Store {
     /// Claims those of `ids` that are due and free, for `lease_ms` each;
     /// the rest (already sent, being sent, not yet due, unknown) are left
     /// alone. Concurrent calls share one statement and one commit.
+    #[tracing::instrument(level = "debug", skip_all, fields(deliveries = ids.len()))]
     pub async fn claim_deliveries(
         &self,
         ids: &[DeliveryId],
@@ -242,13 +242,10 @@ impl Store {
             }
             for row in query.fetch_all(&self.read).await? {
                 let payload: String = row.try_get("payload")?;
-                let event_id: String = row.try_get("event_id")?;
                 context.insert(
                     row.try_get("notification_id")?,
                     (
-                        event_id
-                            .parse()
-                            .map_err(|_| Error::Corrupt(format!("`{event_id}` is not an id")))?,
+                        parse_named(&row, "event_id")?,
                         crate::events::kind(&row.try_get::<String, _>("kind")?)?,
                         serde_json::from_str(&payload)
                             .map_err(|e| Error::Corrupt(format!("event payload: {e}")))?,
@@ -267,9 +264,7 @@ impl Store {
                     attempt: r.attempt,
                     channel: r.channel,
                     reason: r.reason,
-                    notification_id: r.notification_id.parse().map_err(|_| {
-                        Error::Corrupt(format!("`{}` is not an id", r.notification_id))
-                    })?,
+                    notification_id: parse_id(&r.notification_id)?,
                     recipient: UserId(r.recipient),
                     event_id,
                     kind,
@@ -286,6 +281,7 @@ impl Store {
     /// item, in order: `false` when that claim was lost (the lease ran out
     /// and the delivery moved on), and nothing of it was written.
     /// Concurrent calls share one transaction and one commit.
+    #[tracing::instrument(level = "debug", skip_all, fields(deliveries = items.len()))]
     pub async fn finish_deliveries(&self, items: Vec<Finished>) -> Result<Vec<bool>> {
         if items.is_empty() {
             return Ok(Vec::new());
@@ -302,6 +298,11 @@ impl Store {
     /// the first time `(provider, event_id)` is seen it moves the delivery
     /// that message belongs to (from `sent`, or from `delivered` to a late
     /// bounce or failure); a repeat changes nothing.
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(provider = event.provider, status = event.status.as_str())
+    )]
     pub async fn record_provider_event(
         &self,
         event: &ProviderEvent<'_>,
@@ -347,6 +348,7 @@ impl Store {
 
     /// Hands deliveries whose worker died (still `sending` past their lease)
     /// back for another attempt. Returns how many.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn release_expired_leases(&self, now: i64) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, lease_until = NULL, \
@@ -380,7 +382,7 @@ impl Store {
             .bind(i64::from(limit))
             .fetch_all(&self.read)
             .await?;
-        rows.iter().map(|r| parse_id(r, 0)).collect()
+        rows.iter().map(|r| parse_named(r, "id")).collect()
     }
 
     /// Those of `ids` that are owed an attempt but not yet, with when they
@@ -398,13 +400,14 @@ impl Store {
                 query = query.bind(id.to_string());
             }
             for row in query.fetch_all(&self.read).await? {
-                out.push((parse_id(&row, 0)?, row.try_get("next_attempt_at")?));
+                out.push((parse_named(&row, "id")?, row.try_get("next_attempt_at")?));
             }
         }
         Ok(out)
     }
 
     /// Notes that queue jobs were made for `ids` and fall due at `at`.
+    #[tracing::instrument(level = "debug", skip_all, fields(deliveries = ids.len()))]
     pub async fn mark_enqueued(&self, ids: &[DeliveryId], at: i64) -> Result<()> {
         for chunk in ids.chunks(500) {
             let sql = format!(
@@ -424,13 +427,13 @@ impl Store {
     /// the database sees it.
     pub async fn delivery_backlog(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
-            "SELECT status, COUNT(*) FROM deliveries \
+            "SELECT status, COUNT(*) AS n FROM deliveries \
              WHERE status IN ('pending', 'deferred', 'retrying', 'sending') GROUP BY status ORDER BY status",
         )
         .fetch_all(&self.read)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect()
     }
 }
@@ -481,3 +484,6 @@ pub enum ProviderEventOutcome {
     /// Seen before: nothing done.
     Duplicate,
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,9 +10,8 @@ use herald_core::routing::{Profile, Selector};
 use herald_core::{Locale, Preferences, Role, UserId};
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::inbox::parse_id;
 use crate::records::{ContactRecord, Device, DeviceKind};
-use crate::{Error, Result, Store, now_ms, placeholders};
+use crate::{Error, Result, Store, now_ms, parse_named, placeholders};
 
 /// A device to register.
 #[derive(Debug, Clone)]
@@ -24,30 +23,26 @@ pub struct NewDevice {
 
 impl Store {
     pub async fn contact(&self, user: &UserId) -> Result<Option<ContactRecord>> {
-        let row = sqlx::query(
+        let row = sqlx::query_as::<_, ContactRow>(
             "SELECT email, phone, locale, timezone, role, restaurant_id FROM contacts WHERE user_id = $1",
         )
         .bind(user.as_str())
         .fetch_optional(&self.read)
         .await?;
-        row.map(|r| {
-            let locale: Option<String> = r.try_get(2)?;
-            let role: Option<String> = r.try_get(4)?;
-            Ok(ContactRecord {
-                contact: Contact {
-                    email: r.try_get(0)?,
-                    phone: r.try_get(1)?,
-                    locale: locale.as_deref().and_then(Locale::parse),
-                    timezone: r.try_get(3)?,
-                },
-                role: role.as_deref().and_then(Role::parse),
-                restaurant_id: r.try_get(5)?,
-            })
-        })
-        .transpose()
+        Ok(row.map(|r| ContactRecord {
+            contact: Contact {
+                email: r.email,
+                phone: r.phone,
+                locale: r.locale.as_deref().and_then(Locale::parse),
+                timezone: r.timezone,
+            },
+            role: r.role.as_deref().and_then(Role::parse),
+            restaurant_id: r.restaurant_id,
+        }))
     }
 
     /// Replaces a user's contact record.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn put_contact(&self, user: &UserId, record: &ContactRecord) -> Result<()> {
         let c = &record.contact;
         sqlx::query(
@@ -73,6 +68,7 @@ impl Store {
     /// platform named it in an event); an address already on file, set by
     /// the user or the platform, is never overwritten. Returns whether it
     /// filled one.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn fill_contact_email(&self, user: &UserId, email: &str) -> Result<bool> {
         let done = sqlx::query(
             "INSERT INTO contacts (user_id, email, updated_at) VALUES ($1, $2, $3) \
@@ -95,10 +91,11 @@ impl Store {
             .await?;
         match row {
             None => Ok(Preferences::default()),
-            Some(r) => parse_preferences(&r.try_get::<String, _>(0)?),
+            Some(r) => parse_preferences(&r.try_get::<String, _>("document")?),
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn put_preferences(&self, user: &UserId, prefs: &Preferences) -> Result<()> {
         let doc = serde_json::to_string(prefs).expect("preferences serialise");
         sqlx::query(
@@ -144,7 +141,7 @@ impl Store {
                 let kind: String = r.try_get("kind")?;
                 let subscription: Option<String> = r.try_get("subscription")?;
                 let device = Device {
-                    id: parse_id::<DeviceId>(&r, 1)?,
+                    id: parse_named(&r, "id")?,
                     kind: match kind.as_str() {
                         "fcm" => DeviceKind::Fcm,
                         "webpush" => DeviceKind::Webpush,
@@ -167,6 +164,11 @@ impl Store {
 
     /// Registers a device; registering the same token again returns the
     /// existing device (with its subscription refreshed).
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(user = %user, kind = device.kind.as_str())
+    )]
     pub async fn add_device(&self, user: &UserId, device: &NewDevice) -> Result<(Device, bool)> {
         let now = now_ms();
         let id = DeviceId::new();
@@ -185,19 +187,20 @@ impl Store {
         .bind(now)
         .fetch_one(&self.write)
         .await?;
-        let stored: DeviceId = parse_id(&row, 0)?;
+        let stored: DeviceId = parse_named(&row, "id")?;
         Ok((
             Device {
                 id: stored,
                 kind: device.kind,
                 token: device.token.clone(),
                 subscription: device.subscription.clone(),
-                created_at: row.try_get(1)?,
+                created_at: row.try_get("created_at")?,
             },
             stored == id,
         ))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user, device = %id))]
     pub async fn delete_device(&self, user: &UserId, id: DeviceId) -> Result<bool> {
         let done = sqlx::query("DELETE FROM devices WHERE id = $1 AND user_id = $2")
             .bind(id.to_string())
@@ -210,6 +213,7 @@ impl Store {
     /// Removes the device a provider reported gone (an unregistered FCM
     /// token, an expired Web Push endpoint), returning its id if it was
     /// still there.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn delete_device_by_token(
         &self,
         user: &UserId,
@@ -220,7 +224,7 @@ impl Store {
             .bind(token)
             .fetch_optional(&self.write)
             .await?;
-        row.map(|r| parse_id::<DeviceId>(&r, 0)).transpose()
+        row.map(|r| parse_named(&r, "id")).transpose()
     }
 
     /// Expands group selectors (`role:admin`, `staff:{restaurant}`) to users,
@@ -254,7 +258,7 @@ impl Store {
             };
             let users = rows
                 .iter()
-                .map(|r| r.try_get::<String, _>(0).map(UserId))
+                .map(|r| r.try_get::<String, _>("user_id").map(UserId))
                 .collect::<Result<Vec<_>, _>>()?;
             out.insert(selector.clone(), users);
         }
@@ -274,7 +278,7 @@ impl Store {
             let list = placeholders(1, chunk.len());
             let sql = format!(
                 "SELECT c.user_id, c.email, c.phone, c.locale, c.timezone, p.document, \
-                        (SELECT COUNT(*) FROM devices d WHERE d.user_id = c.user_id) \
+                        (SELECT COUNT(*) FROM devices d WHERE d.user_id = c.user_id) AS devices \
                  FROM contacts c LEFT JOIN preferences p ON p.user_id = c.user_id \
                  WHERE c.user_id IN ({list}) \
                  UNION ALL \
@@ -291,35 +295,57 @@ impl Store {
                    AND NOT EXISTS (SELECT 1 FROM preferences p WHERE p.user_id = d.user_id) \
                  GROUP BY d.user_id"
             );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            let mut query = sqlx::query_as::<_, ProfileRow>(AssertSqlSafe(sql));
             for id in chunk {
                 query = query.bind(id.as_str());
             }
             for row in query.fetch_all(&self.read).await? {
-                let locale: Option<String> = row.try_get(3)?;
-                let document: Option<String> = row.try_get(5)?;
-                let devices: i64 = row.try_get(6)?;
                 out.insert(
-                    UserId(row.try_get(0)?),
+                    UserId(row.user_id),
                     Profile {
-                        preferences: document
+                        preferences: row
+                            .document
                             .as_deref()
                             .map(parse_preferences)
                             .transpose()?
                             .unwrap_or_default(),
                         contact: Contact {
-                            email: row.try_get(1)?,
-                            phone: row.try_get(2)?,
-                            locale: locale.as_deref().and_then(Locale::parse),
-                            timezone: row.try_get(4)?,
+                            email: row.email,
+                            phone: row.phone,
+                            locale: row.locale.as_deref().and_then(Locale::parse),
+                            timezone: row.timezone,
                         },
-                        has_device: devices > 0,
+                        has_device: row.devices > 0,
                     },
                 );
             }
         }
         Ok(out)
     }
+}
+
+/// A contact as [`Store::contact`] reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct ContactRow {
+    email: Option<String>,
+    phone: Option<String>,
+    locale: Option<String>,
+    timezone: Option<String>,
+    role: Option<String>,
+    restaurant_id: Option<String>,
+}
+
+/// A user as [`Store::profiles`] reads them; the union's column names are
+/// its first branch's.
+#[derive(Debug, sqlx::FromRow)]
+struct ProfileRow {
+    user_id: String,
+    email: Option<String>,
+    phone: Option<String>,
+    locale: Option<String>,
+    timezone: Option<String>,
+    document: Option<String>,
+    devices: i64,
 }
 
 fn parse_preferences(doc: &str) -> Result<Preferences> {

@@ -59,6 +59,7 @@ impl Store {
     /// or the error this batch alone would meet.
     ///
     /// Once queued, the batch is written even if this future is dropped.
+    #[tracing::instrument(level = "debug", skip_all, fields(events = batch.len()))]
     pub async fn ingest(&self, batch: &[NewEvent]) -> Result<Vec<Ingested>> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -356,10 +357,19 @@ async fn insert_events(
             query
         });
         for row in query.fetch_all(&mut **tx).await? {
-            inserted.insert(row.try_get::<String, _>(0)?);
+            inserted.insert(row.try_get::<String, _>("id")?);
         }
     }
     Ok(inserted)
+}
+
+/// An event as [`existing`] reads it back.
+#[derive(Debug, sqlx::FromRow)]
+struct StoredEvent {
+    id: String,
+    kind: String,
+    payload_hash: String,
+    received_at: i64,
 }
 
 /// The stored record and payload hash of each of `ids`.
@@ -376,7 +386,7 @@ async fn existing(
             "SELECT id, kind, payload_hash, received_at FROM events WHERE id IN ({})",
             params(backend, 1, shape)
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query_as::<_, StoredEvent>(AssertSqlSafe(sql));
         for id in chunk {
             query = query.bind(*id);
         }
@@ -384,15 +394,15 @@ async fn existing(
             query = query.bind(None::<&str>);
         }
         for row in query.fetch_all(&mut **tx).await? {
-            let id: String = row.try_get(0)?;
             let record = EventRecord {
-                id: id
+                id: row
+                    .id
                     .parse::<EventId>()
-                    .map_err(|_| Error::Corrupt(format!("event id `{id}`")))?,
-                event: kind(&row.try_get::<String, _>(1)?)?,
-                received_at: row.try_get(3)?,
+                    .map_err(|_| Error::Corrupt(format!("event id `{}`", row.id)))?,
+                event: kind(&row.kind)?,
+                received_at: row.received_at,
             };
-            stored.insert(id, (record, row.try_get(2)?));
+            stored.insert(row.id, (record, row.payload_hash));
         }
     }
     Ok(stored)
@@ -421,7 +431,10 @@ async fn bump_counters(
             query
         });
         for row in query.fetch_all(&mut **tx).await? {
-            last.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+            last.insert(
+                row.try_get::<String, _>("user_id")?,
+                row.try_get::<i64, _>("last_seq")?,
+            );
         }
     }
     if last.len() != users.len() {

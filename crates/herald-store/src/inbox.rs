@@ -6,13 +6,11 @@
 //! higher numbers (see [`crate::events`]), so paging backwards while new
 //! notifications arrive never skips or repeats one.
 
-use herald_core::{DeliveryId, EventId, NotificationId, UserId};
-use sqlx::any::AnyRow;
+use herald_core::{DeliveryId, NotificationId, UserId};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::records::{DeliveryRecord, Notification, TraceEntry};
-use crate::redrive::parse_named;
-use crate::{Error, Result, Store, now_ms};
+use crate::{Error, Result, Store, now_ms, parse_id, parse_named};
 
 // Queries below are assembled only from constants and numbered placeholders
 // (hence `AssertSqlSafe`); values always travel as bound parameters.
@@ -39,24 +37,24 @@ impl Store {
             sql.push_str(" AND n.read_at IS NULL");
         }
         sql.push_str(" ORDER BY n.seq DESC LIMIT $3");
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = sqlx::query_as::<_, NotificationRow>(AssertSqlSafe(sql))
             .bind(user.as_str())
             .bind(query.before.unwrap_or(i64::MAX))
             .bind(i64::from(query.limit))
             .fetch_all(&self.read)
             .await?;
-        rows.iter().map(notification).collect()
+        rows.into_iter().map(Notification::try_from).collect()
     }
 
     pub async fn unread_count(&self, user: &UserId) -> Result<i64> {
         let row = sqlx::query(
-            "SELECT COUNT(*) FROM notifications \
+            "SELECT COUNT(*) AS unread FROM notifications \
              WHERE recipient_id = $1 AND in_inbox = 1 AND deleted_at IS NULL AND read_at IS NULL",
         )
         .bind(user.as_str())
         .fetch_one(&self.read)
         .await?;
-        Ok(row.try_get(0)?)
+        Ok(row.try_get("unread")?)
     }
 
     /// One of `user`'s entries, unless deleted.
@@ -69,16 +67,18 @@ impl Store {
             "SELECT {COLUMNS} FROM notifications n JOIN events e ON e.id = n.event_id \
              WHERE n.id = $1 AND n.recipient_id = $2 AND n.deleted_at IS NULL"
         );
-        let row = sqlx::query(AssertSqlSafe(sql))
+        sqlx::query_as::<_, NotificationRow>(AssertSqlSafe(sql))
             .bind(id.to_string())
             .bind(user.as_str())
             .fetch_optional(&self.read)
-            .await?;
-        row.as_ref().map(notification).transpose()
+            .await?
+            .map(Notification::try_from)
+            .transpose()
     }
 
     /// Marks one entry read (keeping the first read time). `None` if `user`
     /// has no such entry.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user, notification = %id))]
     pub async fn mark_read(
         &self,
         user: &UserId,
@@ -98,6 +98,7 @@ impl Store {
     }
 
     /// Marks every unread entry read; returns how many changed.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn mark_all_read(&self, user: &UserId) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE notifications SET read_at = $1 \
@@ -112,6 +113,7 @@ impl Store {
 
     /// Hides an entry from the inbox; its delivery history stays. `false`
     /// if `user` has no such entry.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user, notification = %id))]
     pub async fn delete_notification(&self, user: &UserId, id: NotificationId) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE notifications SET deleted_at = $1 \
@@ -132,7 +134,7 @@ impl Store {
             .fetch_optional(&self.read)
             .await?;
         Ok(row
-            .map(|r| r.try_get::<String, _>(0).map(UserId))
+            .map(|r| r.try_get::<String, _>("recipient_id").map(UserId))
             .transpose()?)
     }
 
@@ -196,27 +198,38 @@ impl Store {
     }
 }
 
-fn notification(row: &AnyRow) -> Result<Notification> {
-    let read_at: Option<i64> = row.try_get(8)?;
-    let payload: String = row.try_get(7)?;
-    Ok(Notification {
-        id: parse_id::<NotificationId>(row, 0)?,
-        seq: row.try_get(1)?,
-        event_id: parse_id::<EventId>(row, 2)?,
-        event: row.try_get(3)?,
-        category: row.try_get(4)?,
-        title: row.try_get(5)?,
-        body: row.try_get(6)?,
-        data: serde_json::from_str(&payload)
-            .map_err(|e| Error::Corrupt(format!("event payload: {e}")))?,
-        read: read_at.is_some(),
-        read_at,
-        created_at: row.try_get(9)?,
-    })
+/// An inbox entry as [`COLUMNS`] reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct NotificationRow {
+    id: String,
+    seq: i64,
+    event_id: String,
+    kind: String,
+    category: String,
+    title: String,
+    body: String,
+    payload: String,
+    read_at: Option<i64>,
+    created_at: i64,
 }
 
-pub(crate) fn parse_id<T: std::str::FromStr>(row: &AnyRow, index: usize) -> Result<T> {
-    let text: String = row.try_get(index)?;
-    text.parse()
-        .map_err(|_| Error::Corrupt(format!("`{text}` is not an id")))
+impl TryFrom<NotificationRow> for Notification {
+    type Error = Error;
+
+    fn try_from(row: NotificationRow) -> Result<Notification> {
+        Ok(Notification {
+            id: parse_id(&row.id)?,
+            seq: row.seq,
+            event_id: parse_id(&row.event_id)?,
+            event: row.kind,
+            category: row.category,
+            title: row.title,
+            body: row.body,
+            data: serde_json::from_str(&row.payload)
+                .map_err(|e| Error::Corrupt(format!("event payload: {e}")))?,
+            read: row.read_at.is_some(),
+            read_at: row.read_at,
+            created_at: row.created_at,
+        })
+    }
 }

@@ -238,6 +238,18 @@ pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// An id read back from a text column.
+pub(crate) fn parse_id<T: FromStr>(text: &str) -> Result<T> {
+    text.parse()
+        .map_err(|_| Error::Corrupt(format!("`{text}` is not an id")))
+}
+
+/// An id column of `row`, by name.
+pub(crate) fn parse_named<T: FromStr>(row: &sqlx::any::AnyRow, column: &str) -> Result<T> {
+    use sqlx::Row;
+    parse_id(&row.try_get::<String, _>(column)?)
+}
+
 /// `$from, $from+1, …` placeholders for an `IN (…)` list of `n` values.
 pub(crate) fn placeholders(from: usize, n: usize) -> String {
     (from..from + n)

@@ -36,6 +36,7 @@ const ROWS: usize = 256;
 
 impl Store {
     /// Adds events to the log; an offset already there is left as it is.
+    #[tracing::instrument(level = "debug", skip_all, fields(events = events.len()))]
     pub async fn append_realtime_log(&self, events: &[LoggedEvent]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
@@ -101,6 +102,11 @@ impl Store {
     }
 
     /// Records an epoch once (the first node to see it writes it).
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(epoch = %epoch.epoch, kind = %epoch.kind)
+    )]
     pub async fn record_epoch(&self, epoch: &Epoch, at: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO realtime_epochs (epoch, start_offset, kind, at) VALUES ($1, $2, $3, $4) \
@@ -147,6 +153,7 @@ impl Store {
 
     /// Forgets logged events published before `before` (epoch ms), a batch
     /// at a time so ingest is never held up; how many went.
+    #[tracing::instrument(level = "debug", skip_all, fields(before = before))]
     pub async fn purge_realtime_log(&self, before: i64) -> Result<u64> {
         let mut total = 0;
         loop {

@@ -27,7 +27,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::{Error, Result, Store, placeholders};
+use crate::{Result, Store, parse_named, placeholders};
 
 /// Every state a delivery row can be in (contract §7, and `sending`, the
 /// state of a claimed row).
@@ -468,13 +468,6 @@ fn admin_delivery(row: &AnyRow) -> Result<AdminDelivery> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
-}
-
-/// An id column, by name.
-pub(crate) fn parse_named<T: std::str::FromStr>(row: &AnyRow, column: &str) -> Result<T> {
-    let text: String = row.try_get(column)?;
-    text.parse()
-        .map_err(|_| Error::Corrupt(format!("`{text}` is not an id")))
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@
 //! what waits and writes
 //!
 //! - every waiting finish as one `UPDATE … FROM (VALUES …)` (the
-//!   compare-and-set on `status = 'sending'` and the attempt, per row) plus
-//!   one multi-row insert of their trace, in one transaction;
+//!   compare-and-set on `status = 'sending'` and the attempt, per row; a
+//!   delivery named twice goes in a statement after it) plus one multi-row
+//!   insert of their trace, in one transaction;
 //! - then every waiting claim as one `UPDATE … WHERE id IN (…) RETURNING`,
 //!   in another.
 //!
@@ -29,7 +30,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{CLAIMABLE, Finished, Transition};
 use crate::events::backend_of;
-use crate::{Result, placeholders};
+use crate::{Result, parse_named, placeholders};
 
 /// Requests that may wait for a lane before callers wait to queue.
 const QUEUE_CAPACITY: usize = 4_096;
@@ -157,11 +158,20 @@ async fn finish_group(pool: &AnyPool, group: Vec<FinishRequest>) {
 }
 
 /// Writes finishes and their trace in one transaction; whether each applied.
+#[tracing::instrument(level = "debug", skip_all, fields(deliveries = items.len()))]
 async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
     let mut tx = pool.begin().await?;
     let backend = backend_of(&tx);
-    let mut applied: std::collections::HashSet<String> = std::collections::HashSet::new();
-    for chunk in items.chunks(FINISH_ROWS) {
+    let mut applied = vec![false; items.len()];
+    // A statement returns the ids it moved, which says which of its items
+    // applied only if it names each delivery once. Items naming the same
+    // delivery (a finish whose lease ran out beside the attempt that
+    // claimed it next, or one finish sent twice) go in statements of their
+    // own, in order: the compare-and-set lets at most one of them apply.
+    for chunk in rounds(items)
+        .iter()
+        .flat_map(|round| round.chunks(FINISH_ROWS))
+    {
         let shape = chunk.len().next_power_of_two();
         let sql = format!(
             "UPDATE deliveries AS d SET status = v.column3, \
@@ -180,10 +190,11 @@ async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         let last = chunk[chunk.len() - 1];
-        for item in chunk
+        for &i in chunk
             .iter()
             .chain(std::iter::repeat_n(&last, shape - chunk.len()))
         {
+            let item = items[i];
             let t = Transition::of(&item.finish, item.attempt);
             query = query
                 .bind(item.id.to_string())
@@ -198,16 +209,23 @@ async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
                 .bind(t.provider)
                 .bind(item.at);
         }
+        let of_id: HashMap<String, usize> = chunk
+            .iter()
+            .map(|&i| (items[i].id.to_string(), i))
+            .collect();
         for row in query.fetch_all(&mut *tx).await? {
-            applied.insert(row.try_get("id")?);
+            if let Some(&i) = of_id.get(&row.try_get::<String, _>("id")?) {
+                applied[i] = true;
+            }
         }
     }
     // The trace of what was applied: a late finish (its lease lost) did
     // not happen as far as the delivery is concerned.
     let rows: Vec<(&Finished, usize)> = items
         .iter()
-        .filter(|item| applied.contains(&item.id.to_string()))
-        .flat_map(|item| (0..item.trace.len()).map(move |n| (*item, n)))
+        .zip(&applied)
+        .filter(|(_, applied)| **applied)
+        .flat_map(|(item, _)| (0..item.trace.len()).map(move |n| (*item, n)))
         .collect();
     for chunk in rows.chunks(FINISH_ROWS) {
         let sql = format!(
@@ -231,10 +249,24 @@ async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
         query.execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(items
-        .iter()
-        .map(|item| applied.contains(&item.id.to_string()))
-        .collect())
+    Ok(applied)
+}
+
+/// The indexes of `items` in rounds that each name a delivery at most once:
+/// an item goes in the round after the one holding its delivery's previous
+/// item. Almost always a single round.
+fn rounds(items: &[&Finished]) -> Vec<Vec<usize>> {
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut seen: HashMap<DeliveryId, usize> = HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let round = seen.entry(item.id).or_default();
+        if *round == rounds.len() {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(i);
+        *round += 1;
+    }
+    rounds
 }
 
 type ClaimRequest = (
@@ -278,6 +310,7 @@ async fn claim_group(pool: &AnyPool, group: Vec<ClaimRequest>) {
 
 /// Claims the due and free ones of `ids` (sorted, so concurrent claims
 /// lock rows in one order) in one transaction.
+#[tracing::instrument(level = "debug", skip_all, fields(deliveries = ids.len()))]
 async fn claim(
     pool: &AnyPool,
     ids: &[&DeliveryId],
@@ -309,7 +342,7 @@ async fn claim(
         }
         for row in query.fetch_all(&mut *tx).await? {
             out.push(ClaimedRow {
-                id: crate::inbox::parse_id(&row, 0)?,
+                id: parse_named(&row, "id")?,
                 attempt: row.try_get("attempts")?,
                 channel: row.try_get("channel")?,
                 reason: row.try_get("reason")?,

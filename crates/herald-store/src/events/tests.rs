@@ -101,7 +101,7 @@ async fn inbox(store: &Store, recipient: &str) -> Vec<(i64, String)> {
         .await
         .expect("inbox")
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
+        .map(|row| (row.get("seq"), row.get("id")))
         .collect()
 }
 

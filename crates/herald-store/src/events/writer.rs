@@ -139,6 +139,14 @@ pub(crate) async fn next_group(queue: &mut Queue, max_events: usize) -> Option<V
 /// Writes a group in one transaction, or each of its requests in its own
 /// when that fails, and answers every request. `turn` is dropped once the
 /// group's statements are written, before the commit.
+#[tracing::instrument(
+    level = "debug",
+    skip_all,
+    fields(
+        requests = group.len(),
+        events = group.iter().map(|r| r.batch.len()).sum::<usize>(),
+    )
+)]
 pub(crate) async fn write_group<T>(pool: &AnyPool, group: Vec<Request>, turn: T) {
     let mut merged = Vec::with_capacity(group.iter().map(|r| r.batch.len()).sum());
     let mut parts: Vec<(Range<usize>, oneshot::Sender<_>)> = Vec::with_capacity(group.len());
@@ -177,6 +185,7 @@ pub(crate) async fn write_group<T>(pool: &AnyPool, group: Vec<Request>, turn: T)
 
 /// Writes `batch` in a transaction of its own, dropping `turn` before the
 /// commit (or the rollback).
+#[tracing::instrument(level = "debug", skip_all, fields(events = batch.len()))]
 async fn in_transaction<T>(pool: &AnyPool, batch: &[NewEvent], turn: T) -> Result<Vec<Ingested>> {
     let mut tx = pool.begin().await?;
     let written = write(&mut tx, batch).await;
