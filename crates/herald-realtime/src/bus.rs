@@ -30,6 +30,7 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use herald_core::retry::Backoff;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client, Script, Value};
 
@@ -465,6 +466,11 @@ impl RedisBus {
 /// watermark.
 const BLOCK_MS: u64 = 2_000;
 
+/// How the reader comes back after Redis failed: Herald's one backoff
+/// ([`herald_core::retry`]), doubling from 100 ms up to 5 s with full
+/// jitter, so the nodes of a cluster do not reconnect in step; for ever.
+const RECONNECT: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
+
 /// Follows `P:all` from the position at start and dispatches every event
 /// to this node's sockets, reconnecting with backoff when Redis fails.
 async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<AtomicBool>, start: u64) {
@@ -474,7 +480,8 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
     let mut stop = hub.inner.stop.subscribe();
     let key = format!("{prefix}all");
     let mut last = start;
-    let mut backoff = Duration::from_millis(100);
+    // Connections that failed in a row.
+    let mut failures: u32 = 0;
     // The epoch this node's sockets were given; a new one means the history
     // they hold offsets into is gone.
     let mut epoch = bus.position().await.ok().map(|(e, _)| e);
@@ -504,12 +511,13 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
             Err(e) => {
                 reading.store(false, Ordering::SeqCst);
                 hub.metrics().bus_up.set(0);
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "realtime bus: cannot reach Redis");
+                failures = failures.saturating_add(1);
+                let wait = RECONNECT.delay(failures, None, &mut rand::rng());
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "realtime bus: cannot reach Redis");
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -536,7 +544,7 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
         // This node delivered events on its own while it could not reach
         // Redis: start a new epoch and tell every node.
         hub.heal().await;
-        backoff = Duration::from_millis(100);
+        failures = 0;
         reading.store(true, Ordering::SeqCst);
         hub.metrics().bus_up.set(1);
         tracing::info!("realtime bus: reading");

@@ -31,7 +31,9 @@ pub struct Metrics {
     pub resumes: IntCounterVec,
     /// 1 while the cross-node bus works (always 1 on a single node).
     pub bus_up: IntGauge,
-    /// `action_confirm` relays, by outcome (`relayed`, `failed`).
+    /// `action_confirm` relay attempts, by outcome: `relayed` (accepted),
+    /// `retrying` (no answer, 5xx, 408 or 429: tried again), `rejected` (any
+    /// other 4xx: final).
     pub relays: IntCounterVec,
     /// Handshakes without a token refused before any session was made, by
     /// reason (`rate`: the client address's allowance; `cap`: too many
@@ -122,7 +124,7 @@ impl Metrics {
         for o in ["recovered", "not_recovered"] {
             resumes.with_label_values(&[o]);
         }
-        for o in ["relayed", "failed"] {
+        for o in ["relayed", "retrying", "rejected"] {
             relays.with_label_values(&[o]);
         }
         for r in ["rate", "cap"] {
