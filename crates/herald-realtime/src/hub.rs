@@ -246,10 +246,12 @@ pub(crate) fn now_ms() -> i64 {
 impl Hub {
     /// Builds the hub: connects the bus when Redis is configured (and
     /// starts its reader), and the `action_confirm` relay when a webhook is.
+    /// Its metrics join `metrics`, the process's registry.
     pub async fn start(
         config: RealtimeConfig,
         verifier: Arc<dyn Verifier>,
         store: Store,
+        metrics: &prometheus::Registry,
     ) -> Result<Hub, Error> {
         config.validate()?;
         let server_id = if config.server_id.is_empty() {
@@ -257,7 +259,7 @@ impl Hub {
         } else {
             config.server_id.clone()
         };
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(metrics);
         let (stop, _) = watch::channel(false);
         let log = if config.redis_url.is_empty() {
             metrics.bus_up.set(1);
@@ -621,11 +623,6 @@ impl Hub {
                 ws: by(Transport::Ws),
             },
         }
-    }
-
-    /// The Prometheus text exposition of this hub's metrics.
-    pub fn render_metrics(&self) -> String {
-        self.inner.metrics.render()
     }
 
     /// Whether fan-out works: always on a single node; with Redis, whether
