@@ -448,6 +448,17 @@ impl Hub {
 
     /// Hands one event to every local socket in its rooms. Called in offset
     /// order by a single source at a time (see the module docs).
+    #[tracing::instrument(
+        name = "realtime_dispatch",
+        skip_all,
+        fields(
+            event_id = %delivery.event_id,
+            event = %delivery.event,
+            offset = delivery.offset,
+            rooms = delivery.rooms.len(),
+            sockets = tracing::field::Empty,
+        )
+    )]
     pub(crate) fn dispatch(&self, delivery: &Arc<Delivery>) {
         let mut reg = self.inner.registry.write().expect("registry lock");
         reg.watermark = reg.watermark.max(delivery.offset);
@@ -457,6 +468,7 @@ impl Hub {
                 targets.extend(members.iter().copied());
             }
         }
+        tracing::Span::current().record("sockets", targets.len());
         for id in targets {
             let Some(entry) = reg.conns.get(&id) else {
                 continue;
