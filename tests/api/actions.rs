@@ -1,13 +1,18 @@
 //! `action_confirm`: acked once durably recorded, relayed to the platform's
-//! webhook (signed, retried until accepted).
+//! webhook (signed, retried while the platform may still take it, final
+//! when it refuses with a 4xx).
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use herald_core::Role;
-use herald_testkit::{Backend, spawn_app_with};
+use herald_store::actions::{ActionRecord, ActionStatus};
+use herald_testkit::{Backend, eventually, spawn_app_with};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use wiremock::matchers::{body_partial_json, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::realtime::*;
 use super::*;
@@ -152,4 +157,160 @@ async fn confirmations_are_relayed_signed_and_retried_until_accepted() {
     let row = app.store.action(&cashier, "a-42").await.unwrap().unwrap();
     assert_eq!(row.status.as_str(), "relayed");
     assert_eq!(row.attempts, 3);
+}
+
+/// A Herald relaying to `platform`'s `/hook`, retrying fast.
+async fn relaying_to(backend: Backend, platform: &MockServer) -> Option<TestApp> {
+    let url = format!("{}/hook", platform.uri());
+    spawn_app_with(backend, move |s| {
+        s.realtime.webhook_url = url;
+        s.realtime.webhook_secret = "platform-shared-webhook-secret".into();
+        s.realtime.webhook_retry_base_ms = 10;
+        s.realtime.webhook_retry_max_ms = 40;
+    })
+    .await
+}
+
+/// The confirmation once it has reached `status`.
+async fn settled(app: &TestApp, user: &str, action_id: &str, status: ActionStatus) -> ActionRecord {
+    eventually(
+        &format!("{action_id} {}", status.as_str()),
+        WAIT,
+        || async {
+            app.store
+                .action(user, action_id)
+                .await
+                .unwrap()
+                .filter(|r| r.status == status)
+        },
+    )
+    .await
+}
+
+/// `herald_realtime_action_relays_total` of `outcome`.
+async fn relays(app: &TestApp, outcome: &str) -> u64 {
+    let metrics = app.get("/metrics", "").await.text().await.unwrap();
+    let series = format!("herald_realtime_action_relays_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("{series} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+async fn a_refusal_is_final_and_visible(backend: Backend) {
+    let platform = MockServer::start().await;
+    let refusal = r#"{"error":"unknown action","action":"points_gift"}"#;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .and(body_partial_json(json!({"actionId": "refused"})))
+        .respond_with(ResponseTemplate::new(400).set_body_string(refusal))
+        .expect(1)
+        .mount(&platform)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .and(body_partial_json(json!({"actionId": "accepted"})))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&platform)
+        .await;
+    let Some(app) = relaying_to(backend, &platform).await else {
+        return;
+    };
+    let guest = user("refused-guest");
+    let (mut ws, _) = Ws::connect(&app, &app.token(Role::Guest, &guest, None)).await;
+    let confirm = json!({"actionId": "refused", "action": "points_gift", "amount": 5});
+    let ack = ws.request("action_confirm", confirm.clone()).await;
+    assert_eq!(ack["relay"], "pending", "{ack}");
+
+    // Rejected at the first answer, with the answer kept.
+    let row = settled(&app, &guest, "refused", ActionStatus::Rejected).await;
+    assert_eq!(row.attempts, 1);
+    let answer = row.response.expect("the answer is recorded");
+    assert_eq!((answer.status, answer.body.as_str()), (400, refusal));
+    assert!(
+        row.last_error.as_deref().is_some_and(|e| e.contains("400")),
+        "{:?}",
+        row.last_error
+    );
+    // Nothing is left to retry, and the outcome is counted.
+    assert_eq!(app.store.next_action_due().await.unwrap(), None);
+    assert_eq!(relays(&app, "rejected").await, 1);
+    assert_eq!(relays(&app, "retrying").await, 0);
+    // The client asking again learns the outcome.
+    let again = ws.request("action_confirm", confirm).await;
+    assert_eq!(
+        (again["duplicate"].as_bool(), again["relay"].as_str()),
+        (Some(true), Some("rejected"))
+    );
+
+    // The relay goes on with the next confirmation; the refused one was
+    // posted once (each mock expects exactly one request).
+    ws.request(
+        "action_confirm",
+        json!({"actionId": "accepted", "action": "points_redeem", "amount": 1}),
+    )
+    .await;
+    let relayed = settled(&app, &guest, "accepted", ActionStatus::Relayed).await;
+    assert_eq!(relayed.response, None);
+    assert_eq!(relays(&app, "relayed").await, 1);
+    platform.verify().await;
+}
+
+#[tokio::test]
+async fn a_client_error_is_final_and_visible_sqlite() {
+    a_refusal_is_final_and_visible(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_client_error_is_final_and_visible_postgres() {
+    a_refusal_is_final_and_visible(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn an_unavailable_platform_is_retried_no_sooner_than_it_asks() {
+    let platform = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(
+            ResponseTemplate::new(503)
+                .insert_header("retry-after", "1")
+                .set_body_string("maintenance"),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .expect(1)
+        .mount(&platform)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&platform)
+        .await;
+    let app = relaying_to(Backend::Sqlite, &platform).await.unwrap();
+    let cashier = user("patient-cashier");
+    let (mut ws, _) = Ws::connect(&app, &app.token(Role::Cashier, &cashier, Some("r-1"))).await;
+    let started = Instant::now();
+    ws.request(
+        "action_confirm",
+        json!({"actionId": "later", "action": "points_redeem", "amount": 10}),
+    )
+    .await;
+    let row = settled(&app, &cashier, "later", ActionStatus::Relayed).await;
+    assert_eq!(row.attempts, 2);
+    // The backoff alone would have come back within 40 ms; the platform
+    // asked for a second.
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!((row.response, row.last_error), (None, None));
+    assert_eq!(relays(&app, "retrying").await, 1);
+    assert_eq!(relays(&app, "relayed").await, 1);
+    assert_eq!(relays(&app, "rejected").await, 0);
+    platform.verify().await;
 }

@@ -13,6 +13,7 @@
 //! | [`routing`] | the routing table (`config/routing.toml`) and the policy that turns an event plus preferences into rooms, inbox entries and deliveries |
 //! | [`auth`] | roles and the claims a token carries |
 //! | [`realtime`] | the [`realtime::Broadcast`] seam through which events reach live sockets |
+//! | [`retry`] | the one backoff policy of every retry (exponential, full jitter, optional attempt limit) and `Retry-After` |
 //! | [`error`] | the crate's error type |
 
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod ids;
 pub mod preferences;
 pub mod realtime;
+pub mod retry;
 pub mod routing;
 
 pub use auth::Role;
@@ -30,4 +32,5 @@ pub use channel::{Channel, ChannelError, ChannelKind, RenderedMessage};
 pub use error::{Error, ValidationError};
 pub use ids::{DeliveryId, EventId, NotificationId, UserId};
 pub use preferences::{Locale, Preferences, QuietHours};
+pub use retry::Backoff;
 pub use routing::{Decision, Reason, RoutingTable};

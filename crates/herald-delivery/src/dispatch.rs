@@ -216,7 +216,19 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// One claimed delivery: attempt, record, follow up.
+    /// One claimed delivery: attempt, record, follow up. Every line it
+    /// logs carries the delivery, its channel and attempt, and the provider
+    /// that answered last once there is one; never an address.
+    #[tracing::instrument(
+        name = "delivery_attempt",
+        skip_all,
+        fields(
+            delivery = %claim.id,
+            channel = %claim.channel,
+            attempt = claim.attempt,
+            provider = tracing::field::Empty,
+        )
+    )]
     async fn run(&self, claim: Claimed, context: Context<'_>) -> Result<Outcome, Error> {
         let _permit = self
             .sends
@@ -227,7 +239,11 @@ impl Dispatcher {
         let attempt = u32::try_from(claim.attempt).unwrap_or(u32::MAX);
         let now = self.clock.now();
         let mut log = Log::default();
-        let outcome = match self.attempt(&claim, &context, now, &mut log).await {
+        let attempted = self.attempt(&claim, &context, now, &mut log).await;
+        if let Some(provider) = &log.provider {
+            tracing::Span::current().record("provider", provider.as_str());
+        }
+        let outcome = match attempted {
             Ok(outcome) => outcome,
             Err(AttemptError::Channel(err)) => self.failed(&claim, attempt, err, now),
             Err(AttemptError::Store(err)) => return Err(err),
@@ -249,11 +265,7 @@ impl Dispatcher {
         };
         let applied = self.store.finish_deliveries(vec![finished]).await?;
         if applied.first() != Some(&true) {
-            tracing::warn!(
-                delivery = %claim.id,
-                attempt,
-                "lease ran out before the attempt finished; its result is dropped"
-            );
+            tracing::warn!("lease ran out before the attempt finished; its result is dropped");
             self.metrics
                 .record(&claim.channel, &Outcome::LeaseLost, started.elapsed());
             return Ok(Outcome::LeaseLost);
@@ -506,7 +518,7 @@ impl Dispatcher {
             } if !policy.exhausted(attempt) => {
                 let delay = policy.delay(attempt, retry_after, &mut rand::rng());
                 let next = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                tracing::info!(attempt, channel = %claim.channel, %reason, retry_in_ms = delay.as_millis() as u64, "delivery failed, will retry");
+                tracing::info!(%reason, retry_in_ms = delay.as_millis() as u64, "delivery failed, will retry");
                 Outcome::Retrying {
                     attempt,
                     next,
@@ -514,14 +526,14 @@ impl Dispatcher {
                 }
             }
             ChannelError::Transient { reason, .. } => {
-                tracing::warn!(attempt, channel = %claim.channel, %reason, "delivery failed, giving up");
+                tracing::warn!(%reason, "delivery failed, giving up");
                 Outcome::Failed {
                     attempt,
                     reason: format!("gave up after {attempt} attempts: {reason}"),
                 }
             }
             ChannelError::Permanent { reason } | ChannelError::Gone { reason } => {
-                tracing::warn!(attempt, channel = %claim.channel, %reason, "delivery failed permanently");
+                tracing::warn!(%reason, "delivery failed permanently");
                 Outcome::Failed { attempt, reason }
             }
         }

@@ -5,7 +5,7 @@
 //! | [`queue`] | apalis jobs over SQLite (embedded) or Redis (scale-out); running workers |
 //! | [`dispatch`] | attempts a batch at a time: claim, expire, decide again, render, send, record with the trace, report failures |
 //! | [`providers`] | provider chains per channel: failover, circuit breakers, rate limits (per node or shared through Redis) |
-//! | [`retry`] | exponential backoff with full jitter; per-channel policies |
+//! | [`retry`] | the `[delivery.retry]` settings, per channel, of the backoff policy in `herald_core::retry` |
 //! | [`sweeper`] | re-enqueues what the queue lost and what dead workers left; purges finished jobs |
 //! | [`templates`] | localized message templates, rendered with minijinja |
 //! | [`sms`] | SMS segment counting (GSM-7 / UCS-2) |

@@ -1,21 +1,18 @@
 //! Delivery outcomes as Prometheus metrics: every attempt is logged and
 //! counted in one place ([`crate::dispatch`]), so the two never disagree.
 //!
-//! Like the realtime gateway's, the registry belongs to the process's
-//! delivery runtime rather than being global, so several Herald instances in
-//! one process count separately.
+//! Like the realtime gateway's, they join the registry the server makes for
+//! the whole process rather than the crate's global one, so several Herald
+//! instances in one process count separately; `GET /metrics` renders it.
 
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::dispatch::Outcome;
 
 #[derive(Debug, Clone)]
 pub struct DeliveryMetrics {
-    registry: Registry,
     /// Attempts by channel and outcome (`sent`, `retrying`, `postponed`,
     /// `failed`, `expired`, `suppressed`, `deferred`, `released`,
     /// `lease_lost`).
@@ -26,15 +23,13 @@ pub struct DeliveryMetrics {
     pub recovered: IntCounterVec,
 }
 
-impl Default for DeliveryMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl DeliveryMetrics {
-    pub fn new() -> DeliveryMetrics {
-        let registry = Registry::new();
+    /// Registers the delivery metrics in `registry`.
+    ///
+    /// # Panics
+    ///
+    /// If `registry` already holds them.
+    pub fn new(registry: &Registry) -> DeliveryMetrics {
         let attempts = IntCounterVec::new(
             Opts::new(
                 "herald_delivery_attempts_total",
@@ -70,7 +65,6 @@ impl DeliveryMetrics {
             registry.register(m).expect("unique metric");
         }
         DeliveryMetrics {
-            registry,
             attempts,
             attempt_seconds,
             recovered,
@@ -85,19 +79,5 @@ impl DeliveryMetrics {
         self.attempt_seconds
             .with_label_values(&[channel])
             .observe(elapsed.as_secs_f64());
-    }
-
-    /// The registry, for the provider chains' metrics to join.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("metrics encode");
-        String::from_utf8(out).expect("metrics are UTF-8")
     }
 }

@@ -1,11 +1,8 @@
-//! When to try a failed delivery again.
+//! How deliveries retry: the `[delivery.retry]` settings, per channel.
 //!
-//! Exponential backoff with full jitter (the AWS architecture blog's
-//! "full jitter"): attempt *n* waits a uniformly random time in
-//! `[0, min(cap, base × factor^(n−1))]`. Spreading retries over the whole
-//! window keeps a provider that just came back from being hit by every
-//! retry at once. A provider's own `Retry-After` is a floor: Herald never
-//! comes back sooner than it was asked to.
+//! The backoff itself is Herald's one policy, [`herald_core::retry`]:
+//! exponential with full jitter, a provider's own `Retry-After` as a floor.
+//! This module only says what delivery configures of it.
 //!
 //! The defaults outlast a provider outage of hours: twelve attempts whose
 //! windows grow from 15 s to a cap of an hour span up to about four hours
@@ -15,33 +12,12 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use herald_core::retry::{Backoff, InvalidBackoff, Knob};
 use serde::Deserialize;
 
-/// Retry settings (`[delivery.retry]`).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included. After the last, Herald gives up.
-    pub max_attempts: u32,
-    /// The first retry's ceiling, in milliseconds.
-    pub base_ms: u64,
-    /// How much the ceiling grows per attempt.
-    pub factor: f64,
-    /// The largest ceiling, in milliseconds.
-    pub cap_ms: u64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 12,
-            base_ms: 15_000,
-            factor: 2.0,
-            cap_ms: 3_600_000,
-        }
-    }
-}
+/// The policy of a channel, as configured: attempts in all (the first
+/// included; after the last, Herald gives up) and the backoff between them.
+pub type RetryPolicy = Backoff;
 
 /// A channel's changes to the default policy (`[delivery.retry.email]`, …).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
@@ -73,17 +49,11 @@ pub struct RetrySettings {
 
 impl Default for RetrySettings {
     fn default() -> Self {
-        RetrySettings::from(RetryPolicy::default())
-    }
-}
-
-impl From<RetryPolicy> for RetrySettings {
-    fn from(p: RetryPolicy) -> Self {
         RetrySettings {
-            max_attempts: p.max_attempts,
-            base_ms: p.base_ms,
-            factor: p.factor,
-            cap_ms: p.cap_ms,
+            max_attempts: 12,
+            base_ms: 15_000,
+            factor: 2.0,
+            cap_ms: 3_600_000,
             email: None,
             sms: None,
             push: None,
@@ -94,12 +64,7 @@ impl From<RetryPolicy> for RetrySettings {
 impl RetrySettings {
     /// The policy of channels that change nothing.
     pub fn default_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: self.max_attempts,
-            base_ms: self.base_ms,
-            factor: self.factor,
-            cap_ms: self.cap_ms,
-        }
+        policy(self.max_attempts, self.base_ms, self.factor, self.cap_ms)
     }
 
     /// The policy `channel` retries by.
@@ -111,14 +76,30 @@ impl RetrySettings {
             ChannelKind::Push => self.push,
             _ => None,
         };
-        let d = self.default_policy();
-        let Some(o) = over else { return d };
-        RetryPolicy {
-            max_attempts: o.max_attempts.unwrap_or(d.max_attempts),
-            base_ms: o.base_ms.unwrap_or(d.base_ms),
-            factor: o.factor.unwrap_or(d.factor),
-            cap_ms: o.cap_ms.unwrap_or(d.cap_ms),
+        let o = over.unwrap_or_default();
+        policy(
+            o.max_attempts.unwrap_or(self.max_attempts),
+            o.base_ms.unwrap_or(self.base_ms),
+            o.factor.unwrap_or(self.factor),
+            o.cap_ms.unwrap_or(self.cap_ms),
+        )
+    }
+
+    /// Checks every policy in force; the error names the key at fault
+    /// (`delivery.retry.sms.cap_ms`) and what is wrong with it.
+    pub fn check(&self) -> Result<(), (String, &'static str)> {
+        for (key, policy) in self.policies() {
+            policy.check().map_err(|InvalidBackoff { knob, message }| {
+                let field = match knob {
+                    Knob::MaxAttempts => "max_attempts",
+                    Knob::Base => "base_ms",
+                    Knob::Factor => "factor",
+                    Knob::Cap => "cap_ms",
+                };
+                (format!("{key}.{field}"), message)
+            })?;
         }
+        Ok(())
     }
 
     /// Every policy in force, by the config key that sets it.
@@ -133,99 +114,65 @@ impl RetrySettings {
     }
 }
 
-impl RetryPolicy {
-    /// Whether attempt `attempt` (from 1) was the last one allowed.
-    pub fn exhausted(&self, attempt: u32) -> bool {
-        attempt >= self.max_attempts
-    }
-
-    /// The most attempt `attempt` may wait before the next one.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let exp = self.factor.powi(attempt.saturating_sub(1).min(63) as i32);
-        let ms = (self.base_ms as f64 * exp).min(self.cap_ms as f64);
-        Duration::from_millis(ms as u64)
-    }
-
-    /// How long to wait after failed attempt `attempt`.
-    pub fn delay(
-        &self,
-        attempt: u32,
-        retry_after: Option<Duration>,
-        rng: &mut impl Rng,
-    ) -> Duration {
-        let ceiling = self.ceiling(attempt).as_millis() as u64;
-        let jittered = Duration::from_millis(rng.random_range(0..=ceiling));
-        retry_after.map_or(jittered, |floor| jittered.max(floor))
+/// A delivery policy from its settings: it always has a limit on attempts.
+fn policy(max_attempts: u32, base_ms: u64, factor: f64, cap_ms: u64) -> RetryPolicy {
+    Backoff {
+        base: Duration::from_millis(base_ms),
+        factor,
+        cap: Duration::from_millis(cap_ms),
+        max_attempts: Some(max_attempts),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use rand::SeedableRng;
-    use rand::rngs::StdRng;
+    use herald_core::ChannelKind;
 
     use super::*;
 
-    fn policy() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 6,
-            base_ms: 500,
-            factor: 2.0,
-            cap_ms: 10_000,
-        }
+    #[test]
+    fn channels_override_the_default_knob_by_knob() {
+        let settings = RetrySettings {
+            sms: Some(RetryOverride {
+                max_attempts: Some(6),
+                cap_ms: Some(60_000),
+                ..RetryOverride::default()
+            }),
+            ..RetrySettings::default()
+        };
+        let default = settings.default_policy();
+        assert_eq!(default.max_attempts, Some(12));
+        assert_eq!(default.base, Duration::from_secs(15));
+        assert_eq!(default.cap, Duration::from_secs(3_600));
+        let sms = settings.for_channel(ChannelKind::Sms);
+        assert_eq!(sms.max_attempts, Some(6));
+        assert_eq!(sms.base, default.base);
+        assert_eq!(sms.cap, Duration::from_secs(60));
+        assert_eq!(settings.for_channel(ChannelKind::Email), default);
+        assert!(sms.exhausted(6) && !default.exhausted(6));
     }
 
     #[test]
-    fn ceilings_grow_exponentially_up_to_the_cap() {
-        let p = policy();
-        let ceilings: Vec<u64> = (1..=7).map(|a| p.ceiling(a).as_millis() as u64).collect();
+    fn a_bad_knob_is_named_by_its_key() {
+        assert_eq!(RetrySettings::default().check(), Ok(()));
+        let settings = RetrySettings {
+            push: Some(RetryOverride {
+                cap_ms: Some(1),
+                ..RetryOverride::default()
+            }),
+            ..RetrySettings::default()
+        };
         assert_eq!(
-            ceilings,
-            vec![500, 1_000, 2_000, 4_000, 8_000, 10_000, 10_000]
+            settings.check().unwrap_err().0,
+            "delivery.retry.push.cap_ms"
         );
-        assert!(!p.exhausted(5));
-        assert!(p.exhausted(6));
-        assert_eq!(p.ceiling(10_000), Duration::from_millis(10_000));
-    }
-
-    #[test]
-    fn full_jitter_spreads_over_the_whole_window() {
-        let p = policy();
-        let mut rng = StdRng::seed_from_u64(7);
-        for attempt in 1..=6 {
-            let ceiling = p.ceiling(attempt);
-            let delays: Vec<Duration> = (0..2_000)
-                .map(|_| p.delay(attempt, None, &mut rng))
-                .collect();
-            assert!(delays.iter().all(|d| *d <= ceiling));
-            // Uniform on [0, ceiling]: the mean sits near the middle and both
-            // ends of the window are reached.
-            let mean = delays.iter().map(Duration::as_secs_f64).sum::<f64>() / delays.len() as f64;
-            let mid = ceiling.as_secs_f64() / 2.0;
-            assert!(
-                (mean - mid).abs() < mid * 0.1,
-                "attempt {attempt}: mean {mean}, mid {mid}"
-            );
-            assert!(
-                delays
-                    .iter()
-                    .any(|d| d.as_secs_f64() < ceiling.as_secs_f64() * 0.05)
-            );
-            assert!(
-                delays
-                    .iter()
-                    .any(|d| d.as_secs_f64() > ceiling.as_secs_f64() * 0.95)
-            );
-        }
-    }
-
-    #[test]
-    fn retry_after_is_a_floor() {
-        let p = policy();
-        let mut rng = StdRng::seed_from_u64(1);
-        for _ in 0..100 {
-            let d = p.delay(1, Some(Duration::from_secs(30)), &mut rng);
-            assert_eq!(d, Duration::from_secs(30));
-        }
+        let settings = RetrySettings {
+            max_attempts: 0,
+            ..RetrySettings::default()
+        };
+        assert_eq!(
+            settings.check().unwrap_err().0,
+            "delivery.retry.max_attempts"
+        );
     }
 }

@@ -11,14 +11,20 @@
 //! | `push` | `title`, `body` |
 //!
 //! Shared layouts live in `templates/_layouts/NAME.j2` and are extended as
-//! `_layouts/NAME`. Templates whose name ends in `.html` escape every
-//! value they print, so a reward called `<script>` stays text. Templates are loaded and compiled once at start; a
+//! `_layouts/NAME`. Templates are loaded and compiled once at start; a
 //! template that is missing for the default locale, or does not parse,
 //! stops the start.
 //!
+//! HTML is escaped by minijinja itself, never by hand: a template whose
+//! name ends in `.html` (`email.html.j2`, the layouts, and the built-in
+//! fallbacks below) auto-escapes every value it prints, so a reward called
+//! `<script>` stays text.
+//!
 //! A channel an event has no template for (a user can opt into SMS for any
 //! event) is rendered from the event's inbox text, so an opt-in never
-//! fails for want of a template.
+//! fails for want of a template. An email without its own `email.html.j2`
+//! gets an HTML part from a built-in `.html` template: the inbox title and
+//! body, or one paragraph per paragraph of the email's text.
 //!
 //! Rendering is strict: printing a variable the payload does not have is an
 //! error, caught by the render-every-template test rather than in production.
@@ -56,6 +62,13 @@ pub struct InboxText {
     pub body: String,
 }
 
+/// The HTML part of an email for an event without an email template: the
+/// inbox title and body.
+const INBOX_EMAIL_HTML: &str = "_builtin/inbox_email.html";
+/// The HTML part of an email template without `email.html.j2`: each
+/// paragraph of its text (split on blank lines).
+const PARAGRAPHS_HTML: &str = "_builtin/paragraphs.html";
+
 /// The compiled templates of every locale.
 #[derive(Debug)]
 pub struct Templates {
@@ -73,6 +86,23 @@ impl Templates {
         env.add_filter("plural", plural);
         env.add_filter("rub", rub);
         env.add_filter("datetime", datetime);
+        // Their names end in `.html`: minijinja escapes what they print.
+        for (name, source) in [
+            (
+                INBOX_EMAIL_HTML,
+                "<p><strong>{{ title }}</strong></p><p>{{ body }}</p>",
+            ),
+            (
+                PARAGRAPHS_HTML,
+                "{% for p in paragraphs %}<p>{{ p }}</p>{% endfor %}",
+            ),
+        ] {
+            env.add_template(name, source)
+                .map_err(|source| Error::Template {
+                    name: name.to_owned(),
+                    source,
+                })?;
+        }
         load_layouts(&mut env, &dir.join("_layouts"))?;
         for locale in Locale::ALL {
             for &kind in EventKind::ALL {
@@ -145,11 +175,10 @@ impl Templates {
             let inbox = self.render_inbox(kind, locale, data)?;
             return Ok(match channel {
                 ChannelKind::Email => Rendered {
-                    html: Some(format!(
-                        "<p><strong>{}</strong></p><p>{}</p>",
-                        escape_html(&inbox.title),
-                        escape_html(&inbox.body)
-                    )),
+                    html: Some(self.builtin(
+                        INBOX_EMAIL_HTML,
+                        minijinja::context! { title => &inbox.title, body => &inbox.body },
+                    )?),
                     subject: Some(inbox.title),
                     text: inbox.body,
                 },
@@ -171,10 +200,10 @@ impl Templates {
                     self.blocks(kind, channel, locale, data, ["subject", "text"])?;
                 let html = match self.email_html(kind, locale, data, &subject)? {
                     Some(html) => html,
-                    None => text
-                        .split("\n\n")
-                        .map(|p| format!("<p>{}</p>", escape_html(p)))
-                        .collect(),
+                    None => self.builtin(
+                        PARAGRAPHS_HTML,
+                        minijinja::context! { paragraphs => text.split("\n\n").map(str::to_owned).collect::<Vec<_>>() },
+                    )?,
                 };
                 Rendered {
                     subject: Some(subject),
@@ -199,6 +228,19 @@ impl Templates {
                 }
             }
         })
+    }
+
+    /// One of the built-in templates.
+    fn builtin(&self, name: &str, ctx: Value) -> Result<String, Error> {
+        let fail = |source| Error::Template {
+            name: name.to_owned(),
+            source,
+        };
+        self.env
+            .get_template(name)
+            .map_err(fail)?
+            .render(ctx)
+            .map_err(fail)
     }
 
     /// The HTML part from `email.html.j2`, when the event has one.
@@ -294,13 +336,6 @@ fn load_layouts(env: &mut Environment<'static>, dir: &Path) -> Result<(), Error>
             .map_err(|source| Error::Template { name, source })?;
     }
     Ok(())
-}
-
-fn escape_html(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 fn name(locale: Locale, kind: EventKind, channel: ChannelKind) -> String {
@@ -514,6 +549,120 @@ mod tests {
             sms.text,
             "[CRITICAL] Database failover: Primary database is unreachable"
         );
+    }
+
+    /// The HTML part of an email for an event without an email template.
+    fn inbox_email(t: &Templates, restaurant: &str) -> (InboxText, String) {
+        let mut data = EventKind::PointsAdded.example();
+        data["restaurantName"] = serde_json::json!(restaurant);
+        let event = ValidatedEvent::parse_kind(EventKind::PointsAdded, data).unwrap();
+        let inbox = t
+            .render_inbox(EventKind::PointsAdded, Locale::En, &event.data)
+            .unwrap();
+        let r = t
+            .render(
+                EventKind::PointsAdded,
+                ChannelKind::Email,
+                Locale::En,
+                &event.data,
+            )
+            .unwrap();
+        assert_eq!(r.subject.as_deref(), Some(inbox.title.as_str()));
+        assert_eq!(r.text, inbox.body);
+        (inbox, r.html.unwrap())
+    }
+
+    #[test]
+    fn emails_built_from_the_inbox_text_are_escaped_by_minijinja() {
+        let t = templates();
+        // Safe text comes out exactly as it always did.
+        let (inbox, html) = inbox_email(&t, "Pelmennaya No. 1");
+        assert_eq!(
+            html,
+            format!(
+                "<p><strong>{}</strong></p><p>{}</p>",
+                inbox.title, inbox.body
+            )
+        );
+        assert!(html.contains("Earned at Pelmennaya No. 1."), "{html}");
+        // Markup in a value is text.
+        let (inbox, html) = inbox_email(&t, r#"Tom & Jerry's <b>"Diner"</b>"#);
+        assert!(
+            inbox
+                .body
+                .contains(r#"Earned at Tom & Jerry's <b>"Diner"</b>."#),
+            "{}",
+            inbox.body
+        );
+        assert!(
+            html.contains(
+                "Earned at Tom &amp; Jerry&#x27;s &lt;b&gt;&quot;Diner&quot;&lt;&#x2f;b&gt;."
+            ),
+            "{html}"
+        );
+        assert!(!html.contains("<b>"), "{html}");
+    }
+
+    #[test]
+    fn an_email_without_an_html_template_gets_one_escaped_paragraph_per_paragraph() {
+        // A copy of the templates where one event's email has no HTML part.
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates");
+        let dir = std::env::temp_dir().join(format!(
+            "herald-templates-{}-{}",
+            std::process::id(),
+            line!()
+        ));
+        copy_dir(&src, &dir);
+        for locale in Locale::ALL {
+            std::fs::remove_file(
+                dir.join(locale.as_str())
+                    .join("points_redeemed")
+                    .join("email.html.j2"),
+            )
+            .unwrap();
+        }
+        let t = Templates::load(&dir, Locale::Ru).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let render = |reward: &str| {
+            let mut data = EventKind::PointsRedeemed.example();
+            data["rewardName"] = serde_json::json!(reward);
+            let event = ValidatedEvent::parse_kind(EventKind::PointsRedeemed, data).unwrap();
+            t.render(
+                EventKind::PointsRedeemed,
+                ChannelKind::Email,
+                Locale::En,
+                &event.data,
+            )
+            .unwrap()
+        };
+        let safe = render("Free coffee");
+        let expected: String = safe
+            .text
+            .split("\n\n")
+            .map(|p| format!("<p>{p}</p>"))
+            .collect();
+        assert!(safe.text.contains("\n\n"), "{}", safe.text);
+        assert_eq!(safe.html.unwrap(), expected);
+        let unsafe_ = render("<i>Tea</i> & \"cake\"");
+        let html = unsafe_.html.unwrap();
+        assert!(
+            html.contains("&lt;i&gt;Tea&lt;&#x2f;i&gt; &amp; &quot;cake&quot;"),
+            "{html}"
+        );
+        assert!(html.starts_with("<p>") && !html.contains("<i>"), "{html}");
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
     }
 
     #[test]

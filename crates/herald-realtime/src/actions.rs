@@ -3,10 +3,14 @@
 //!
 //! The ack means *durably recorded*: the row is committed when it is sent.
 //! Relaying is the outbox's job: a worker claims due rows (with a lease, so
-//! nodes never double-post), POSTs each one, and on anything but a 2xx
-//! retries with exponential backoff and jitter, capped at
-//! `webhook_retry_max_ms`, until the platform accepts it — across restarts,
-//! since the row stays `pending`.
+//! nodes never double-post) and POSTs each one. A 2xx ends it `relayed`.
+//! A 4xx other than 408 and 429 is the platform saying no for good: the row
+//! ends `rejected` with the answer's status and first bytes, counted and
+//! logged, and is never sent again. Anything else — no answer, a 5xx, 408,
+//! 429 — is tried again after Herald's one backoff
+//! ([`herald_core::retry`]: full jitter, doubling from
+//! `webhook_retry_base_ms` up to `webhook_retry_max_ms`, a `Retry-After` on
+//! 429 or 503 as a floor), across restarts, since the row stays `pending`.
 //!
 //! The request is JSON, signed: `X-Herald-Signature: sha256=<hex>` is
 //! HMAC-SHA256 with `webhook_secret` over `"{X-Herald-Timestamp}.{body}"`
@@ -20,9 +24,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::auth::Principal;
+use herald_core::retry::{self, Backoff};
 use herald_store::Store;
-use herald_store::actions::{ActionRecord, ActionStatus, Recorded};
+use herald_store::actions::{
+    ANSWER_BODY_BYTES, ActionRecord, ActionStatus, Recorded, WebhookAnswer,
+};
 use hmac::{Hmac, Mac};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -36,8 +45,7 @@ struct Webhook {
     url: String,
     secret: Vec<u8>,
     client: reqwest::Client,
-    base_ms: u64,
-    max_ms: u64,
+    retry: Backoff,
     timeout: Duration,
 }
 
@@ -69,8 +77,7 @@ impl Actions {
                 url: config.webhook_url.clone(),
                 secret: config.webhook_secret.as_bytes().to_vec(),
                 client,
-                base_ms: config.webhook_retry_base_ms,
-                max_ms: config.webhook_retry_max_ms,
+                retry: config.webhook_retry(),
                 timeout,
             }))
         };
@@ -97,6 +104,8 @@ impl Actions {
             status: ActionStatus::Pending,
             attempts: 0,
             created_at: 0,
+            last_error: None,
+            response: None,
         };
         let (record, duplicate) = match self.store.record_action(&new, self.webhook.is_some()).await
         {
@@ -129,6 +138,7 @@ impl Actions {
             ActionStatus::Pending => "pending",
             ActionStatus::Relayed => "relayed",
             ActionStatus::Unrelayed => "disabled",
+            ActionStatus::Rejected => "rejected",
         };
         Ok(json!({
             "ok": true,
@@ -181,11 +191,83 @@ fn idempotency_key(record: &ActionRecord) -> String {
     hex::encode(h.finalize())
 }
 
+/// What one relay attempt came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Relayed {
+    /// A 2xx: the platform has it.
+    Accepted,
+    /// No answer, a 5xx, 408 or 429 (or anything else not final): try
+    /// again, no sooner than `retry_after` if the platform said so.
+    Retry {
+        error: String,
+        answer: Option<WebhookAnswer>,
+        retry_after: Option<Duration>,
+    },
+    /// A 4xx other than 408 and 429: the platform refuses it for good.
+    Rejected {
+        error: String,
+        answer: WebhookAnswer,
+    },
+}
+
+impl Relayed {
+    /// Classifies an answer. `Retry-After` counts on 429 and 503 only.
+    fn of(status: StatusCode, headers: &HeaderMap, body: String) -> Relayed {
+        if status.is_success() {
+            return Relayed::Accepted;
+        }
+        let error = format!("webhook answered {status}");
+        let answer = WebhookAnswer {
+            status: status.as_u16(),
+            body,
+        };
+        let final_refusal = status.is_client_error()
+            && status != StatusCode::REQUEST_TIMEOUT
+            && status != StatusCode::TOO_MANY_REQUESTS;
+        if final_refusal {
+            return Relayed::Rejected { error, answer };
+        }
+        let retry_after = [
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ]
+        .contains(&status)
+        .then(|| headers.get(RETRY_AFTER)?.to_str().ok())
+        .flatten()
+        .and_then(|value| retry::retry_after(value, chrono::Utc::now()));
+        Relayed::Retry {
+            error,
+            answer: Some(answer),
+            retry_after,
+        }
+    }
+}
+
+/// Up to [`ANSWER_BODY_BYTES`] of an answer's body, as text; the rest is
+/// never read.
+async fn first_bytes(mut response: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < ANSWER_BODY_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    bytes.truncate(ANSWER_BODY_BYTES);
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    let mut end = text.len().min(ANSWER_BODY_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
+}
+
 impl Webhook {
-    async fn send(&self, record: &ActionRecord) -> Result<(), String> {
+    async fn send(&self, record: &ActionRecord) -> Relayed {
         let body = body(record);
         let timestamp = chrono::Utc::now().timestamp();
-        let response = self
+        let sent = self
             .client
             .post(&self.url)
             .header("content-type", "application/json")
@@ -198,22 +280,23 @@ impl Webhook {
             )
             .body(body)
             .send()
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("webhook answered {}", response.status()))
+            .await;
+        match sent {
+            Ok(response) => {
+                let (status, headers) = (response.status(), response.headers().clone());
+                let body = if status.is_success() {
+                    String::new()
+                } else {
+                    first_bytes(response).await
+                };
+                Relayed::of(status, &headers, body)
+            }
+            Err(e) => Relayed::Retry {
+                error: format!("request failed: {e}"),
+                answer: None,
+                retry_after: None,
+            },
         }
-    }
-
-    /// Delay before attempt `attempts + 1`: doubling, capped, plus up to half again of jitter.
-    fn backoff(&self, attempts: i64) -> u64 {
-        let exp = self
-            .base_ms
-            .saturating_mul(1u64 << attempts.clamp(0, 30))
-            .min(self.max_ms);
-        exp + rand::random_range(0..=exp / 2)
     }
 }
 
@@ -233,35 +316,7 @@ async fn relay(hub: Hub, actions: Actions, webhook: Arc<Webhook>) {
             }
         };
         for record in &claimed {
-            let outcome = webhook.send(record).await;
-            let m = &hub.metrics().relays;
-            let saved = match &outcome {
-                Ok(()) => {
-                    m.with_label_values(&["relayed"]).inc();
-                    tracing::info!(user = %record.user_id, action_id = %record.action_id, attempts = record.attempts + 1, "action_confirm relayed");
-                    actions
-                        .store
-                        .action_relayed(&record.user_id, &record.action_id)
-                        .await
-                }
-                Err(error) => {
-                    m.with_label_values(&["failed"]).inc();
-                    let delay = webhook.backoff(record.attempts);
-                    tracing::warn!(user = %record.user_id, action_id = %record.action_id, attempts = record.attempts + 1, retry_in_ms = delay, %error, "action_confirm relay failed");
-                    actions
-                        .store
-                        .action_retry(
-                            &record.user_id,
-                            &record.action_id,
-                            now_ms() + delay as i64,
-                            error,
-                        )
-                        .await
-                }
-            };
-            if let Err(e) = saved {
-                tracing::warn!(error = %e, "action relay: cannot record the outcome; the lease will expire and it is retried");
-            }
+            relay_one(&hub, &actions, &webhook, record).await;
         }
         let wait_ms = match actions.store.next_action_due().await {
             Ok(Some(due)) => (due - now_ms()).clamp(0, poll_ms),
@@ -281,9 +336,114 @@ async fn relay(hub: Hub, actions: Actions, webhook: Arc<Webhook>) {
     }
 }
 
+/// One attempt of one claimed confirmation: post it, count and log the
+/// outcome, record it.
+#[tracing::instrument(
+    name = "action_relay",
+    skip_all,
+    fields(user = %record.user_id, action_id = %record.action_id, attempt = record.attempts + 1)
+)]
+async fn relay_one(hub: &Hub, actions: &Actions, webhook: &Webhook, record: &ActionRecord) {
+    let relays = &hub.metrics().relays;
+    let store = &actions.store;
+    let (user, action) = (record.user_id.as_str(), record.action_id.as_str());
+    let saved = match webhook.send(record).await {
+        Relayed::Accepted => {
+            relays.with_label_values(&["relayed"]).inc();
+            tracing::info!("action_confirm relayed");
+            store.action_relayed(user, action).await
+        }
+        Relayed::Retry {
+            error,
+            answer,
+            retry_after,
+        } => {
+            relays.with_label_values(&["retrying"]).inc();
+            let attempt = u32::try_from(record.attempts + 1).unwrap_or(u32::MAX);
+            let delay = webhook.retry.delay(attempt, retry_after, &mut rand::rng());
+            let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            tracing::warn!(retry_in_ms = delay_ms, %error, "action_confirm relay failed; will retry");
+            store
+                .action_retry(
+                    user,
+                    action,
+                    now_ms().saturating_add(delay_ms),
+                    &error,
+                    answer.as_ref(),
+                )
+                .await
+        }
+        Relayed::Rejected { error, answer } => {
+            relays.with_label_values(&["rejected"]).inc();
+            tracing::warn!(
+                status = answer.status,
+                body = %answer.body,
+                "action_confirm rejected by the platform; it is not retried"
+            );
+            store.action_rejected(user, action, &error, &answer).await
+        }
+    };
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "action relay: cannot record the outcome; the lease will expire and it is retried");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_errors_are_final_and_the_rest_is_retried() {
+        let none = HeaderMap::new();
+        assert_eq!(
+            Relayed::of(StatusCode::NO_CONTENT, &none, String::new()),
+            Relayed::Accepted
+        );
+        for status in [400, 401, 403, 404, 409, 410, 422] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(
+                Relayed::of(status, &none, "no such action".into()),
+                Relayed::Rejected {
+                    error: format!("webhook answered {status}"),
+                    answer: WebhookAnswer {
+                        status: status.as_u16(),
+                        body: "no such action".into()
+                    },
+                },
+            );
+        }
+        for status in [408, 429, 500, 502, 503, 504, 302] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert!(
+                matches!(
+                    Relayed::of(status, &none, String::new()),
+                    Relayed::Retry {
+                        retry_after: None,
+                        answer: Some(_),
+                        ..
+                    }
+                ),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_counts_on_429_and_503() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "7".parse().unwrap());
+        let after = |status: u16| match Relayed::of(
+            StatusCode::from_u16(status).unwrap(),
+            &headers,
+            String::new(),
+        ) {
+            Relayed::Retry { retry_after, .. } => retry_after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(after(429), Some(Duration::from_secs(7)));
+        assert_eq!(after(503), Some(Duration::from_secs(7)));
+        assert_eq!(after(500), None);
+    }
 
     #[test]
     fn signatures_cover_timestamp_and_body() {

@@ -25,13 +25,16 @@
 //! The bus is healthy while its reader is reading and Redis answers a
 //! `PING`; `/readyz` reports it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use herald_core::retry::Backoff;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, Client, Script, Value};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
 
 use crate::history::{Delivery, Snapshot, Stored, ms_offset, recoverable};
 use crate::hub::Hub;
@@ -143,7 +146,8 @@ return {epoch(p), string.format('%.0f', head)}
 
 /// A resume's view at one instant. ARGV: prefix, a fresh epoch, max age
 /// (ms), per-room limit, then room/offset pairs. Returns epoch, head, now
-/// (ms), then per room {horizon or '', id, frame, id, frame, …}.
+/// (ms), and per room {horizon or '', its entries after the offset as
+/// `XRANGE` answers them}.
 static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
@@ -155,23 +159,18 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local clock = tonumber(redis.call('GET', p .. 'clock') or '0')
 local head = math.max(clock, now * 1000 - 1)
 redis.call('SET', p .. 'clock', string.format('%.0f', head))
-local out = {redis.call('GET', p .. 'epoch'), string.format('%.0f', head), tostring(now)}
+local rooms = {}
 for i = 5, #ARGV, 2 do
   local key = p .. 'room:' .. ARGV[i]
-  local room = {}
   if redis.call('EXISTS', key) == 1 then
-    room[1] = redis.call('HGET', p .. 'meta:' .. ARGV[i], 'h') or '0'
+    local horizon = redis.call('HGET', p .. 'meta:' .. ARGV[i], 'h') or '0'
     local entries = redis.call('XRANGE', key, '(' .. ARGV[i + 1] .. '-0', '+', 'COUNT', limit)
-    for _, e in ipairs(entries) do
-      room[#room + 1] = e[1]
-      room[#room + 1] = e[2][2]
-    end
+    rooms[#rooms + 1] = {horizon, entries}
   else
-    room[1] = ''
+    rooms[#rooms + 1] = {'', {}}
   end
-  out[#out + 1] = room
 end
-return out
+return {redis.call('GET', p .. 'epoch'), string.format('%.0f', head), tostring(now), rooms}
 ",
     )
 });
@@ -240,22 +239,6 @@ pub(crate) struct RedisBus {
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(bus_error)`
 fn bus_error(e: redis::RedisError) -> Error {
     Error::Bus(e.to_string())
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-fn array(v: Value) -> Vec<Value> {
-    match v {
-        Value::Array(items) | Value::Set(items) => items,
-        _ => Vec::new(),
-    }
 }
 
 /// `1732600000123004-0` → 1732600000123004.
@@ -377,41 +360,35 @@ impl RedisBus {
             invocation.arg(room).arg(offset.to_string());
         }
         let mut conn = self.conn.clone();
-        let reply: Value = invocation
+        let (epoch, head, now_ms, parts): (
+            String,
+            String,
+            String,
+            Vec<(String, StreamRangeReply)>,
+        ) = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(bus_error)?;
-        let mut parts = array(reply).into_iter();
-        let bad = || Error::Bus("unexpected snapshot reply".into());
-        let epoch = parts.next().as_ref().and_then(text).ok_or_else(bad)?;
-        let head: u64 = parts
-            .next()
-            .as_ref()
-            .and_then(text)
-            .and_then(|h| h.parse().ok())
-            .ok_or_else(bad)?;
-        let now_ms: i64 = parts
-            .next()
-            .as_ref()
-            .and_then(text)
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(bad)?;
+        let bad = |what: &str| Error::Bus(format!("unexpected snapshot reply: {what}"));
+        let head: u64 = head.parse().map_err(|_| bad("head"))?;
+        let now_ms: i64 = now_ms.parse().map_err(|_| bad("time"))?;
+        if parts.len() != from.len() {
+            return Err(bad("rooms"));
+        }
         let boundary = ms_offset(now_ms - self.max_age_ms as i64);
         let mut rooms = Vec::with_capacity(from.len());
-        for ((room, offset), part) in from.iter().zip(parts) {
-            let mut items = array(part).into_iter();
-            let horizon = items.next().as_ref().and_then(text).ok_or_else(bad)?;
+        for ((room, offset), (horizon, entries)) in from.iter().zip(parts) {
             let horizon = if horizon.is_empty() {
                 None
             } else {
-                Some(horizon.parse::<u64>().map_err(|_| bad())?)
+                Some(horizon.parse::<u64>().map_err(|_| bad("horizon"))?)
             };
-            let mut events = Vec::new();
-            while let (Some(id), Some(frame)) = (items.next(), items.next()) {
-                let (Some(id), Some(frame)) = (text(&id), text(&frame)) else {
-                    return Err(bad());
+            let mut events = Vec::with_capacity(entries.ids.len());
+            for entry in entries.ids {
+                let offset = id_offset(&entry.id).ok_or_else(|| bad("entry id"))?;
+                let Some(Entry::Event(frame)) = entry_of(&entry) else {
+                    return Err(bad("a room entry that is not an event"));
                 };
-                let offset = id_offset(&id).ok_or_else(bad)?;
                 let stored: Stored =
                     serde_json::from_str(&frame).map_err(|e| Error::Bus(e.to_string()))?;
                 events.push(Arc::new(Delivery::new(offset, stored)));
@@ -465,6 +442,11 @@ impl RedisBus {
 /// watermark.
 const BLOCK_MS: u64 = 2_000;
 
+/// How the reader comes back after Redis failed: Herald's one backoff
+/// ([`herald_core::retry`]), doubling from 100 ms up to 5 s with full
+/// jitter, so the nodes of a cluster do not reconnect in step; for ever.
+const RECONNECT: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
+
 /// Follows `P:all` from the position at start and dispatches every event
 /// to this node's sockets, reconnecting with backoff when Redis fails.
 async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<AtomicBool>, start: u64) {
@@ -474,7 +456,8 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
     let mut stop = hub.inner.stop.subscribe();
     let key = format!("{prefix}all");
     let mut last = start;
-    let mut backoff = Duration::from_millis(100);
+    // Connections that failed in a row.
+    let mut failures: u32 = 0;
     // The epoch this node's sockets were given; a new one means the history
     // they hold offsets into is gone.
     let mut epoch = bus.position().await.ok().map(|(e, _)| e);
@@ -492,7 +475,7 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
                 .await
                 .map_err(|e| e.to_string())?;
             // Detects a gap: entries after our position trimmed while we were away.
-            let info: Result<Value, _> = redis::cmd("XINFO")
+            let info: Result<HashMap<String, Value>, _> = redis::cmd("XINFO")
                 .arg("STREAM")
                 .arg(&key)
                 .query_async(&mut conn)
@@ -504,12 +487,13 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
             Err(e) => {
                 reading.store(false, Ordering::SeqCst);
                 hub.metrics().bus_up.set(0);
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "realtime bus: cannot reach Redis");
+                failures = failures.saturating_add(1);
+                let wait = RECONNECT.delay(failures, None, &mut rand::rng());
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "realtime bus: cannot reach Redis");
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -536,38 +520,43 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
         // This node delivered events on its own while it could not reach
         // Redis: start a new epoch and tell every node.
         hub.heal().await;
-        backoff = Duration::from_millis(100);
+        failures = 0;
         reading.store(true, Ordering::SeqCst);
         hub.metrics().bus_up.set(1);
         tracing::info!("realtime bus: reading");
+        let options = StreamReadOptions::default()
+            .block(BLOCK_MS as usize)
+            .count(512);
         loop {
-            let mut read = redis::cmd("XREAD");
-            read.arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("COUNT")
-                .arg(512)
-                .arg("STREAMS")
-                .arg(&key)
-                .arg(format!("{last}-0"));
-            let read = read.query_async::<Value>(&mut conn);
+            let (keys, positions) = ([&key], [format!("{last}-0")]);
+            let read =
+                conn.xread_options::<_, _, Option<StreamReadReply>>(&keys, &positions, &options);
             let reply = tokio::select! {
                 reply = read => reply,
                 _ = stop.wait_for(|s| *s) => return,
             };
             match reply {
-                Ok(Value::Nil) => {
+                Ok(None) => {
                     // Idle: move the watermark up to Redis's now, so new
                     // sockets get a recent offset to resume from.
                     if let Ok((_, head)) = bus.position().await {
                         hub.raise_watermark(head);
                     }
                 }
-                Ok(reply) => {
-                    for (id, entry) in entries(reply) {
-                        let Some(offset) = id_offset(&id) else {
+                Ok(Some(reply)) => {
+                    for entry in reply.keys.iter().flat_map(|k| &k.ids) {
+                        let Some(offset) = id_offset(&entry.id) else {
                             continue;
                         };
+                        // Past it, readable or not: an entry is read once.
                         last = offset;
+                        let Some(entry) = entry_of(entry) else {
+                            tracing::error!(
+                                offset,
+                                "realtime bus: an entry with neither an event nor a resync"
+                            );
+                            continue;
+                        };
                         let frame = match entry {
                             Entry::Event(frame) => frame,
                             Entry::Resync(new) => {
@@ -583,7 +572,7 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
                         match serde_json::from_str::<Stored>(&frame) {
                             Ok(stored) => hub.dispatch(&Arc::new(Delivery::new(offset, stored))),
                             Err(e) => {
-                                tracing::error!(error = %e, id, "realtime bus: unreadable event")
+                                tracing::error!(error = %e, offset, "realtime bus: unreadable event")
                             }
                         }
                     }
@@ -608,48 +597,18 @@ enum Entry {
     Resync(String),
 }
 
-/// `(id, entry)` pairs of an `XREAD` reply for one stream.
-fn entries(reply: Value) -> Vec<(String, Entry)> {
-    let mut out = Vec::new();
-    for stream in array(reply) {
-        let mut parts = array(stream).into_iter();
-        let (Some(_key), Some(items)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        for item in array(items) {
-            let mut item = array(item).into_iter();
-            let (Some(id), Some(fields)) = (item.next(), item.next()) else {
-                continue;
-            };
-            let fields: Vec<String> = array(fields).iter().filter_map(text).collect();
-            let entry = fields
-                .chunks(2)
-                .find_map(|kv| match (kv[0].as_str(), kv.get(1)) {
-                    ("e", Some(frame)) => Some(Entry::Event(frame.clone())),
-                    ("resync", Some(epoch)) => Some(Entry::Resync(epoch.clone())),
-                    _ => None,
-                });
-            if let (Some(id), Some(entry)) = (text(&id), entry) {
-                out.push((id, entry));
-            }
-        }
+/// What a stream entry holds; `None` if it is neither an event nor a resync.
+fn entry_of(entry: &StreamId) -> Option<Entry> {
+    if let Some(frame) = entry.get::<String>("e") {
+        return Some(Entry::Event(frame));
     }
-    out
+    entry.get::<String>("resync").map(Entry::Resync)
 }
 
 /// `max-deleted-entry-id` of an `XINFO STREAM` reply, as an offset.
-fn max_deleted(info: Value) -> Option<u64> {
-    let items = match info {
-        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        other => array(other),
-    };
-    let mut it = items.iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        if text(k).as_deref() == Some("max-deleted-entry-id") {
-            return text(v).as_deref().and_then(id_offset);
-        }
-    }
-    None
+fn max_deleted(mut info: HashMap<String, Value>) -> Option<u64> {
+    let id: String = redis::from_redis_value(info.remove("max-deleted-entry-id")?).ok()?;
+    id_offset(&id)
 }
 
 #[cfg(test)]
@@ -663,25 +622,40 @@ mod tests {
     }
 
     #[test]
-    fn xread_replies_are_read() {
+    fn stream_replies_are_read() {
         let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let reply = Value::Array(vec![Value::Array(vec![
             b("P:all"),
             Value::Array(vec![
                 Value::Array(vec![b("5-0"), Value::Array(vec![b("e"), b("{}")])]),
-                Value::Array(vec![b("6-0"), Value::Array(vec![b("x"), b("y")])]),
+                Value::Array(vec![b("6-0"), Value::Array(vec![b("resync"), b("ep2")])]),
+                Value::Array(vec![b("7-0"), Value::Array(vec![b("x"), b("y")])]),
             ]),
         ])]);
+        let reply: StreamReadReply = redis::from_redis_value(reply).unwrap();
+        let entries: Vec<_> = reply.keys[0]
+            .ids
+            .iter()
+            .map(|e| (id_offset(&e.id), entry_of(e)))
+            .collect();
         assert_eq!(
-            entries(reply),
-            vec![("5-0".to_owned(), Entry::Event("{}".to_owned()))]
+            entries,
+            vec![
+                (Some(5), Some(Entry::Event("{}".to_owned()))),
+                (Some(6), Some(Entry::Resync("ep2".to_owned()))),
+                (Some(7), None)
+            ]
         );
-        let info = Value::Array(vec![
+        // RESP2 answers XINFO with a flat array, RESP3 with a map.
+        let flat = Value::Array(vec![
             b("length"),
             Value::Int(3),
             b("max-deleted-entry-id"),
             b("7-0"),
         ]);
-        assert_eq!(max_deleted(info), Some(7));
+        assert_eq!(max_deleted(redis::from_redis_value(flat).unwrap()), Some(7));
+        let map = Value::Map(vec![(b("max-deleted-entry-id"), b("9-0"))]);
+        assert_eq!(max_deleted(redis::from_redis_value(map).unwrap()), Some(9));
+        assert_eq!(max_deleted(HashMap::new()), None);
     }
 }

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use herald_core::retry::{Backoff, InvalidBackoff, Knob};
 use serde::{Deserialize, Deserializer};
 
 use crate::Error;
@@ -68,9 +69,11 @@ pub struct RealtimeConfig {
     pub webhook_secret: String,
     /// One webhook attempt may take this long.
     pub webhook_timeout_ms: u64,
-    /// First retry delay after a failed relay; doubles per attempt…
+    /// A failed relay is tried again after a random wait of up to this
+    /// (full jitter), the ceiling doubling per attempt…
     pub webhook_retry_base_ms: u64,
-    /// …up to this.
+    /// …up to this. A `Retry-After` on a 429 or 503 is a floor; a 4xx
+    /// other than 408 and 429 is final and never retried.
     pub webhook_retry_max_ms: u64,
     /// A Socket.IO session that has not connected to its namespace with a
     /// valid token this long after its handshake is closed and freed
@@ -214,12 +217,12 @@ impl RealtimeConfig {
                 );
             }
         }
-        if self.webhook_retry_base_ms == 0 || self.webhook_retry_max_ms < self.webhook_retry_base_ms
-        {
-            return bad(
-                "webhook_retry_base_ms",
-                "must be positive and at most webhook_retry_max_ms",
-            );
+        if let Err(InvalidBackoff { knob, message }) = self.webhook_retry().check() {
+            let key = match knob {
+                Knob::Cap => "webhook_retry_max_ms",
+                Knob::Base | Knob::Factor | Knob::MaxAttempts => "webhook_retry_base_ms",
+            };
+            return bad(key, message);
         }
         if self.allowed_origins.iter().any(|o| o.ends_with('/')) {
             return bad(
@@ -243,6 +246,16 @@ impl RealtimeConfig {
             return bad("max_tracked_addresses", "must be at least 1");
         }
         Ok(())
+    }
+
+    /// How the `action_confirm` relay backs off: Herald's one policy
+    /// ([`herald_core::retry`]), doubling from `webhook_retry_base_ms` up to
+    /// `webhook_retry_max_ms`, until the platform answers for good.
+    pub fn webhook_retry(&self) -> Backoff {
+        Backoff::doubling(
+            Duration::from_millis(self.webhook_retry_base_ms),
+            Duration::from_millis(self.webhook_retry_max_ms),
+        )
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -246,10 +246,12 @@ pub(crate) fn now_ms() -> i64 {
 impl Hub {
     /// Builds the hub: connects the bus when Redis is configured (and
     /// starts its reader), and the `action_confirm` relay when a webhook is.
+    /// Its metrics join `metrics`, the process's registry.
     pub async fn start(
         config: RealtimeConfig,
         verifier: Arc<dyn Verifier>,
         store: Store,
+        metrics: &prometheus::Registry,
     ) -> Result<Hub, Error> {
         config.validate()?;
         let server_id = if config.server_id.is_empty() {
@@ -257,7 +259,7 @@ impl Hub {
         } else {
             config.server_id.clone()
         };
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(metrics);
         let (stop, _) = watch::channel(false);
         let log = if config.redis_url.is_empty() {
             metrics.bus_up.set(1);
@@ -446,6 +448,17 @@ impl Hub {
 
     /// Hands one event to every local socket in its rooms. Called in offset
     /// order by a single source at a time (see the module docs).
+    #[tracing::instrument(
+        name = "realtime_dispatch",
+        skip_all,
+        fields(
+            event_id = %delivery.event_id,
+            event = %delivery.event,
+            offset = delivery.offset,
+            rooms = delivery.rooms.len(),
+            sockets = tracing::field::Empty,
+        )
+    )]
     pub(crate) fn dispatch(&self, delivery: &Arc<Delivery>) {
         let mut reg = self.inner.registry.write().expect("registry lock");
         reg.watermark = reg.watermark.max(delivery.offset);
@@ -455,6 +468,7 @@ impl Hub {
                 targets.extend(members.iter().copied());
             }
         }
+        tracing::Span::current().record("sockets", targets.len());
         for id in targets {
             let Some(entry) = reg.conns.get(&id) else {
                 continue;
@@ -621,11 +635,6 @@ impl Hub {
                 ws: by(Transport::Ws),
             },
         }
-    }
-
-    /// The Prometheus text exposition of this hub's metrics.
-    pub fn render_metrics(&self) -> String {
-        self.inner.metrics.render()
     }
 
     /// Whether fan-out works: always on a single node; with Redis, whether

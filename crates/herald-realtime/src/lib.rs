@@ -17,7 +17,7 @@
 //! | [`metrics`] | the gateway's Prometheus metrics |
 //!
 //! The server wires it: [`Hub::start`] with the settings, a token
-//! [`Verifier`] and the store; [`Hub::router`] for the two endpoints;
+//! [`Verifier`], the store and the process's metrics registry; [`Hub::router`] for the two endpoints;
 //! [`Hub::publish`] after ingest commits; [`Hub::shutdown`] before the
 //! process exits. Nothing here knows the server's other routes.
 

@@ -1,18 +1,17 @@
 //! Prometheus metrics of the gateway.
 //!
-//! Each hub owns its own registry rather than a process-global one, so
-//! several Herald instances in one process (the integration tests) count
-//! separately, and `GET /metrics` shows exactly this node.
+//! They join the registry the server makes for the whole process (one per
+//! Herald instance rather than the crate's global one, so several instances
+//! in one process — the integration tests — count separately), and
+//! `GET /metrics` renders that registry: this node's gateway, delivery
+//! workers and providers in one exposition.
 
-use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::protocol::CloseReason;
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    registry: Registry,
     /// Open connections, by transport (`socketio`, `ws`).
     pub connections: IntGaugeVec,
     /// Connections accepted since start, by transport.
@@ -31,7 +30,9 @@ pub struct Metrics {
     pub resumes: IntCounterVec,
     /// 1 while the cross-node bus works (always 1 on a single node).
     pub bus_up: IntGauge,
-    /// `action_confirm` relays, by outcome (`relayed`, `failed`).
+    /// `action_confirm` relay attempts, by outcome: `relayed` (accepted),
+    /// `retrying` (no answer, 5xx, 408 or 429: tried again), `rejected` (any
+    /// other 4xx: final).
     pub relays: IntCounterVec,
     /// Handshakes without a token refused before any session was made, by
     /// reason (`rate`: the client address's allowance; `cap`: too many
@@ -42,8 +43,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        let registry = Registry::new();
+    /// Registers every metric of the gateway in `registry`.
+    ///
+    /// # Panics
+    ///
+    /// If `registry` already holds a gateway's metrics.
+    pub fn new(registry: &Registry) -> Metrics {
         let opts = |name: &str, help: &str| Opts::new(format!("herald_realtime_{name}"), help);
         let gauge_vec = |name, help, labels: &[&str]| {
             let m = IntGaugeVec::new(opts(name, help), labels).expect("valid metric");
@@ -122,14 +127,13 @@ impl Metrics {
         for o in ["recovered", "not_recovered"] {
             resumes.with_label_values(&[o]);
         }
-        for o in ["relayed", "failed"] {
+        for o in ["relayed", "retrying", "rejected"] {
             relays.with_label_values(&[o]);
         }
         for r in ["rate", "cap"] {
             handshakes_refused.with_label_values(&[r]);
         }
         Metrics {
-            registry,
             connections,
             connections_total,
             rooms,
@@ -143,20 +147,5 @@ impl Metrics {
             handshakes_refused,
             pending_handshakes,
         }
-    }
-
-    /// The text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding does not fail");
-        String::from_utf8(out).expect("the text format is UTF-8")
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -188,6 +188,8 @@ async fn worker(settings: Settings) -> anyhow::Result<()> {
         routing,
         templates,
         &Components::default(),
+        // A worker serves no /metrics: its registry is only counted into.
+        &prometheus::Registry::new(),
     )
     .await?;
     let stop = CancellationToken::new();

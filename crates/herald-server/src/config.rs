@@ -457,32 +457,9 @@ impl Settings {
                 return Err(ConfigError::new(key, "must be at least 1"));
             }
         }
-        for (key, policy) in d.retry.policies() {
-            if policy.max_attempts == 0 {
-                return Err(ConfigError::new(
-                    format!("{key}.max_attempts"),
-                    "must be at least 1",
-                ));
-            }
-            if policy.base_ms == 0 {
-                return Err(ConfigError::new(
-                    format!("{key}.base_ms"),
-                    "must be at least 1",
-                ));
-            }
-            if !(policy.factor >= 1.0 && policy.factor.is_finite()) {
-                return Err(ConfigError::new(
-                    format!("{key}.factor"),
-                    "must be a number ≥ 1",
-                ));
-            }
-            if policy.cap_ms < policy.base_ms {
-                return Err(ConfigError::new(
-                    format!("{key}.cap_ms"),
-                    "must be at least base_ms",
-                ));
-            }
-        }
+        d.retry
+            .check()
+            .map_err(|(key, message)| ConfigError::new(key, message))?;
         self.expire_after()?;
         for (name, limit) in &d.rate_limits {
             let key = format!("delivery.rate_limits.{name}");

@@ -272,25 +272,29 @@ pub struct DeliveryRuntime {
 }
 
 impl DeliveryRuntime {
+    /// Builds the delivery side; its metrics (workers, providers) join
+    /// `metrics`, the process's registry.
     pub async fn build(
         settings: &Settings,
         store: Store,
         routing: Arc<RoutingTable>,
         templates: Arc<Templates>,
         components: &Components,
+        metrics: &prometheus::Registry,
     ) -> Result<DeliveryRuntime, Error> {
         let d = &settings.delivery;
         let queue = Queue::connect(d.queue_url.expose(), &d.queue_name, d.concurrency * 2)
             .await
             .map_err(|e| ConfigError::new("delivery.queue_url", e.to_string()))?;
-        let metrics = Arc::new(DeliveryMetrics::new());
+        let registry = metrics;
+        let metrics = Arc::new(DeliveryMetrics::new(registry));
         let providers = match &components.channels {
             Some(c) => c.clone(),
             None => channels_from(settings)?,
         };
         let provider_metrics = Arc::new(ProviderMetrics::new());
         provider_metrics
-            .register(metrics.registry())
+            .register(registry)
             .expect("provider metrics register once");
         let limiters = Limiters::connect(d).await?;
         let breaker = BreakerSettings {

@@ -44,10 +44,11 @@ pub struct AppState {
     pub queue: Queue,
     /// The realtime gateway's hub.
     pub realtime: Hub,
-    /// The delivery side, for readiness (its transports) and `/metrics`.
+    /// The delivery side, for readiness (its transports).
     pub delivery: DeliveryRuntime,
-    /// The delivery workers' metrics, for `/metrics`.
-    pub delivery_metrics: Arc<herald_delivery::DeliveryMetrics>,
+    /// This process's metrics: the gateway's, the delivery workers' and
+    /// the providers', for `/metrics`.
+    pub metrics: prometheus::Registry,
 }
 
 /// A built, bound, not yet serving Herald.
@@ -91,7 +92,15 @@ impl Application {
                     ),
                 )
             })?;
-        let realtime = Hub::start(settings.realtime.clone(), auth.clone(), store.clone()).await?;
+        // One registry for the whole process, so `/metrics` is one exposition.
+        let metrics = prometheus::Registry::new();
+        let realtime = Hub::start(
+            settings.realtime.clone(),
+            auth.clone(),
+            store.clone(),
+            &metrics,
+        )
+        .await?;
         let components = Components {
             broadcast: components
                 .broadcast
@@ -104,6 +113,7 @@ impl Application {
             routing.clone(),
             templates.clone(),
             &components,
+            &metrics,
         )
         .await?;
         for (kind, result) in delivery.check_channels(CHANNEL_CHECK_TIMEOUT).await {
@@ -128,8 +138,8 @@ impl Application {
                 publisher,
                 queue: delivery.queue.clone(),
                 realtime,
-                delivery_metrics: delivery.dispatcher.metrics.clone(),
                 delivery: delivery.clone(),
+                metrics,
             },
             delivery,
         })

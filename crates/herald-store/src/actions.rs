@@ -6,6 +6,11 @@
 //! amount is a conflict. A relay *claims* a row with a lease before sending
 //! it, so two nodes never post the same row at once, and a node that dies
 //! mid-relay leaves a lease that simply runs out.
+//!
+//! A relay ends `relayed` (the platform accepted it) or `rejected` (the
+//! platform refused it for good, with a 4xx): both are final, and a row
+//! keeps the platform's last answer — its status and the body's first
+//! bytes — so support can see why.
 
 use sqlx::Row;
 
@@ -20,6 +25,9 @@ pub enum ActionStatus {
     Relayed,
     /// Recorded only: no webhook is configured.
     Unrelayed,
+    /// The webhook refused it for good (a 4xx other than 408 and 429):
+    /// never tried again.
+    Rejected,
 }
 
 impl ActionStatus {
@@ -28,6 +36,7 @@ impl ActionStatus {
             ActionStatus::Pending => "pending",
             ActionStatus::Relayed => "relayed",
             ActionStatus::Unrelayed => "unrelayed",
+            ActionStatus::Rejected => "rejected",
         }
     }
 
@@ -36,6 +45,7 @@ impl ActionStatus {
             "pending" => Ok(ActionStatus::Pending),
             "relayed" => Ok(ActionStatus::Relayed),
             "unrelayed" => Ok(ActionStatus::Unrelayed),
+            "rejected" => Ok(ActionStatus::Rejected),
             other => Err(Error::Corrupt(format!("action status `{other}`"))),
         }
     }
@@ -54,7 +64,23 @@ pub struct ActionRecord {
     pub status: ActionStatus,
     pub attempts: i64,
     pub created_at: i64,
+    /// Why the last relay attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// The webhook's last answer: its HTTP status (none if no answer
+    /// came) and the first bytes of its body.
+    pub response: Option<WebhookAnswer>,
 }
+
+/// What the platform's webhook answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookAnswer {
+    pub status: u16,
+    /// The first bytes of the body (at most [`ANSWER_BODY_BYTES`]).
+    pub body: String,
+}
+
+/// How much of an answer's body is kept.
+pub const ANSWER_BODY_BYTES: usize = 256;
 
 /// The outcome of recording a confirmation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +91,8 @@ pub enum Recorded {
     Duplicate(ActionRecord),
 }
 
-const COLUMNS: &str =
-    "user_id, action_id, role, restaurant_id, action, amount, status, attempts, created_at";
+const COLUMNS: &str = "user_id, action_id, role, restaurant_id, action, amount, status, attempts, \
+     created_at, last_error, response_status, response_body";
 
 /// A row of `action_confirms` as [`COLUMNS`] reads it.
 #[derive(Debug, sqlx::FromRow)]
@@ -80,12 +106,23 @@ struct ActionRow {
     status: String,
     attempts: i64,
     created_at: i64,
+    last_error: Option<String>,
+    response_status: Option<i64>,
+    response_body: Option<String>,
 }
 
 impl TryFrom<ActionRow> for ActionRecord {
     type Error = Error;
 
     fn try_from(row: ActionRow) -> Result<ActionRecord> {
+        let response = match row.response_status {
+            None => None,
+            Some(status) => Some(WebhookAnswer {
+                status: u16::try_from(status)
+                    .map_err(|_| Error::Corrupt(format!("webhook status {status}")))?,
+                body: row.response_body.unwrap_or_default(),
+            }),
+        };
         Ok(ActionRecord {
             user_id: row.user_id,
             action_id: row.action_id,
@@ -96,8 +133,19 @@ impl TryFrom<ActionRow> for ActionRecord {
             status: ActionStatus::parse(&row.status)?,
             attempts: row.attempts,
             created_at: row.created_at,
+            last_error: row.last_error,
+            response,
         })
     }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl Store {
@@ -196,7 +244,8 @@ impl Store {
         let now = now_ms();
         sqlx::query(
             "UPDATE action_confirms SET status = 'relayed', relayed_at = $1, attempts = attempts + 1, \
-             lease_until = NULL, last_error = NULL WHERE user_id = $2 AND action_id = $3",
+             lease_until = NULL, last_error = NULL, response_status = NULL, response_body = NULL \
+             WHERE user_id = $2 AND action_id = $3",
         )
         .bind(now)
         .bind(user_id.to_owned())
@@ -206,7 +255,8 @@ impl Store {
         Ok(())
     }
 
-    /// A relay attempt failed; try again at `next_attempt_at`.
+    /// A relay attempt failed; try again at `next_attempt_at`. `answer` is
+    /// what the webhook said, if it answered at all.
     #[tracing::instrument(
         level = "debug",
         skip_all,
@@ -218,13 +268,46 @@ impl Store {
         action_id: &str,
         next_attempt_at: i64,
         error: &str,
+        answer: Option<&WebhookAnswer>,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE action_confirms SET attempts = attempts + 1, next_attempt_at = $1, \
-             last_error = $2, lease_until = NULL WHERE user_id = $3 AND action_id = $4",
+             last_error = $2, response_status = $3, response_body = $4, lease_until = NULL \
+             WHERE user_id = $5 AND action_id = $6 AND status = 'pending'",
         )
         .bind(next_attempt_at)
-        .bind(error.chars().take(500).collect::<String>())
+        .bind(prefix(error, 500).to_owned())
+        .bind(answer.map(|a| i64::from(a.status)))
+        .bind(answer.map(|a| prefix(&a.body, ANSWER_BODY_BYTES).to_owned()))
+        .bind(user_id.to_owned())
+        .bind(action_id.to_owned())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// The webhook refused a confirmation for good: it is `rejected`, with
+    /// the answer kept, and no relay claims it again.
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(user = %user_id, action_id = %action_id)
+    )]
+    pub async fn action_rejected(
+        &self,
+        user_id: &str,
+        action_id: &str,
+        error: &str,
+        answer: &WebhookAnswer,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE action_confirms SET status = 'rejected', attempts = attempts + 1, \
+             last_error = $1, response_status = $2, response_body = $3, lease_until = NULL \
+             WHERE user_id = $4 AND action_id = $5 AND status = 'pending'",
+        )
+        .bind(prefix(error, 500).to_owned())
+        .bind(i64::from(answer.status))
+        .bind(prefix(&answer.body, ANSWER_BODY_BYTES).to_owned())
         .bind(user_id.to_owned())
         .bind(action_id.to_owned())
         .execute(&self.write)

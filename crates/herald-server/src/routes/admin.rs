@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use herald_core::Role;
+use prometheus::{Encoder, TextEncoder};
 use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
@@ -45,14 +46,18 @@ pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json
     Ok(Json(stats))
 }
 
-/// `GET /metrics`: Prometheus text exposition of the realtime gateway and
-/// the delivery workers of this process.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
+/// `GET /metrics`: Prometheus text exposition of this process's registry —
+/// the realtime gateway, the delivery workers and their providers.
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let mut body = Vec::new();
+    TextEncoder::new()
+        .encode(&state.metrics.gather(), &mut body)
+        .map_err(ApiError::internal)?;
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.realtime.render_metrics() + &state.delivery_metrics.render(),
-    )
+        body,
+    ))
 }

@@ -210,6 +210,8 @@ async fn computed_columns_are_read_by_name(store: Store) {
         status: ActionStatus::Pending,
         attempts: 0,
         created_at: 0,
+        last_error: None,
+        response: None,
     };
     store.record_action(&action, true).await.unwrap();
     assert!(store.next_action_due().await.unwrap().is_some());
