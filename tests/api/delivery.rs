@@ -651,7 +651,9 @@ async fn a_backlog_waiting_before_the_workers_start_drains() {
 #[tokio::test]
 async fn readiness_covers_the_queue() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
-    let ready: Value = app.get("/readyz", "").await.json().await.unwrap();
+    let res = app.get("/readyz", "").await;
+    assert_eq!(res.status(), 200);
+    let ready: Value = res.json().await.unwrap();
     assert_eq!(ready["checks"]["queue"], "ok");
 }
 
