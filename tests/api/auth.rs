@@ -46,9 +46,21 @@ backend_tests! {
 
     async fn the_seeds_id_claim_is_accepted(app) {
         let key = EncodingKey::from_secret(app.secret.as_bytes());
-        let token = encode(&Header::default(), &json!({"id": "g-legacy", "role": "guest", "exp": now() + 60}), &key).unwrap();
+        let legacy = user("g-legacy");
+        let token = encode(&Header::default(), &json!({"id": legacy, "role": "guest", "exp": now() + 60}), &key).unwrap();
+        // The `id` claim is the user: their inbox is the one the token reads.
+        app.publish_ok(&points_for(&legacy, 10)).await;
+        app.publish_ok(&points_for(&user("g-someone-else"), 20)).await;
         let res = app.get("/v1/notifications/unread-count", &token).await;
         assert_eq!(res.status(), 200);
+        assert_eq!(res.json::<serde_json::Value>().await.unwrap()["count"], 1);
+        let inbox = app.inbox(&token).await;
+        assert_eq!(inbox.len(), 1, "{inbox:?}");
+        assert_eq!(inbox[0]["data"]["guestId"], legacy.as_str());
+        assert_eq!(inbox[0]["data"]["amount"], 10);
+        // And it may act as that user, and only that user.
+        assert_eq!(app.get(&format!("/v1/users/{legacy}/preferences"), &token).await.status(), 200);
+        assert_eq!(app.get(&format!("/v1/users/{}/preferences", user("g-someone-else")), &token).await.status(), 403);
     }
 
     async fn only_services_and_admins_publish(app) {
@@ -60,22 +72,34 @@ backend_tests! {
             (Role::Admin, None, 202),
         ] {
             let token = app.token(role, "someone", restaurant);
-            let res = app.send_json(Method::POST, "/v1/events", &token, &envelope(herald_core::EventKind::SystemAlert)).await;
-            assert_eq!(res.status(), expected, "{role:?}");
+            let event = envelope(herald_core::EventKind::SystemAlert);
+            let res = app.send_json(Method::POST, "/v1/events", &token, &event).await;
+            if expected == 202 {
+                assert_eq!(res.status(), 202, "{role:?}");
+                let record: serde_json::Value = res.json().await.unwrap();
+                assert_eq!(record["id"], event["id"], "{role:?}");
+            } else {
+                let (status, p) = problem(res).await;
+                assert_eq!((status, p["code"].as_str()), (expected, Some("forbidden")), "{role:?}");
+            }
         }
     }
 
     async fn guests_cannot_read_other_users_things(app) {
         let guest = app.token(Role::Guest, "g1", None);
         for path in ["/v1/users/g2/preferences", "/v1/users/g2/contact", "/v1/users/g2/devices"] {
-            let res = app.get(path, &guest).await;
-            assert_eq!(res.status(), 403, "{path}");
+            let (status, p) = problem(app.get(path, &guest).await).await;
+            assert_eq!((status, p["code"].as_str()), (403, Some("forbidden")), "{path}");
         }
         let res = app.send_json(Method::PUT, "/v1/users/g2/preferences", &guest, &json!({"enabled": false})).await;
-        assert_eq!(res.status(), 403);
+        let (status, p) = problem(res).await;
+        assert_eq!((status, p["code"].as_str()), (403, Some("forbidden")));
+        // Unchanged.
+        let prefs: serde_json::Value = app.get("/v1/users/g2/preferences", &app.admin_token()).await.json().await.unwrap();
+        assert_eq!(prefs["enabled"], true);
         // Another user's notification is invisible: 404, not 403, so ids cannot be probed.
         let g2 = user("g2");
-        app.publish(&points_for(&g2, 10)).await;
+        app.publish_ok(&points_for(&g2, 10)).await;
         let g2 = app.token(Role::Guest, &g2, None);
         let theirs = app.inbox(&g2).await;
         let id = theirs[0]["id"].as_str().unwrap();
@@ -86,8 +110,12 @@ backend_tests! {
             (Method::GET, format!("/v1/notifications/{id}/deliveries")),
         ] {
             let res = app.request(method.clone(), &path, &guest).send().await.unwrap();
-            assert_eq!(res.status(), 404, "{method} {path}");
+            let (status, p) = problem(res).await;
+            assert_eq!((status, p["code"].as_str()), (404, Some("not_found")), "{method} {path}");
         }
+        // Nor did the attempts change it: still there, unread.
+        let theirs = app.inbox(&g2).await;
+        assert_eq!((theirs.len(), &theirs[0]["read"]), (1, &json!(false)));
         // The inbox endpoint only ever shows the caller's own entries.
         assert!(app.inbox(&guest).await.is_empty());
         // Admins may read anyone's preferences and delivery traces.

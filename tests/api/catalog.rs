@@ -81,7 +81,7 @@ backend_tests! {
 
         let mut redeemed = envelope(EventKind::PointsRedeemed);
         redeemed["data"]["guestId"] = json!(guest);
-        app.publish(&redeemed).await;
+        app.publish_ok(&redeemed).await;
         let token = app.token(Role::Guest, guest, None);
         let id = app.inbox(&token).await[0]["id"].as_str().unwrap().to_owned();
         let trace: Value = app.get(&format!("/v1/notifications/{id}/deliveries"), &token).await.json().await.unwrap();
@@ -95,10 +95,10 @@ backend_tests! {
         assert_eq!(channels, vec![("email", "pending", "routing_default"), ("push", "suppressed", "no_contact")]);
 
         // A critical alert is mandatory email + SMS to every admin; an info alert is inbox only.
-        app.publish(&envelope(EventKind::SystemAlert)).await;
+        app.publish_ok(&envelope(EventKind::SystemAlert)).await;
         let mut info = envelope(EventKind::SystemAlert);
         info["data"]["level"] = json!("info");
-        app.publish(&info).await;
+        app.publish_ok(&info).await;
         let admin = app.token(Role::Admin, "admin-1", None);
         let inbox = app.inbox(&admin).await;
         let (info_id, critical_id) = (inbox[0]["id"].as_str().unwrap(), inbox[1]["id"].as_str().unwrap());

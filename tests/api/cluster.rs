@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_core::Role;
-use herald_testkit::{Backend, spawn_app_with};
+use herald_testkit::{Backend, PrivateRedis, eventually, spawn_app_with};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -54,7 +54,7 @@ async fn events_published_on_one_node_reach_sockets_on_every_node_once() {
     let token = a.token(Role::Guest, &guest, None);
     let (mut on_a, _) = Ws::connect(&a, &token).await;
     let (mut on_b, connected_b) = Ws::connect(&b, &token).await;
-    assert_ne!(connected_b["serverId"], on_a_server(&a).await);
+    assert_ne!(connected_b["serverId"], a.stats().await["serverId"]);
     on_b.subscribe("guest_card", json!({"guestId": guest}))
         .await;
 
@@ -77,16 +77,6 @@ async fn events_published_on_one_node_reach_sockets_on_every_node_once() {
         assert_eq!(amounts, [1, 2, 3]);
     }
     clear_redis(&redis, &prefix).await;
-}
-
-async fn on_a_server(app: &TestApp) -> Value {
-    let stats: Value = app
-        .get("/v1/admin/stats", &app.admin_token())
-        .await
-        .json()
-        .await
-        .unwrap();
-    stats["serverId"].clone()
 }
 
 #[tokio::test]
@@ -200,26 +190,21 @@ async fn readyz_follows_the_bus() {
     let Some(redis) = redis_url().await else {
         return;
     };
-    let target = redis
+    let target = herald_testkit::redis_server()
         .trim_start_matches("redis://")
-        .trim_end_matches('/')
         .to_owned();
     let proxy = Proxy::start(&target, 0).await;
     let prefix = prefix();
     let app = node(&format!("redis://127.0.0.1:{}", proxy.port), &prefix).await;
-    let ready = || async { app.get("/readyz", "").await };
+    let ready = || async { app.get("/readyz", "").await.status() == 200 };
     // The reader connects in the background: wait for it.
-    let up = |app_ready: reqwest::Response| app_ready.status() == 200;
-    tokio::time::timeout(WAIT, async {
-        while !up(ready().await) {
-            tokio::task::yield_now().await;
-        }
+    eventually("/readyz 200 once the bus reads", WAIT, || async {
+        ready().await.then_some(())
     })
-    .await
-    .expect("ready once the bus reads");
+    .await;
 
     proxy.cut();
-    let res = ready().await;
+    let res = app.get("/readyz", "").await;
     assert_eq!(res.status(), 503);
     let body: Value = res.json().await.unwrap();
     let realtime = body["checks"]["realtime"].as_str().unwrap();
@@ -227,109 +212,13 @@ async fn readyz_follows_the_bus() {
     assert_eq!(body["checks"]["database"], "ok");
 
     let _restored = proxy.restore().await;
-    tokio::time::timeout(WAIT, async {
-        while !up(ready().await) {
-            tokio::task::yield_now().await;
-        }
+    eventually("/readyz 200 again once Redis is back", WAIT, || async {
+        ready().await.then_some(())
     })
-    .await
-    .expect("ready again once Redis is back");
+    .await;
     let metrics = app.get("/metrics", "").await.text().await.unwrap();
     assert!(metrics.contains("herald_realtime_bus_up 1"), "{metrics}");
     clear_redis(&redis, &prefix).await;
-}
-
-/// A Redis of the test's own, to kill with SIGKILL and start again on the
-/// same port: empty, or from the snapshot it last saved.
-struct PrivateRedis {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<tokio::process::Child>,
-}
-
-impl PrivateRedis {
-    async fn start() -> Option<PrivateRedis> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("herald-redis-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = PrivateRedis {
-            port,
-            dir,
-            child: None,
-        };
-        redis.spawn().await.then_some(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts `redis-server` (loading `dump.rdb` if one was saved).
-    async fn spawn(&mut self) -> bool {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dbfilename",
-                "dump.rdb",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        let Ok(child) = child else {
-            assert!(
-                !herald_testkit::services_required(),
-                "redis-server is required (HERALD_REQUIRE_SERVICES=1)"
-            );
-            eprintln!("skipped: no redis-server to start");
-            return false;
-        };
-        self.child = Some(child);
-        let url = self.url();
-        herald_testkit::eventually("redis-server to answer", WAIT, || async {
-            let client = redis::Client::open(url.as_str()).ok()?;
-            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .ok()
-        })
-        .await;
-        true
-    }
-
-    /// `SAVE`: what a restart will load.
-    async fn snapshot(&self) {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("SAVE")
-            .query_async::<String>(&mut conn)
-            .await
-            .unwrap();
-    }
-
-    async fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.unwrap();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Redis killed with SIGKILL under two nodes, events published meanwhile
@@ -362,7 +251,7 @@ async fn a_redis_outage_is_never_silent() {
             redis.snapshot().await;
         }
 
-        redis.kill9().await;
+        redis.kill().await;
         // A steady publish while Redis is down: every one answered 202.
         let mut ticker = tokio::time::interval(Duration::from_millis(200));
         for amount in 2..=21 {
@@ -377,7 +266,7 @@ async fn a_redis_outage_is_never_silent() {
         let ready = a.get("/readyz", "").await;
         assert_eq!(ready.status(), 503, "the bus is down");
 
-        assert!(redis.spawn().await);
+        redis.restart().await;
         // Once the bus is back, every socket on both nodes is told to
         // resume: b's never saw 2–4, a's may have missed b's.
         for ws in [&mut on_a, &mut on_b] {
@@ -441,7 +330,7 @@ async fn a_redis_outage_is_never_silent() {
             }
         }
         for node in [&a, &b] {
-            herald_testkit::eventually("ready again", WAIT, || async {
+            eventually("ready again", WAIT, || async {
                 (node.get("/readyz", "").await.status() == 200).then_some(())
             })
             .await;
@@ -481,10 +370,10 @@ async fn a_client_is_recovered_from_the_database_after_redis_lost_its_history() 
         for amount in 2..=3 {
             publish_ok(&a, &points_for(&guest, amount)).await;
         }
-        redis.kill9().await;
-        assert!(redis.spawn().await);
+        redis.kill().await;
+        redis.restart().await;
         for node in [&a, &b] {
-            herald_testkit::eventually("the bus back", WAIT, || async {
+            eventually("the bus back", WAIT, || async {
                 (node.get("/readyz", "").await.status() == 200).then_some(())
             })
             .await;

@@ -72,7 +72,7 @@ async fn the_embedded_default_writes_a_localized_email_to_the_outbox() {
             continue;
         };
         let (guest, token) = guest_with_email(&app, "outbox-guest", json!({"locale": "en"})).await;
-        app.publish(&redeemed(&guest)).await;
+        app.publish_ok(&redeemed(&guest)).await;
         let sent = eventually("the email to be sent", Duration::from_secs(20), || async {
             let d = trace(&app, &token, "email").await;
             (d["status"] == "sent").then_some(d)
@@ -128,7 +128,7 @@ async fn transient_failures_back_off_then_give_up_reporting_each_attempt() {
             },
             Step::Transient { retry_after: None },
         ]);
-        app.publish(&redeemed(&guest)).await;
+        app.publish_ok(&redeemed(&guest)).await;
         let email = trace(&app, &token, "email").await;
         let id = delivery_id(&email);
         let dispatcher = &app.delivery.dispatcher;
@@ -222,7 +222,7 @@ async fn a_permanent_failure_stops_at_once() {
         .unwrap();
     let (guest, token) = guest_with_email(&app, "bounced", json!({})).await;
     fakes.email.script([Step::Permanent]);
-    app.publish(&redeemed(&guest)).await;
+    app.publish_ok(&redeemed(&guest)).await;
     let id = delivery_id(&trace(&app, &token, "email").await);
     let outcome = app.delivery.dispatcher.process(id).await.unwrap();
     assert!(
@@ -251,7 +251,7 @@ async fn an_opt_out_after_scheduling_stops_the_send() {
             continue;
         };
         let (guest, token) = guest_with_email(&app, "changed-mind", json!({})).await;
-        app.publish(&redeemed(&guest)).await;
+        app.publish_ok(&redeemed(&guest)).await;
         let email = trace(&app, &token, "email").await;
         assert_eq!(email["status"], "pending");
         let prefs = json!({"channels": {"email": false}});
@@ -302,21 +302,25 @@ async fn quiet_hours_defer_push_and_sms_but_critical_events_pass() {
         // A guest's push waits for 08:00 Moscow (05:00 UTC).
         let guest = user("sleeper");
         let token = app.token(Role::Guest, &guest, None);
-        app.send_json(
-            Method::POST,
-            &format!("/v1/users/{guest}/devices"),
-            &token,
-            &json!({"kind": "fcm", "token": "fcm-sleeper"}),
-        )
-        .await;
-        app.send_json(
-            Method::PUT,
-            &format!("/v1/users/{guest}/preferences"),
-            &token,
-            &quiet,
-        )
-        .await;
-        app.publish(&points_for(&guest, 10)).await;
+        let res = app
+            .send_json(
+                Method::POST,
+                &format!("/v1/users/{guest}/devices"),
+                &token,
+                &json!({"kind": "fcm", "token": "fcm-sleeper"}),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        let res = app
+            .send_json(
+                Method::PUT,
+                &format!("/v1/users/{guest}/preferences"),
+                &token,
+                &quiet,
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        app.publish_ok(&points_for(&guest, 10)).await;
         let push = trace(&app, &token, "push").await;
         let morning = Utc.with_ymd_and_hms(2026, 11, 27, 5, 0, 0).unwrap();
         assert_eq!(push["status"], "deferred");
@@ -335,23 +339,27 @@ async fn quiet_hours_defer_push_and_sms_but_critical_events_pass() {
 
         // Quiet hours that begin after scheduling defer at send time.
         let (late, late_token) = guest_with_email(&app, "late", json!({})).await;
-        app.send_json(
-            Method::POST,
-            &format!("/v1/users/{late}/devices"),
-            &late_token,
-            &json!({"kind": "fcm", "token": "fcm-late"}),
-        )
-        .await;
-        app.publish(&redeemed(&late)).await;
+        let res = app
+            .send_json(
+                Method::POST,
+                &format!("/v1/users/{late}/devices"),
+                &late_token,
+                &json!({"kind": "fcm", "token": "fcm-late"}),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        app.publish_ok(&redeemed(&late)).await;
         let push = trace(&app, &late_token, "push").await;
         assert_eq!(push["status"], "pending");
-        app.send_json(
-            Method::PUT,
-            &format!("/v1/users/{late}/preferences"),
-            &late_token,
-            &quiet,
-        )
-        .await;
+        let res = app
+            .send_json(
+                Method::PUT,
+                &format!("/v1/users/{late}/preferences"),
+                &late_token,
+                &quiet,
+            )
+            .await;
+        assert_eq!(res.status(), 200);
         assert_eq!(
             app.delivery
                 .dispatcher
@@ -370,14 +378,16 @@ async fn quiet_hours_defer_push_and_sms_but_critical_events_pass() {
         )
         .await;
         let admin = app.token(Role::Admin, "night-admin", None);
-        app.send_json(
-            Method::PUT,
-            "/v1/users/night-admin/preferences",
-            &admin,
-            &quiet,
-        )
-        .await;
-        app.publish(&envelope(EventKind::SystemAlert)).await;
+        let res = app
+            .send_json(
+                Method::PUT,
+                "/v1/users/night-admin/preferences",
+                &admin,
+                &quiet,
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        app.publish_ok(&envelope(EventKind::SystemAlert)).await;
         let sms = trace(&app, &admin, "sms").await;
         assert_eq!(
             (sms["status"].as_str(), sms["reason"].as_str()),
@@ -408,7 +418,7 @@ async fn a_worker_killed_mid_send_is_replaced_and_the_delivery_recorded_once() {
         };
         let (guest, token) = guest_with_email(&app, "interrupted", json!({})).await;
         fakes.email.script([Step::Hang]);
-        app.publish(&redeemed(&guest)).await;
+        app.publish_ok(&redeemed(&guest)).await;
         let id = delivery_id(&trace(&app, &token, "email").await);
 
         let dispatcher = app.delivery.dispatcher.clone();
@@ -460,15 +470,13 @@ async fn a_worker_killed_mid_send_is_replaced_and_the_delivery_recorded_once() {
 /// else using Redis while the tests run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushing_redis_mid_burst_loses_nothing() {
-    let redis_url = "redis://127.0.0.1:6379/15";
-    let Some((mut redis, backend)) = redis_queue(redis_url).await else {
+    let Some((redis_url, mut redis, backend)) = redis_queue(15).await else {
         return;
     };
     let fakes = Fakes::live();
     let queue = format!("herald-test-{}", uuid::Uuid::new_v4().simple());
     let app = spawn_app_with_fakes(backend, fakes.clone(), |s| {
-        s.delivery.queue_url = herald_server::config::Secret::new(redis_url);
-        s.delivery.queue_name = queue;
+        on_redis_queue(s, &redis_url, &queue);
         s.delivery.workers_in_serve = true;
         s.delivery.concurrency = 32;
         s.delivery.sweep_interval_seconds = 1;
@@ -527,14 +535,13 @@ async fn flushing_redis_mid_burst_loses_nothing() {
 /// queue gets a Redis database of its own (12): another test flushes 15.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_waiting_before_the_workers_start_drains() {
-    let redis_url = "redis://127.0.0.1:6379/12";
-    let Some((mut redis, backend)) = redis_queue(redis_url).await else {
+    let Some((redis_url, mut redis, backend)) = redis_queue(12).await else {
         return;
     };
     let fakes = Fakes::live();
     let queue = queue_name();
     let app = spawn_app_with_fakes(backend, fakes.clone(), |s| {
-        on_redis_queue(s, redis_url, &queue);
+        on_redis_queue(s, &redis_url, &queue);
         s.delivery.workers_in_serve = false;
         s.delivery.concurrency = 32;
         s.delivery.stale_seconds = 3_600;
@@ -644,7 +651,9 @@ async fn a_backlog_waiting_before_the_workers_start_drains() {
 #[tokio::test]
 async fn readiness_covers_the_queue() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
-    let ready: Value = app.get("/readyz", "").await.json().await.unwrap();
+    let res = app.get("/readyz", "").await;
+    assert_eq!(res.status(), 200);
+    let ready: Value = res.json().await.unwrap();
     assert_eq!(ready["checks"]["queue"], "ok");
 }
 
@@ -668,7 +677,7 @@ async fn connected_clients_see_each_failed_attempt() {
         Step::Transient { retry_after: None },
         Step::Transient { retry_after: None },
     ]);
-    app.publish(&redeemed(&guest)).await;
+    app.publish_ok(&redeemed(&guest)).await;
     let notification = app.inbox(&token).await[0]["id"].clone();
     let id = delivery_id(&trace(&app, &token, "email").await);
     let Outcome::Retrying { next, .. } = app.delivery.dispatcher.process(id).await.unwrap() else {
@@ -710,13 +719,12 @@ async fn connected_clients_see_each_failed_attempt() {
 /// heartbeat half a minute on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_keeps_looking_for_jobs() {
-    let redis_url = "redis://127.0.0.1:6379/12";
-    let Some((_, backend)) = redis_queue(redis_url).await else {
+    let Some((redis_url, _, backend)) = redis_queue(12).await else {
         return;
     };
     let fakes = Fakes::live();
     let app = spawn_app_with_fakes(backend, fakes.clone(), |s| {
-        on_redis_queue(s, redis_url, &queue_name());
+        on_redis_queue(s, &redis_url, &queue_name());
         s.delivery.retry.base_ms = 1_000;
         s.delivery.retry.cap_ms = 1_000;
     })
@@ -729,7 +737,7 @@ async fn an_idle_worker_keeps_looking_for_jobs() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (guest, _) = guest_with_email(&app, "after-a-quiet-spell", json!({})).await;
     fakes.email.script([Step::Transient { retry_after: None }]);
-    app.publish(&redeemed(&guest)).await;
+    app.publish_ok(&redeemed(&guest)).await;
     eventually("the retry to go out", Duration::from_secs(10), || async {
         (fakes.email.sent().len() == 1).then_some(())
     })
@@ -751,37 +759,28 @@ fn queue_name() -> String {
     format!("herald-test-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A connection to the Redis database a queue test uses, and the database
-/// backend to run it on (PostgreSQL when reachable). None: Redis is down
-/// and the test skips, unless services are required.
-async fn redis_queue(redis_url: &str) -> Option<(redis::aio::MultiplexedConnection, Backend)> {
-    let client = redis::Client::open(redis_url).unwrap();
-    let redis = match client.get_multiplexed_async_connection().await {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var("HERALD_REQUIRE_SERVICES").is_err(),
-                "Redis is required but unreachable: {e}"
-            );
-            eprintln!("skipped: Redis unreachable: {e}");
-            return None;
-        }
-    };
+/// Database `db` of the test Redis for a queue test, a connection to it,
+/// and the database backend to run it on (PostgreSQL when reachable).
+/// None: Redis is down and the test skips, unless services are required.
+async fn redis_queue(db: u8) -> Option<(String, redis::aio::MultiplexedConnection, Backend)> {
+    let url = herald_testkit::redis_available(db).await?;
+    let redis = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test Redis answered a moment ago");
     let backend = if herald_testkit::postgres_available().await {
         Backend::Postgres
     } else {
         Backend::Sqlite
     };
-    Some((redis, backend))
+    Some((url, redis, backend))
 }
 
 /// Jobs waiting in the delivery queue, as `GET /v1/admin/stats` reports them.
 async fn queued_jobs(app: &TestApp) -> u64 {
-    let stats: Value = app
-        .get("/v1/admin/stats", &app.admin_token())
-        .await
-        .json()
-        .await
-        .unwrap();
-    stats["queue"]["jobs"].as_u64().unwrap()
+    let stats = app.stats().await;
+    stats["queue"]["jobs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{stats}"))
 }

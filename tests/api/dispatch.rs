@@ -231,7 +231,7 @@ async fn a_failing_primary_fails_over_and_its_breaker_recovers() {
     // Two failures go over to SMTP and open SendGrid's breaker.
     for i in 0..2 {
         let (guest, token) = guest_with_email(&app, &format!("failover-{i}"), json!({})).await;
-        app.publish(&redeemed(&guest)).await;
+        app.publish_ok(&redeemed(&guest)).await;
         let d = sent(&app, &token).await;
         assert_eq!(d["provider"], "smtp");
         let steps = steps(&d);
@@ -250,7 +250,7 @@ async fn a_failing_primary_fails_over_and_its_breaker_recovers() {
     // While it is open SendGrid is not even asked.
     let calls = stand_in.requests.load(Ordering::SeqCst);
     let (guest, token) = guest_with_email(&app, "failover-open", json!({})).await;
-    app.publish(&redeemed(&guest)).await;
+    app.publish_ok(&redeemed(&guest)).await;
     let d = sent(&app, &token).await;
     assert_eq!(
         steps(&d)[0],
@@ -268,7 +268,7 @@ async fn a_failing_primary_fails_over_and_its_breaker_recovers() {
         || async {
             let (guest, token) =
                 guest_with_email(&app, &format!("probe-{}", uuid::Uuid::new_v4()), json!({})).await;
-            app.publish(&redeemed(&guest)).await;
+            app.publish_ok(&redeemed(&guest)).await;
             let d = sent(&app, &token).await;
             (d["provider"] == "sendgrid").then_some(())
         },
@@ -295,7 +295,7 @@ async fn a_permanent_error_does_not_fail_over() {
     .await
     .unwrap();
     let (guest, token) = guest_with_email(&app, "refused", json!({})).await;
-    app.publish(&redeemed(&guest)).await;
+    app.publish_ok(&redeemed(&guest)).await;
     let d = eventually("the email to fail", Duration::from_secs(20), || async {
         let d = trace(&app, &token, "email").await;
         (d["status"] == "failed").then_some(d)
@@ -378,7 +378,7 @@ async fn an_expired_delivery_ends_expired_and_a_redrive_restarts_its_time() {
         };
         let (guest, token) = guest_with_email(&app, "late", json!({"locale": "en"})).await;
         fakes.email.script([Step::Transient { retry_after: None }]);
-        app.publish(&redeemed(&guest)).await;
+        app.publish_ok(&redeemed(&guest)).await;
         let id = delivery_id(&trace(&app, &token, "email").await);
         let dispatcher = &app.delivery.dispatcher;
         assert!(matches!(

@@ -6,7 +6,6 @@
 //! and restarts, the test PostgreSQL made unreachable and reachable again.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,9 +13,8 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use herald_core::Role;
 use herald_server::config::Secret;
-use herald_testkit::{Backend, eventually, spawn_app_with};
+use herald_testkit::{Backend, PrivateRedis, eventually, spawn_app_with};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -288,71 +286,6 @@ async fn a_one_mebibyte_ws_message_closes_with_1009() {
 // ---------------------------------------------------------------------------
 // Dependencies down and back.
 
-/// A private `redis-server` on a fixed port, to kill and restart.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    async fn start() -> Option<PrivateRedis> {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        let mut redis = PrivateRedis { port, child: None };
-        if !redis.spawn().await {
-            assert!(
-                !require_services(),
-                "redis-server is required (HERALD_REQUIRE_SERVICES=1)"
-            );
-            eprintln!("skipped: redis-server could not be started");
-            return None;
-        }
-        Some(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) -> bool {
-        let Ok(child) = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-        else {
-            return false;
-        };
-        self.child = Some(child);
-        let url = self.url();
-        let up = async {
-            loop {
-                let ping = async {
-                    let client = redis::Client::open(url.as_str())?;
-                    let mut conn = client.get_multiplexed_async_connection().await?;
-                    redis::cmd("PING").query_async::<String>(&mut conn).await
-                };
-                if ping.await.is_ok() {
-                    return;
-                }
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(WAIT, up).await.is_ok()
-    }
-
-    /// `kill -9`: no goodbye to the clients.
-    async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.start_kill().unwrap();
-            child.wait().await.unwrap();
-        }
-    }
-}
-
 /// `/readyz`, and how long it took to answer.
 async fn readyz(app: &TestApp) -> (u16, Value, Duration) {
     let started = Instant::now();
@@ -383,7 +316,7 @@ async fn readiness_follows_redis_down_and_back_and_nothing_answers_500_after() {
     .unwrap();
     let admin = app.admin_token();
     ready_again(&app).await;
-    assert_eq!(app.get("/v1/admin/stats", &admin).await.status(), 200);
+    assert!(app.stats().await["queue"]["jobs"].is_u64());
 
     redis.kill().await;
     let (status, body, took) = readyz(&app).await;
@@ -405,18 +338,16 @@ async fn readiness_follows_redis_down_and_back_and_nothing_answers_500_after() {
     assert_eq!(problem["code"], "unavailable");
 
     // Back on the same port.
-    assert!(redis.spawn().await, "redis-server restarts");
+    redis.restart().await;
     ready_again(&app).await;
-    assert_eq!(app.get("/v1/admin/stats", &admin).await.status(), 200);
+    assert!(app.stats().await["queue"]["jobs"].is_u64());
 
     // Down and back again with no request in between: the first request
     // that needs the queue meets the connection that broke meanwhile, and
     // still answers.
     redis.kill().await;
-    assert!(redis.spawn().await, "redis-server restarts");
-    let stats = app.get("/v1/admin/stats", &admin).await;
-    let status = stats.status();
-    assert_eq!(status, 200, "{}", stats.text().await.unwrap());
+    redis.restart().await;
+    assert!(app.stats().await["queue"]["jobs"].is_u64());
     ready_again(&app).await;
     redis.kill().await;
 }

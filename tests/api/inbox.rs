@@ -62,7 +62,7 @@ backend_tests! {
     async fn read_unread_and_delete(app) {
         let token = app.token(Role::Guest, &user("reader"), None);
         let events: Vec<Value> = (0..4).map(|i| points_for(&user("reader"), i)).collect();
-        app.publish(&Value::Array(events)).await;
+        app.publish_ok(&Value::Array(events)).await;
         assert_eq!(unread_count(&app, &token).await, 4);
         let inbox = app.inbox(&token).await;
         let first = inbox[0]["id"].as_str().unwrap();

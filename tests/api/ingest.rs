@@ -6,12 +6,6 @@ use serde_json::{Value, json};
 
 use super::*;
 
-async fn problem(res: reqwest::Response) -> (u16, Value) {
-    let status = res.status().as_u16();
-    assert_eq!(res.headers()["content-type"], "application/problem+json");
-    (status, res.json().await.unwrap())
-}
-
 backend_tests! {
     async fn bad_payloads_are_422_naming_the_field(app) {
         let mut negative = envelope(EventKind::PointsAdded);

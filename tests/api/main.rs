@@ -43,6 +43,18 @@ pub fn points_for(guest: &str, amount: i64) -> Value {
     e
 }
 
+/// An error answer's status and body, which must be a problem document
+/// (`application/problem+json`).
+pub async fn problem(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    assert_eq!(
+        res.headers()["content-type"],
+        "application/problem+json",
+        "{status}"
+    );
+    (status, res.json().await.unwrap())
+}
+
 /// The delivery trace of `token`'s newest notification, as the API shows it.
 pub async fn newest_deliveries(app: &TestApp, token: &str) -> Vec<Value> {
     let inbox = app.inbox(token).await;

@@ -27,10 +27,6 @@ use super::*;
 /// How long any one expected message may take.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-pub fn require_services() -> bool {
-    std::env::var("HERALD_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v == "true")
-}
-
 pub fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests")
 }
@@ -52,38 +48,14 @@ pub fn node_ready() -> bool {
     } else {
         "node is not on PATH"
     };
-    assert!(
-        !require_services(),
-        "Node is required (HERALD_REQUIRE_SERVICES=1): {why}"
-    );
-    eprintln!("skipped: {why}");
+    herald_testkit::skip("Node with socket.io-client missing", why);
     false
 }
 
-/// The test Redis, if it answers.
+/// The test Redis (database 0, keys under a prefix of the test's own), if
+/// it answers; `None`: the test is skipped, unless services are required.
 pub async fn redis_url() -> Option<String> {
-    let url =
-        std::env::var("HERALD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let ping = async {
-        let client = redis::Client::open(url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
-    match tokio::time::timeout(Duration::from_secs(3), ping).await {
-        Ok(Ok(_)) => Some(url),
-        outcome => {
-            let why = match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".into(),
-            };
-            assert!(
-                !require_services(),
-                "Redis is required (HERALD_REQUIRE_SERVICES=1) but unreachable at {url}: {why}"
-            );
-            eprintln!("skipped: Redis unreachable at {url}: {why}");
-            None
-        }
-    }
+    herald_testkit::redis_available(0).await
 }
 
 /// Deletes every key under `prefix` (multi-node tests use one per test).
@@ -121,14 +93,9 @@ pub fn event(kind: EventKind, fields: &Value) -> Value {
     e
 }
 
+/// Publishes `body`, which must be accepted.
 pub async fn publish_ok(app: &TestApp, body: &Value) {
-    let res = app.publish(body).await;
-    assert_eq!(
-        res.status(),
-        202,
-        "publish: {}",
-        res.text().await.unwrap_or_default()
-    );
+    app.publish_ok(body).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -290,6 +257,18 @@ impl Ws {
         tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
             .await
             .expect("the upgrade answers in time")
+    }
+
+    /// The HTTP status with which the server refuses the upgrade; panics
+    /// if it does not refuse it.
+    pub async fn refused(request: tungstenite::handshake::client::Request) -> u16 {
+        match Self::try_connect(request).await {
+            Err(tungstenite::Error::Http(res)) => res.status().as_u16(),
+            other => panic!(
+                "expected an HTTP refusal of the upgrade, got {:?}",
+                other.map(|(_, res)| res.status())
+            ),
+        }
     }
 
     /// The next JSON frame, or `None` if nothing came within `within`

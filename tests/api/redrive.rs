@@ -243,10 +243,10 @@ async fn redrive_a_filtered_set_sends_each_once_and_traces_who_asked() {
             .email
             .script([Step::Permanent, Step::Permanent, Step::Permanent]);
         for _ in 0..3 {
-            app.publish(&redeemed(&anna)).await;
+            app.publish_ok(&redeemed(&anna)).await;
         }
         let failed = ids_of(&wait_for(&app, &anna, "failed", 3).await);
-        app.publish(&redeemed(&carl)).await;
+        app.publish_ok(&redeemed(&carl)).await;
         let carl_sent = wait_for(&app, &carl, "sent", 1).await;
         let carl_id = carl_sent[0]["id"].as_str().unwrap().to_owned();
         assert_eq!(fakes.email.sent().len(), 1);
@@ -403,7 +403,7 @@ async fn redrive_one_delivery_retried_twice_is_sent_once() {
         };
         let (dora, token) = guest_with_email(&app, "redrive-one-dora", json!({})).await;
         fakes.email.script([Step::Permanent]);
-        app.publish(&redeemed(&dora)).await;
+        app.publish_ok(&redeemed(&dora)).await;
         let id = wait_for(&app, &dora, "failed", 1).await[0]["id"]
             .as_str()
             .unwrap()
@@ -450,8 +450,8 @@ async fn redrive_from_the_cli() {
     };
     let (emil, token) = guest_with_email(&app, "redrive-cli-emil", json!({})).await;
     fakes.email.script([Step::Permanent, Step::Permanent]);
-    app.publish(&redeemed(&emil)).await;
-    app.publish(&redeemed(&emil)).await;
+    app.publish_ok(&redeemed(&emil)).await;
+    app.publish_ok(&redeemed(&emil)).await;
     let failed = ids_of(&wait_for(&app, &emil, "failed", 2).await);
     let run = |args: Vec<String>| {
         let app = &app;
@@ -501,7 +501,11 @@ async fn redrive_from_the_cli() {
     assert!(refused.contains("matches 2 deliveries"), "{refused}");
     let refused = run(args("retry --status sent")).await.unwrap_err();
     assert!(refused.starts_with("--status:"), "{refused}");
-    assert!(run(args("retry")).await.is_err());
+    let bare = run(args("retry")).await.unwrap_err();
+    assert!(
+        bare.starts_with("give delivery ids, or filter flags"),
+        "{bare}"
+    );
 
     let report = run(args(&format!("retry --recipient {emil} --status failed")))
         .await

@@ -41,7 +41,7 @@ async fn email_goes_through_sendgrid_when_configured() {
     .await
     .unwrap();
     let (guest, token) = guest_with_email(&app, "sendgrid-guest", json!({"locale": "en"})).await;
-    app.publish(&redeemed(&guest)).await;
+    app.publish_ok(&redeemed(&guest)).await;
     let sent = eventually("the email to be sent", Duration::from_secs(20), || async {
         let d = trace(&app, &token, "email").await;
         (d["status"] == "sent").then_some(d)
@@ -225,7 +225,7 @@ async fn email_goes_through_a_real_smtp_server_in_english_and_russian() {
         ),
     ] {
         let (guest, token) = guest_with_email(&app, name, json!({"locale": locale})).await;
-        app.publish(&redeemed(&guest)).await;
+        app.publish_ok(&redeemed(&guest)).await;
         let received = sink.next(Duration::from_secs(20)).await;
         assert_eq!(received.to, vec![format!("{name}@example.com")]);
         assert_eq!(received.from, "no-reply@herald.test");
@@ -402,7 +402,8 @@ async fn sms_goes_through_twilio_and_its_status_callbacks_are_verified_and_appli
         app.register(&admin, Role::Admin, None, json!({"phone": "+14155552671"}))
             .await;
         let token = app.token(Role::Admin, &admin, None);
-        app.publish(&crate::envelope(EventKind::SystemAlert)).await;
+        app.publish_ok(&crate::envelope(EventKind::SystemAlert))
+            .await;
         let sent = eventually("the sms to be sent", Duration::from_secs(20), || async {
             let d = trace(&app, &token, "sms").await;
             (d["status"] == "sent").then_some(d)
@@ -541,9 +542,9 @@ async fn push_goes_through_fcm_and_an_unregistered_token_loses_its_device() {
                     &json!({"kind": "fcm", "token": device}),
                 )
                 .await;
-            assert!(res.status().is_success());
+            assert_eq!(res.status(), 201, "{device}");
         }
-        app.publish(&crate::points_for(&guest, 50)).await;
+        app.publish_ok(&crate::points_for(&guest, 50)).await;
         let sent = eventually("the push to be sent", Duration::from_secs(20), || async {
             let d = trace(&app, &token, "push").await;
             (d["status"] == "sent").then_some(d)
@@ -577,7 +578,7 @@ async fn push_goes_through_fcm_and_an_unregistered_token_loses_its_device() {
                 &json!({"kind": "fcm", "token": "stale-token"}),
             )
             .await;
-        assert!(res.status().is_success());
+        assert_eq!(res.status(), 201, "a device again, once forgotten");
         let res = app
             .request(
                 reqwest::Method::DELETE,
@@ -590,8 +591,8 @@ async fn push_goes_through_fcm_and_an_unregistered_token_loses_its_device() {
             .send()
             .await
             .unwrap();
-        assert!(res.status().is_success());
-        app.publish(&crate::points_for(&guest, 10)).await;
+        assert_eq!(res.status(), 204);
+        app.publish_ok(&crate::points_for(&guest, 10)).await;
         let failed = eventually("the push to fail", Duration::from_secs(20), || async {
             let d = trace(&app, &token, "push").await;
             (d["status"] == "failed").then_some(d)
@@ -647,7 +648,7 @@ async fn guest_registered_fills_a_missing_email_and_never_overwrites_one() {
         // Unknown to Herald: the event's email becomes the contact.
         let new = crate::user("registered-new");
         let token = app.token(Role::Guest, &new, None);
-        app.publish(&registered(&new, Some("new-guest@example.com")))
+        app.publish_ok(&registered(&new, Some("new-guest@example.com")))
             .await;
         let d = status(token.clone()).await;
         assert_eq!(d["status"], "sent", "{d}");
@@ -679,7 +680,7 @@ async fn guest_registered_fills_a_missing_email_and_never_overwrites_one() {
             json!({"email": "own@example.com"}),
         )
         .await;
-        app.publish(&registered(&known, Some("other@example.com")))
+        app.publish_ok(&registered(&known, Some("other@example.com")))
             .await;
         let d = status(token.clone()).await;
         let eml = std::fs::read(
@@ -693,7 +694,7 @@ async fn guest_registered_fills_a_missing_email_and_never_overwrites_one() {
         // No address anywhere: suppressed, not an error loop.
         let nowhere = crate::user("registered-nowhere");
         let token = app.token(Role::Guest, &nowhere, None);
-        app.publish(&registered(&nowhere, None)).await;
+        app.publish_ok(&registered(&nowhere, None)).await;
         let d = status(token).await;
         assert_eq!(d["status"], "suppressed");
         assert_eq!(d["reason"], "no_contact");
@@ -766,7 +767,7 @@ async fn web_push_reaches_a_browser_encrypted_and_an_expired_subscription_is_rem
                 .await
                 .unwrap();
         }
-        app.publish(&crate::points_for(&guest, 50)).await;
+        app.publish_ok(&crate::points_for(&guest, 50)).await;
         let sent = eventually("the push to be sent", Duration::from_secs(20), || async {
             let d = trace(&app, &token, "push").await;
             (d["status"] == "sent").then_some(d)

@@ -28,6 +28,24 @@ fn triple(c: &str, s: &str, r: &str) -> (String, String, String) {
     (c.to_owned(), s.to_owned(), r.to_owned())
 }
 
+/// Puts `user`'s preferences, which must be taken as given.
+async fn put_preferences(app: &TestApp, user: &str, token: &str, prefs: &Value) {
+    let res = app
+        .send_json(
+            Method::PUT,
+            &format!("/v1/users/{user}/preferences"),
+            token,
+            prefs,
+        )
+        .await;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or_default();
+    assert_eq!(status, 200, "{prefs}: {body}");
+    for (key, value) in prefs.as_object().unwrap() {
+        assert_eq!(&body[key], value, "{key}");
+    }
+}
+
 backend_tests! {
     async fn preferences_narrow_deliveries(app) {
         let guest = &user("pref-guest");
@@ -38,14 +56,13 @@ backend_tests! {
         let res = app.send_json(Method::POST, &format!("/v1/users/{guest}/devices"), &token, &json!({"kind": "fcm", "token": "fcm-token-1"})).await;
         assert_eq!(res.status(), 201);
 
-        app.publish(&redeemed(guest)).await;
+        app.publish_ok(&redeemed(guest)).await;
         assert_eq!(channels_of(&app, &token).await, vec![triple("email", "pending", "routing_default"), triple("push", "pending", "routing_default")]);
 
         // Email off for the points category, SMS on for this event.
         let prefs = json!({"overrides": {"points": {"email": false}, "points_redeemed": {"sms": true}}});
-        let res = app.send_json(Method::PUT, &format!("/v1/users/{guest}/preferences"), &token, &prefs).await;
-        assert_eq!(res.status(), 200);
-        app.publish(&redeemed(guest)).await;
+        put_preferences(&app, guest, &token, &prefs).await;
+        app.publish_ok(&redeemed(guest)).await;
         assert_eq!(
             channels_of(&app, &token).await,
             vec![
@@ -57,24 +74,27 @@ backend_tests! {
 
         // Push off as a channel beats everything but mandatory.
         let prefs = json!({"channels": {"push": false}, "overrides": {"points_redeemed": {"push": true}}});
-        app.send_json(Method::PUT, &format!("/v1/users/{guest}/preferences"), &token, &prefs).await;
-        app.publish(&redeemed(guest)).await;
+        put_preferences(&app, guest, &token, &prefs).await;
+        app.publish_ok(&redeemed(guest)).await;
         assert_eq!(channels_of(&app, &token).await, vec![triple("email", "pending", "routing_default"), triple("push", "suppressed", "channel_off")]);
 
-        // Everything off, inbox included: nothing shows, the trace still explains.
+        // Everything off, inbox included: nothing shows.
         let before = app.inbox(&token).await.len();
-        app.send_json(Method::PUT, &format!("/v1/users/{guest}/preferences"), &token, &json!({"enabled": false})).await;
-        app.publish(&redeemed(guest)).await;
+        put_preferences(&app, guest, &token, &json!({"enabled": false})).await;
+        app.publish_ok(&redeemed(guest)).await;
         assert_eq!(app.inbox(&token).await.len(), before, "in_app is off too");
 
-        // Quiet hours all day long defer push (and only push) until they end.
-        let prefs = json!({"quietHours": {"start": "00:00", "end": "23:59"}});
-        app.send_json(Method::PUT, &format!("/v1/users/{guest}/preferences"), &token, &prefs).await;
-        app.publish(&redeemed(guest)).await;
-        let trace = channels_of(&app, &token).await;
-        assert_eq!(trace[0], triple("email", "pending", "routing_default"));
-        // 23:59 → 00:00 is the only minute outside; the test could land in it.
-        assert!(trace[1] == triple("push", "deferred", "routing_default") || trace[1] == triple("push", "pending", "routing_default"), "{trace:?}");
+        // Quiet hours around now, in the guest's own zone (Moscow, UTC+3 all
+        // year, from the contact details), defer push and only push.
+        let moscow = chrono::Utc::now() + chrono::Duration::hours(3);
+        let clock = |t: chrono::DateTime<chrono::Utc>| t.format("%H:%M").to_string();
+        let prefs = json!({"quietHours": {
+            "start": clock(moscow - chrono::Duration::hours(1)),
+            "end": clock(moscow + chrono::Duration::hours(1)),
+        }});
+        put_preferences(&app, guest, &token, &prefs).await;
+        app.publish_ok(&redeemed(guest)).await;
+        assert_eq!(channels_of(&app, &token).await, vec![triple("email", "pending", "routing_default"), triple("push", "deferred", "routing_default")]);
     }
 
     async fn preferences_round_trip_and_are_validated(app) {
@@ -169,7 +189,9 @@ backend_tests! {
 
     async fn health_and_readiness(app) {
         assert_eq!(app.get("/healthz", "").await.status(), 200);
-        let ready: Value = app.get("/readyz", "").await.json().await.unwrap();
+        let res = app.get("/readyz", "").await;
+        assert_eq!(res.status(), 200);
+        let ready: Value = res.json().await.unwrap();
         assert_eq!(ready["checks"]["database"], "ok");
     }
 }

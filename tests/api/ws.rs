@@ -233,15 +233,7 @@ async fn bad_tokens_and_cross_site_origins_are_refused_before_the_upgrade() {
         let request = format!("{}{query}", ws_url(&app))
             .into_client_request()
             .unwrap();
-        match Ws::try_connect(request).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
-                assert_eq!(res.status().as_u16(), status, "{query}")
-            }
-            other => panic!(
-                "{query}: expected an HTTP refusal, got {:?}",
-                other.map(|_| ())
-            ),
-        }
+        assert_eq!(Ws::refused(request).await, status, "{query}");
     }
     // ?token= works for browsers.
     let ok = format!("{}?token={}", ws_url(&app), app.admin_token());
@@ -253,12 +245,7 @@ async fn bad_tokens_and_cross_site_origins_are_refused_before_the_upgrade() {
     request
         .headers_mut()
         .insert("origin", "https://evil.example".parse().unwrap());
-    match Ws::try_connect(request).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
-            assert_eq!(res.status().as_u16(), 403)
-        }
-        other => panic!("expected 403, got {:?}", other.map(|_| ())),
-    }
+    assert_eq!(Ws::refused(request).await, 403);
 }
 
 #[tokio::test]
@@ -268,18 +255,21 @@ async fn allowed_origins_are_exact() {
     })
     .await
     .unwrap();
-    let attempt = |origin: &'static str| {
+    let request = |origin: &'static str| {
         let mut request = format!("{}?token={}", ws_url(&app), app.admin_token())
             .into_client_request()
             .unwrap();
         request
             .headers_mut()
             .insert("origin", origin.parse().unwrap());
-        Ws::try_connect(request)
+        request
     };
-    assert!(attempt("https://app.example").await.is_ok());
-    assert!(attempt("https://app.example.evil").await.is_err());
-    assert!(attempt("http://app.example").await.is_err());
+    let (_, connected) = Ws::connect_request(request("https://app.example")).await;
+    assert_eq!(connected["role"], "admin");
+    // A valid token does not help a cross-site page: refused as such.
+    for origin in ["https://app.example.evil", "http://app.example"] {
+        assert_eq!(Ws::refused(request(origin)).await, 403, "{origin}");
+    }
 }
 
 #[tokio::test]
@@ -402,12 +392,7 @@ async fn a_slow_reader_is_disconnected_and_its_buffer_freed() {
         .count();
     assert!(received < published, "{received} of {published}");
     // Its connection and queue are gone.
-    let stats: Value = app
-        .get("/v1/admin/stats", &app.admin_token())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats = app.stats().await;
     assert_eq!(stats["totalSockets"], 0, "{stats}");
     let metrics = app.get("/metrics", "").await.text().await.unwrap();
     assert!(
@@ -426,14 +411,9 @@ async fn admins_see_stats_and_anyone_can_scrape_metrics() {
     two.subscribe("guest_card", json!({"guestId": guest})).await;
     let (_admin, _) = Ws::connect(&app, &app.admin_token()).await;
 
-    let res = app.get("/v1/admin/stats", &token).await;
-    assert_eq!(res.status(), 403);
-    let stats: Value = app
-        .get("/v1/admin/stats", &app.admin_token())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (status, p) = problem(app.get("/v1/admin/stats", &token).await).await;
+    assert_eq!((status, p["code"].as_str()), (403, Some("forbidden")));
+    let stats = app.stats().await;
     assert_eq!(stats["connectedUsers"], 2, "{stats}");
     assert_eq!(stats["totalSockets"], 3);
     // user:{guest}, guest:{guest}, user:admin-1, admin
@@ -480,7 +460,17 @@ async fn shutdown_tells_every_client_to_come_back_later() {
         let close = ws.closed().await.expect("a close frame");
         assert_eq!(close.code, CloseCode::Restart);
     }
-    // And it is gone.
-    let request = ws_url(&app).into_client_request().unwrap();
-    assert!(Ws::try_connect(request).await.is_err());
+    // And it is gone: even a valid token finds nobody listening.
+    let request = format!("{}?token={}", ws_url(&app), app.admin_token())
+        .into_client_request()
+        .unwrap();
+    match Ws::try_connect(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}")
+        }
+        other => panic!(
+            "expected the connection refused, got {:?}",
+            other.map(|(_, res)| res.status())
+        ),
+    }
 }

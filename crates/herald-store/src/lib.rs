@@ -10,7 +10,7 @@
 //! | [`redrive`] | the admin's list of failed and expired deliveries; re-drive by compare-and-set, traced |
 //! | [`realtime`] | the realtime log (events by offset and room) and its epochs: what a resume falls back on when Redis lost its history |
 //! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
-//! | [`scratch`] | throwaway PostgreSQL databases for tests |
+//! | `scratch` | throwaway PostgreSQL databases for tests; only with the `testing` feature, outside the production API |
 //!
 //! One [`Store`] speaks to SQLite (the embedded default) or PostgreSQL,
 //! chosen by the URL's scheme, through sqlx's `Any` driver. The schema
@@ -37,6 +37,7 @@ pub mod inbox;
 pub mod realtime;
 pub mod records;
 pub mod redrive;
+#[cfg(any(test, feature = "testing"))]
 pub mod scratch;
 #[cfg(test)]
 mod testing;

@@ -1,12 +1,11 @@
 //! Fresh databases for the store's own tests: a SQLite file in a temporary
-//! directory, or a PostgreSQL database created for the test and dropped
-//! with it. PostgreSQL comes from `HERALD_TEST_POSTGRES` (default
-//! `postgres://postgres@127.0.0.1:5432`); when it cannot be reached the test
-//! is skipped with a note, unless `HERALD_REQUIRE_SERVICES=1` (as in
-//! `herald-testkit`).
+//! directory, or a PostgreSQL database of the test's own
+//! ([`crate::scratch::ScratchDatabase`]: skipped when PostgreSQL cannot be
+//! reached, unless `HERALD_REQUIRE_SERVICES=1`).
 
 pub(crate) use crate::Backend;
 use crate::Store;
+use crate::scratch::ScratchDatabase;
 
 /// A migrated store on a database of its own.
 #[derive(Debug)]
@@ -14,15 +13,15 @@ pub(crate) struct TestDb {
     pub store: Store,
     /// Removed when dropped.
     _dir: Option<tempfile::TempDir>,
-    /// `(admin URL, name)` of a PostgreSQL database to drop.
-    database: Option<(String, String)>,
+    /// Dropped when dropped.
+    _database: Option<ScratchDatabase>,
 }
 
 impl TestDb {
     /// A fresh database on `backend` with `max_connections`; `None` when
     /// PostgreSQL is unreachable and not required.
     pub async fn new(backend: Backend, max_connections: u32) -> Option<TestDb> {
-        let (url, _dir, database) = match backend {
+        let (url, dir, database) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::Builder::new()
                     .prefix("herald-store-test-")
@@ -32,21 +31,8 @@ impl TestDb {
                 (url, Some(dir), None)
             }
             Backend::Postgres => {
-                let base = std::env::var("HERALD_TEST_POSTGRES")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-                let admin_url = format!("{base}/postgres");
-                let name = format!("herald_store_{}", uuid::Uuid::new_v4().simple());
-                if let Err(e) = crate::scratch::create_database(&admin_url, &name).await {
-                    let required = std::env::var("HERALD_REQUIRE_SERVICES")
-                        .is_ok_and(|v| v == "1" || v == "true");
-                    assert!(
-                        !required,
-                        "PostgreSQL is required but unreachable at {base}: {e}"
-                    );
-                    eprintln!("skipped: PostgreSQL unreachable at {base}: {e}");
-                    return None;
-                }
-                (format!("{base}/{name}"), None, Some((admin_url, name)))
+                let database = ScratchDatabase::create("herald_test_store_").await?;
+                (database.url().to_owned(), None, Some(database))
             }
         };
         let store = Store::connect(&url, max_connections)
@@ -55,16 +41,8 @@ impl TestDb {
         store.migrate().await.expect("migrations apply");
         Some(TestDb {
             store,
-            _dir,
-            database,
+            _dir: dir,
+            _database: database,
         })
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Some((admin_url, name)) = self.database.take() {
-            crate::scratch::drop_database_blocking(admin_url, name);
-        }
     }
 }

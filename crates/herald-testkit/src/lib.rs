@@ -1,15 +1,21 @@
 //! Test helpers for Herald's integration tests (zero2prod's `helpers.rs`).
 //!
-//! [`spawn_app`] starts a real Herald on port 0 over a fresh database:
-//! a new SQLite file, or a new PostgreSQL database created for the test and
-//! dropped when the [`TestApp`] is. PostgreSQL comes from
-//! `HERALD_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432`).
-//! When it cannot be reached the PostgreSQL variant of a test is skipped
-//! with a note, unless `HERALD_REQUIRE_SERVICES=1`, which turns the skip into
-//! a failure (CI sets it).
+//! | module | owns |
+//! |---|---|
+//! | (root) | [`spawn_app`]: a real Herald on port 0 over a fresh database; [`TestApp`], its client and tokens; [`backend_tests!`] |
+//! | [`services`] | the test PostgreSQL and Redis, and Redis servers of a test's own to kill |
+//! | [`fakes`] | transports that fail on demand, a recording broadcast |
+//! | [`smtp`] | a real SMTP server on a local port, for the SMTP transport's tests |
+//! | `herald_testkit_core`, re-exported | [`services_required`], [`skip`] and its end-of-run summary, where the services are, [`eventually`] |
 //!
-//! [`smtp::SmtpSink`] is a real SMTP server on a local port for the SMTP
-//! transport's tests.
+//! A test database is a new SQLite file, or a new PostgreSQL database
+//! created for the test and dropped when the [`TestApp`] is. PostgreSQL
+//! comes from `HERALD_TEST_POSTGRES` (default
+//! `postgres://postgres@127.0.0.1:5432`), Redis from `HERALD_TEST_REDIS`
+//! (default `redis://127.0.0.1:6379`). When one cannot be reached the test
+//! (or its PostgreSQL variant) is skipped, and the test binary says how many
+//! were in one line as it exits — unless `HERALD_REQUIRE_SERVICES=1`, which
+//! turns the skip into a failure (CI sets it).
 //!
 //! Delivery workers do not run inside a test app unless the test sets
 //! `delivery.workers_in_serve`: most tests check what was scheduled, and
@@ -19,9 +25,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod fakes;
+pub mod services;
 pub mod smtp;
 
 use std::sync::Arc;
+
+pub use herald_testkit_core::{
+    eventually, postgres_base, redis_server, redis_url, services_required, skip,
+};
+pub use services::{PrivateRedis, postgres_available, redis_available};
 
 use herald_core::{ChannelKind, Role};
 use herald_delivery::ManualClock;
@@ -30,9 +42,9 @@ use herald_server::config::Secret;
 use herald_server::delivery::{Components, DeliveryRuntime, Providers};
 use herald_server::{Application, Settings};
 use herald_store::Store;
+use herald_store::scratch::ScratchDatabase;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
-use sqlx::Connection;
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,31 +69,17 @@ pub struct TestApp {
     /// The fake transports, when the app was spawned with them.
     pub fakes: Option<Fakes>,
     auth: Authenticator,
-    cleanup: Cleanup,
+    /// The directory made for this app, removed with it.
+    temp_dir: PathBuf,
+    /// The PostgreSQL database, dropped with the app.
+    _database: Option<ScratchDatabase>,
     /// Stops the server gracefully (see [`TestApp::shutdown`]).
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<Result<(), herald_server::Error>>>,
 }
 
-#[derive(Debug)]
-enum Cleanup {
-    Dir(PathBuf),
-    Database { admin_url: String, name: String },
-}
-
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Whether a missing service fails the test instead of skipping it
-/// (`HERALD_REQUIRE_SERVICES=1`, as CI sets).
-pub fn services_required() -> bool {
-    std::env::var("HERALD_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v == "true")
-}
-
-fn postgres_base() -> String {
-    std::env::var("HERALD_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// Starts Herald on `backend`. `None` only when PostgreSQL is unreachable
@@ -201,30 +199,17 @@ async fn spawn(
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let dir = std::env::temp_dir().join(format!("herald-test-{tag}"));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let (url, cleanup) = match backend {
+    let (url, database) = match backend {
         Backend::Sqlite => (
             format!("sqlite://{}", dir.join("herald.db").display()),
-            Cleanup::Dir(dir.clone()),
+            None,
         ),
         Backend::Postgres => {
-            let base = postgres_base();
-            let admin_url = format!("{base}/postgres");
-            let name = format!("herald_test_{tag}");
-            match herald_store::scratch::create_database(&admin_url, &name).await {
-                Ok(()) => (
-                    format!("{base}/{name}"),
-                    Cleanup::Database { admin_url, name },
-                ),
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    assert!(
-                        !services_required(),
-                        "PostgreSQL is required (HERALD_REQUIRE_SERVICES=1) but unreachable at {base}: {e}"
-                    );
-                    eprintln!("skipped: PostgreSQL unreachable at {base}: {e}");
-                    return None;
-                }
-            }
+            let Some(database) = ScratchDatabase::create("herald_test_").await else {
+                let _ = std::fs::remove_dir_all(&dir);
+                return None;
+            };
+            (database.url().to_owned(), Some(database))
         }
     };
 
@@ -232,7 +217,7 @@ async fn spawn(
     let secret: String = format!("test-secret-{tag}-{tag}");
     settings.server.host = "127.0.0.1".into();
     settings.server.port = 0;
-    settings.server.data_dir = dir;
+    settings.server.data_dir = dir.clone();
     settings.database.url = Secret::new(url);
     settings.database.max_connections = 8;
     settings.auth.secret = Secret::new(secret.clone());
@@ -275,7 +260,8 @@ async fn spawn(
         delivery,
         fakes,
         auth,
-        cleanup,
+        temp_dir: dir,
+        _database: database,
         stop: Some(stop),
         server: Some(server),
     })
@@ -283,29 +269,9 @@ async fn spawn(
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        match &self.cleanup {
-            Cleanup::Dir(dir) => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Cleanup::Database { admin_url, name } => {
-                herald_store::scratch::drop_database_blocking(admin_url.clone(), name.clone());
-            }
-        }
+        // The PostgreSQL database goes with its field.
+        let _ = std::fs::remove_dir_all(&self.temp_dir);
     }
-}
-
-/// Whether the test PostgreSQL answers (always true, or a panic, when
-/// services are required).
-pub async fn postgres_available() -> bool {
-    let url = format!("{}/postgres", postgres_base());
-    let ok = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&url))
-        .await
-        .is_ok_and(|c| c.is_ok());
-    assert!(
-        ok || !services_required(),
-        "PostgreSQL is required but unreachable at {url}"
-    );
-    ok
 }
 
 impl TestApp {
@@ -379,6 +345,26 @@ impl TestApp {
     pub async fn publish(&self, body: &Value) -> Response {
         self.send_json(Method::POST, "/v1/events", &self.service_token(), body)
             .await
+    }
+
+    /// Publishes as [`TestApp::publish`], which must be accepted (202);
+    /// the answer's body.
+    pub async fn publish_ok(&self, body: &Value) -> Value {
+        let res = self.publish(body).await;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        assert_eq!(status, 202, "publish {body}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("publish answered {text}: {e}"))
+    }
+
+    /// `GET /v1/admin/stats` as an admin, which must answer 200: this
+    /// node's sockets and rooms, its `serverId`, the delivery queue.
+    pub async fn stats(&self) -> Value {
+        let res = self.get("/v1/admin/stats", &self.admin_token()).await;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "/v1/admin/stats: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("/v1/admin/stats: {e}: {text}"))
     }
 
     /// Registers a user's directory entry and contact details, as the platform would.
@@ -460,26 +446,4 @@ macro_rules! backend_tests {
             }
         )*
     };
-}
-
-/// Polls `check` until it yields a value or `within` passes: for awaiting
-/// work other tasks do (a worker sending, a sweeper recovering). Panics
-/// with `what` on timeout.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    let mut tick = tokio::time::interval(Duration::from_millis(25));
-    loop {
-        tick.tick().await;
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-    }
 }
