@@ -10,6 +10,7 @@ mod cluster;
 mod delivery;
 mod dispatch;
 mod guard;
+mod hardening;
 mod inbox;
 mod ingest;
 mod realtime;

@@ -2,8 +2,9 @@
 //! typed payload with the seed's camelCase field names.
 //!
 //! Validation is deserialisation plus a few rules serde cannot express
-//! (non-negative amounts, non-empty names). Unknown fields are rejected, so a
-//! typo in an optional field (`descripton`) is caught instead of dropped.
+//! (amounts from 0 to 2^53 − 1, instants from 1970 to year 9999, non-empty
+//! names). Unknown fields are rejected, so a typo in an optional field
+//! (`descripton`) is caught instead of dropped.
 //! Every error names its field relative to the envelope (`data.amount`).
 
 use std::fmt;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 
 use crate::channel::ChannelKind;
 use crate::error::ValidationError;
+use crate::input;
 
 mod introspect;
 
@@ -241,20 +243,56 @@ fn parse<T: Payload>(data: Value) -> Result<Value, ValidationError> {
         ValidationError::from_serde(&path, err.into_inner().to_string())
     })?;
     payload.check()?;
-    Ok(serde_json::to_value(payload).expect("payloads serialise"))
+    let value = serde_json::to_value(payload).expect("payloads serialise");
+    for field in INSTANTS {
+        if let Some(ms) = value.get(field).and_then(Value::as_i64) {
+            input::check_instant(field, ms)?;
+        }
+    }
+    Ok(value)
 }
+
+/// The payload fields that hold an instant (epoch milliseconds), whichever
+/// event carries them: each must be a time from 1970 to the end of year 9999,
+/// so that inboxes, templates and clients can show it as a date.
+const INSTANTS: [&str; 3] = ["timestamp", "estimatedRestore", "nextRetry"];
 
 /// A payload type: deserialised, then checked for what serde cannot say.
 trait Payload: DeserializeOwned + Serialize {
     fn check(&self) -> Result<(), ValidationError>;
 }
 
-fn non_negative<T: PartialOrd + Default + Copy>(
-    field: &str,
-    value: T,
-) -> Result<(), ValidationError> {
-    if value < T::default() {
+/// A number of points or roubles.
+trait Quantity: PartialOrd + Copy {
+    const ZERO: Self;
+    /// The most a JavaScript client reads exactly; far beyond any real balance.
+    const MAX: Self;
+}
+
+impl Quantity for i64 {
+    const ZERO: i64 = 0;
+    const MAX: i64 = input::MAX_SAFE_INTEGER;
+}
+
+impl Quantity for f64 {
+    const ZERO: f64 = 0.0;
+    const MAX: f64 = input::MAX_SAFE_INTEGER as f64;
+}
+
+/// A quantity from 0 to [`input::MAX_SAFE_INTEGER`].
+fn non_negative<T: Quantity>(field: &str, value: T) -> Result<(), ValidationError> {
+    // NaN, incomparable, fails too.
+    if matches!(
+        value.partial_cmp(&T::ZERO),
+        None | Some(std::cmp::Ordering::Less)
+    ) {
         return Err(ValidationError::new(field, "must be ≥ 0"));
+    }
+    if value > T::MAX {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {}", input::MAX_SAFE_INTEGER),
+        ));
     }
     Ok(())
 }
@@ -693,6 +731,41 @@ mod tests {
         data["descripton"] = json!("typo");
         assert!(err("points_added", data).message.contains("descripton"));
         assert_eq!(err("points_added", json!([1])).field, "data");
+    }
+
+    #[test]
+    fn instants_and_quantities_are_bounded() {
+        let mut data = EventKind::RestaurantStatusChanged.example();
+        data["estimatedRestore"] = json!(i64::MIN);
+        let e = err("restaurant_status_changed", data.clone());
+        assert_eq!(e.field, "data.estimatedRestore");
+        assert!(e.message.contains("year 9999"), "{e}");
+        data["estimatedRestore"] = json!(input::MAX_INSTANT_MS + 1);
+        assert_eq!(
+            err("restaurant_status_changed", data.clone()).field,
+            "data.estimatedRestore"
+        );
+        data["estimatedRestore"] = json!(input::MAX_INSTANT_MS);
+        assert!(ValidatedEvent::parse("restaurant_status_changed", data).is_ok());
+
+        let mut data = EventKind::PointsAdded.example();
+        data["timestamp"] = json!(-1);
+        assert_eq!(err("points_added", data).field, "data.timestamp");
+        let mut data = EventKind::DeliveryFailed.example();
+        data["nextRetry"] = json!(i64::MAX);
+        let e = ValidatedEvent::parse_kind(EventKind::DeliveryFailed, data.clone()).unwrap_err();
+        assert_eq!(e.field, "data.nextRetry");
+        data["nextRetry"] = Value::Null;
+        assert!(ValidatedEvent::parse_kind(EventKind::DeliveryFailed, data).is_ok());
+
+        let mut data = EventKind::PointsAdded.example();
+        data["newBalance"] = json!(i64::MAX);
+        let e = err("points_added", data);
+        assert_eq!(e.field, "data.newBalance");
+        assert!(e.message.contains("at most"), "{e}");
+        let mut data = EventKind::RestaurantTransaction.example();
+        data["amount"] = json!(1e300);
+        assert_eq!(err("restaurant_transaction", data).field, "data.amount");
     }
 
     #[test]

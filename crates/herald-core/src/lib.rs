@@ -12,6 +12,8 @@
 //! | [`preferences`] | a user's notification preferences and quiet hours |
 //! | [`routing`] | the routing table (`config/routing.toml`) and the policy that turns an event plus preferences into rooms, inbox entries and deliveries |
 //! | [`auth`] | roles and the claims a token carries |
+//! | [`input`] | limits every input obeys whatever its shape: no NUL in text, integers JavaScript reads exactly, instants up to year 9999 |
+//! | [`problem`] | the table of HTTP error codes ([`problem::Code`]), with their statuses and titles |
 //! | [`realtime`] | the [`realtime::Broadcast`] seam through which events reach live sockets |
 //! | [`retry`] | the one backoff policy of every retry (exponential, full jitter, optional attempt limit) and `Retry-After` |
 //! | [`error`] | the crate's error type |
@@ -21,7 +23,9 @@ pub mod catalog;
 pub mod channel;
 pub mod error;
 pub mod ids;
+pub mod input;
 pub mod preferences;
+pub mod problem;
 pub mod realtime;
 pub mod retry;
 pub mod routing;

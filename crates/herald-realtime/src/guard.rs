@@ -36,6 +36,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use herald_core::problem::Code;
 use prometheus::IntGauge;
 
 use crate::hub::Hub;
@@ -227,11 +228,11 @@ fn client_address(request: &Request, trust_forwarded_for: bool) -> Option<IpAddr
 
 fn refuse(status: StatusCode, detail: &str, retry_after: Duration) -> Response {
     let code = if status == StatusCode::TOO_MANY_REQUESTS {
-        "rate_limited"
+        Code::RateLimited
     } else {
-        "unavailable"
+        Code::Unavailable
     };
-    let mut response = problem(status, code, detail);
+    let mut response = problem(code, detail);
     let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
     response.headers_mut().insert(
         header::RETRY_AFTER,

@@ -12,9 +12,10 @@
 //! `Origin` is not from a browser page and passes; it still needs a token.
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
+use herald_core::problem::Code;
 
 use crate::hub::Hub;
 use crate::ws::problem;
@@ -29,8 +30,7 @@ pub(crate) async fn check(State(hub): State<Hub>, request: Request, next: Next) 
         if !allowed(origin, host, &hub.config().allowed_origins) {
             tracing::warn!(origin, path = %request.uri().path(), "cross-site realtime connection refused");
             return problem(
-                StatusCode::FORBIDDEN,
-                "forbidden",
+                Code::Forbidden,
                 "this origin may not open a realtime connection",
             );
         }

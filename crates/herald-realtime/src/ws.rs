@@ -32,6 +32,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use futures::stream::SplitStream;
+use herald_core::problem::Code;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -39,14 +40,16 @@ use crate::hub::{Conn, Hub, Transport, now_ms};
 use crate::protocol::{CloseReason, Refusal};
 use crate::session::{Bucket, Inbound, Link, Reply, Session};
 
-/// A problem+json answer before the upgrade (the server's error shape).
-pub(crate) fn problem(status: StatusCode, code: &str, detail: &str) -> Response {
+/// A problem+json answer before the upgrade: the server's error shape, its
+/// code, status and title from Herald's one table of codes.
+pub(crate) fn problem(code: Code, detail: &str) -> Response {
+    let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = json!({
-        "type": format!("urn:herald:problem:{code}"),
-        "title": status.canonical_reason().unwrap_or("Error"),
+        "type": code.type_uri(),
+        "title": code.title(),
         "status": status.as_u16(),
         "detail": detail,
-        "code": code,
+        "code": code.as_str(),
     });
     let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(
@@ -85,25 +88,20 @@ pub(crate) async fn upgrade(
     let token = bearer(&headers).or_else(|| query.get("token").cloned().filter(|t| !t.is_empty()));
     let Some(token) = token else {
         return problem(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            Code::Unauthorized,
             "missing token: send `Authorization: Bearer …` or `?token=`",
         );
     };
     let (principal, exp) = match hub.inner.verifier.verify(&token) {
         Ok(who) => who,
-        Err(e) => return problem(StatusCode::UNAUTHORIZED, "unauthorized", &e),
+        Err(e) => return problem(Code::Unauthorized, &e),
     };
     if hub.is_closing() {
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Herald is restarting; reconnect shortly",
-        );
+        return problem(Code::Unavailable, "Herald is restarting; reconnect shortly");
     }
     let resume = match handshake_resume(&query) {
         Ok(resume) => resume,
-        Err(detail) => return problem(StatusCode::BAD_REQUEST, "bad_request", &detail),
+        Err(detail) => return problem(Code::BadRequest, &detail),
     };
     let c = hub.config();
     ws.read_buffer_size(c.read_buffer_bytes)

@@ -3,8 +3,13 @@
 //!
 //! The algorithm comes from config and only from config: a token whose
 //! header names another algorithm (`none` included) is refused. `exp` is
-//! required. The user id is `sub`, or `id` for tokens minted by the seed's
-//! platform, which reads `decoded.id`.
+//! required, and must fall before the end of year 9999
+//! ([`herald_core::input::MAX_INSTANT_SECONDS`]): a later one is not a
+//! lifetime but a mistake, and would overflow the time arithmetic of
+//! connections that close when their token expires. The user id is `sub`,
+//! or `id` for tokens minted by the seed's platform, which reads
+//! `decoded.id`. Claims are text from outside like any other and pass the
+//! same limits ([`herald_core::input`]): a NUL in `sub` is a refused token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +17,7 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use herald_core::auth::Principal;
+use herald_core::input::{self, MAX_INSTANT_SECONDS};
 use herald_core::{Role, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -145,11 +151,27 @@ impl Authenticator {
                 _ => AuthError::Invalid("malformed token".into()),
             })?;
         let claims = data.claims;
-        let user = claims
-            .sub
-            .or(claims.id)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| AuthError::Invalid("missing `sub`".into()))?;
+        if claims.exp > MAX_INSTANT_SECONDS {
+            return Err(AuthError::Invalid(format!(
+                "`exp` must be before the end of year 9999 ({MAX_INSTANT_SECONDS})"
+            )));
+        }
+        let (name, user) = match (claims.sub, claims.id) {
+            (Some(sub), _) => ("sub", sub),
+            (None, Some(id)) => ("id", id),
+            (None, None) => ("sub", String::new()),
+        };
+        if user.is_empty() {
+            return Err(AuthError::Invalid("missing `sub`".into()));
+        }
+        let claim = |name: &str, value: &str| {
+            input::check_text(name, value)
+                .map_err(|e| AuthError::Invalid(format!("`{}` {}", e.field, e.message)))
+        };
+        claim(name, &user)?;
+        if let Some(restaurant) = &claims.restaurant_id {
+            claim("restaurantId", restaurant)?;
+        }
         let role = Role::parse(&claims.role)
             .ok_or_else(|| AuthError::Invalid(format!("unknown role `{}`", claims.role)))?;
         if role.is_staff() && claims.restaurant_id.as_deref().is_none_or(str::is_empty) {
@@ -182,12 +204,18 @@ impl Authenticator {
                 "is needed to sign tokens with this algorithm",
             )
         })?;
+        let exp = jsonwebtoken::get_current_timestamp()
+            .checked_add(ttl.as_secs())
+            .filter(|exp| *exp <= MAX_INSTANT_SECONDS)
+            .ok_or_else(|| {
+                ConfigError::new("--ttl", "the token would expire after the end of year 9999")
+            })?;
         let claims = Claims {
             sub: Some(sub.to_owned()),
             id: None,
             role: role.as_str().to_owned(),
             restaurant_id: restaurant_id.map(str::to_owned),
-            exp: jsonwebtoken::get_current_timestamp() + ttl.as_secs(),
+            exp,
         };
         jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key)
             .map_err(|e| ConfigError::new("auth", e.to_string()))

@@ -88,6 +88,10 @@ impl Publisher {
     /// Publishes envelopes (JSON values, so each error can name its item).
     /// `batch` says whether the caller sent an array, so errors read `[3].data.amount`
     /// rather than `data.amount`.
+    #[tracing::instrument(
+        skip_all,
+        fields(events = items.len(), batch, event_id = tracing::field::Empty, event = tracing::field::Empty)
+    )]
     pub async fn publish(&self, items: Vec<Value>, batch: bool) -> Result<Vec<Ingested>, ApiError> {
         let now = self.clock.now();
         let prepared = items
@@ -103,6 +107,17 @@ impl Publisher {
                     .map_err(|e| ApiError::invalid(e.within(&prefix)))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The ids that matter: on the span for one event, one line each
+        // for a batch (its span says how many).
+        if let [one] = prepared.as_slice() {
+            let span = tracing::Span::current();
+            span.record("event_id", tracing::field::display(&one.id));
+            span.record("event", one.event.kind.as_str());
+        } else {
+            for p in &prepared {
+                tracing::debug!(event_id = %p.id, event = p.event.kind.as_str(), "in the batch");
+            }
+        }
 
         self.fill_contacts(&prepared).await?;
         let groups: Vec<Selector> = prepared

@@ -5,8 +5,8 @@
 //! |---|---|
 //! | [`config`] | layered, typed settings; secrets that never print |
 //! | [`auth`] | token verification and minting; the `Caller` extractor |
-//! | [`problem`] | every HTTP error as `application/problem+json`, with its code table |
-//! | [`extract`] | JSON bodies with field-named errors |
+//! | [`problem`] | every HTTP error as `application/problem+json`, its code from `herald_core::problem::Code`; store errors mapped once (unreachable → 503) |
+//! | [`extract`] | JSON bodies, paths and queries with field-named errors; the limits of `herald_core::input` checked once |
 //! | [`ingest`] | publishing: envelopes → routed, planned, rendered, stored, enqueued |
 //! | [`delivery`] | the queue, transports, workers and sweeper of a process |
 //! | [`redrive`] | re-driving failed deliveries: filters, cursors and bounds shared by REST and CLI |

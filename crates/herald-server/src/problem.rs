@@ -1,49 +1,33 @@
 //! Every HTTP error, in one place, as `application/problem+json` (RFC 9457).
 //!
-//! Each error has a stable `code` that clients may match on; `field` names
-//! the offending input when there is one.
-//!
-//! | code | status |
-//! |---|---|
-//! | `bad_request` | 400 |
-//! | `invalid_json` | 400 |
-//! | `unauthorized` | 401 |
-//! | `forbidden` | 403 |
-//! | `not_found` | 404 |
-//! | `method_not_allowed` | 405 |
-//! | `idempotency_conflict` | 409 |
-//! | `not_retryable` | 409 |
-//! | `payload_too_large` | 413 |
-//! | `batch_too_large` | 413 |
-//! | `unsupported_media_type` | 415 |
-//! | `validation_failed` | 422 |
-//! | `unknown_event` | 422 |
-//! | `internal` | 500 |
-//! | `unavailable` | 503 |
+//! Each error has a stable `code` from [`herald_core::problem::Code`], the
+//! one table of codes, statuses and titles that the realtime handshakes
+//! share; `field` names the offending input when there is one.
 //!
 //! A dependency that is down (the database unreachable, the queue's Redis
 //! away) is `unavailable`, 503 with `Retry-After`, never `internal`: the
-//! request may be repeated as it is once the dependency is back.
+//! request may be repeated as it is once the dependency is back. Store
+//! errors become problems here and only here ([`From<herald_store::Error>`]),
+//! by the store's own judgement of what "unreachable" means.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::ValidationError;
+pub use herald_core::problem::Code;
 use serde::Serialize;
 
 /// An error a handler returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    pub code: &'static str,
-    pub status: StatusCode,
+    pub code: Code,
     pub detail: String,
     pub field: Option<String>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
         ApiError {
             code,
-            status,
             detail: detail.into(),
             field: None,
         }
@@ -55,38 +39,42 @@ impl ApiError {
         self
     }
 
+    /// The HTTP status of the code.
+    pub fn status(&self) -> StatusCode {
+        status_of(self.code)
+    }
+
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+        Self::new(Code::BadRequest, detail)
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+        Self::new(Code::Unauthorized, detail)
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+        Self::new(Code::Forbidden, detail)
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+        Self::new(Code::NotFound, detail)
     }
 
     pub fn invalid(err: ValidationError) -> Self {
         let code = if err.field == "event" || err.field.ends_with("].event") {
-            "unknown_event"
+            Code::UnknownEvent
         } else {
-            "validation_failed"
+            Code::ValidationFailed
         };
         let detail = err.to_string();
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).field(err.field)
+        Self::new(code, detail).field(err.field)
     }
 
     pub fn internal(err: impl std::fmt::Display) -> Self {
         // The cause goes to the log, not to the client.
         tracing::error!(error = %err, "request failed");
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            Code::Internal,
             "Herald failed to handle the request; the error is in its log",
         )
     }
@@ -95,31 +83,15 @@ impl ApiError {
     pub fn unavailable(what: &str, err: impl std::fmt::Display) -> Self {
         tracing::warn!(dependency = what, error = %err, "dependency unavailable");
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            Code::Unavailable,
             format!("the {what} is unavailable; retry shortly"),
         )
     }
+}
 
-    fn title(&self) -> &'static str {
-        match self.code {
-            "bad_request" => "Bad request",
-            "invalid_json" => "Malformed JSON",
-            "unauthorized" => "Unauthorized",
-            "forbidden" => "Forbidden",
-            "not_found" => "Not found",
-            "method_not_allowed" => "Method not allowed",
-            "idempotency_conflict" => "Event id reused with a different payload",
-            "not_retryable" => "Only failed and expired deliveries can be retried",
-            "payload_too_large" => "Payload too large",
-            "batch_too_large" => "Too many events in one request",
-            "unsupported_media_type" => "Unsupported media type",
-            "validation_failed" => "Validation failed",
-            "unknown_event" => "Unknown event",
-            "unavailable" => "Service unavailable",
-            _ => "Internal error",
-        }
-    }
+/// The status of a code of the table (which holds only valid ones).
+pub fn status_of(code: Code) -> StatusCode {
+    StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl From<ValidationError> for ApiError {
@@ -131,11 +103,9 @@ impl From<ValidationError> for ApiError {
 impl From<herald_store::Error> for ApiError {
     fn from(err: herald_store::Error) -> Self {
         match err {
-            herald_store::Error::IdempotencyConflict { .. } => ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_conflict",
-                err.to_string(),
-            ),
+            herald_store::Error::IdempotencyConflict { .. } => {
+                ApiError::new(Code::IdempotencyConflict, err.to_string())
+            }
             ref e if e.is_unavailable() => ApiError::unavailable("database", err),
             other => ApiError::internal(other),
         }
@@ -160,30 +130,56 @@ struct Problem<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let body = Problem {
-            kind: format!("urn:herald:problem:{}", self.code),
-            title: self.title(),
-            status: self.status.as_u16(),
+            kind: self.code.type_uri(),
+            title: self.code.title(),
+            status: status.as_u16(),
             detail: &self.detail,
-            code: self.code,
+            code: self.code.as_str(),
             field: self.field.as_deref(),
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (status, axum::Json(body)).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if self.status == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_answers_with_its_status_and_headers() {
+        for &code in Code::ALL {
+            let response = ApiError::new(code, "why").into_response();
+            assert_eq!(response.status().as_u16(), code.status(), "{code}");
+            let headers = response.headers();
+            assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+            assert_eq!(
+                headers.contains_key(header::RETRY_AFTER),
+                code == Code::Unavailable,
+                "{code}"
+            );
+            assert_eq!(
+                headers.contains_key(header::WWW_AUTHENTICATE),
+                code == Code::Unauthorized,
+                "{code}"
+            );
+        }
     }
 }

@@ -80,7 +80,21 @@ impl Error {
     /// Whether the database could not be reached (or dropped the
     /// connection), rather than refusing the statement: the same request
     /// may succeed once it is back. The pool opens fresh connections by
-    /// itself, so nothing else is needed to recover.
+    /// itself, so nothing else is needed to recover. The HTTP layer answers
+    /// these 503 with `Retry-After`, everything else it does not know 500.
+    ///
+    /// - the pool: no connection within its acquire timeout (the server
+    ///   refuses or does not answer), or the pool closed (shutting down);
+    /// - the socket: I/O and TLS failures;
+    /// - PostgreSQL: connection exceptions (class 08), an administrator's
+    ///   shutdown or termination, a server starting or stopping, the
+    ///   database dropped (57P0x), too many connections (53300), and a
+    ///   database that does not accept connections (55000: `ALLOW_CONNECTIONS
+    ///   false`, or being dropped; Herald's statements raise it for nothing
+    ///   else);
+    /// - SQLite: the file cannot be opened (`SQLITE_CANTOPEN`), the disk
+    ///   fails or is full (`SQLITE_IOERR`, `SQLITE_FULL`), or another
+    ///   process holds the lock past the busy timeout (`SQLITE_BUSY`).
     pub fn is_unavailable(&self) -> bool {
         let Error::Database(err) = self else {
             return false;
@@ -90,11 +104,30 @@ impl Error {
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed => true,
-            // Connection exceptions (class 08), an administrator's shutdown
-            // or termination (57P0x), too many connections (53300).
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c == "53300"),
+            sqlx::Error::Database(db) => {
+                let Some(code) = db.code() else {
+                    return false;
+                };
+                if db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some()
+                {
+                    code.starts_with("08")
+                        || code.starts_with("57P0")
+                        || code == "53300"
+                        || code == "55000"
+                } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // The extended result code; its low byte is the primary one.
+                    const BUSY: i32 = 5;
+                    const IOERR: i32 = 10;
+                    const FULL: i32 = 13;
+                    const CANTOPEN: i32 = 14;
+                    code.parse::<i32>()
+                        .is_ok_and(|c| matches!(c & 0xff, BUSY | IOERR | FULL | CANTOPEN))
+                } else {
+                    false
+                }
+            }
             _ => false,
         }
     }
@@ -277,5 +310,31 @@ mod tests {
         assert_eq!(sqlite_dir("sqlite://herald.db"), None);
         assert_eq!(sqlite_dir("sqlite::memory:"), None);
         assert_eq!(placeholders(2, 3), "$2, $3, $4");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_told_from_a_refused_statement() {
+        let db = crate::testing::TestDb::new(Backend::Sqlite, 2)
+            .await
+            .expect("sqlite always runs");
+        let refused = Error::from(
+            sqlx::query("SELEKT 1")
+                .execute(&db.store.read)
+                .await
+                .unwrap_err(),
+        );
+        assert!(!refused.is_unavailable(), "{refused}");
+        db.store.close().await;
+        let closed = db.store.ping().await.unwrap_err();
+        assert!(closed.is_unavailable(), "{closed}");
+
+        // A file that cannot be opened: SQLITE_CANTOPEN.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let absent = format!(
+            "sqlite://{}?mode=ro",
+            dir.path().join("absent.db").display()
+        );
+        let cannot_open = Store::connect(&absent, 1).await.unwrap_err();
+        assert!(cannot_open.is_unavailable(), "{cannot_open}");
     }
 }

@@ -22,6 +22,7 @@ pub const DEPENDENCY_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 /// nodes: `queue.jobs` waiting in the queue, `queue.deliveries` owed an
 /// attempt by status. Admins only. A queue that does not answer within
 /// [`DEPENDENCY_TIMEOUT`] (its Redis is down) makes this a 503.
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id))]
 pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin])?;
     let mut stats = serde_json::to_value(state.realtime.stats()).map_err(ApiError::internal)?;

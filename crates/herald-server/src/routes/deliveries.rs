@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use herald_core::{DeliveryId, Role, ValidationError};
@@ -14,8 +14,8 @@ use herald_store::redrive::AdminDelivery;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
-use crate::extract::ApiJson;
-use crate::problem::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::problem::{ApiError, Code};
 use crate::redrive::{self, FilterBody, FilterInput, RedriveError, Selection};
 use crate::startup::AppState;
 
@@ -29,10 +29,11 @@ pub struct Page {
 
 /// `GET /v1/admin/deliveries?status=&channel=&provider=&reason=&error=&recipient=&event=&eventId=&from=&to=&cursor=&limit=`:
 /// newest first; by default the failed and expired ones.
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<HashMap<String, String>>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<Page>, ApiError> {
     caller.require(&[Role::Admin])?;
     let mut filter = FilterInput::default();
@@ -78,10 +79,11 @@ struct Retried {
 /// pending; 200 with `alreadyQueued` if it is still owed an attempt; 409
 /// if it is not failed or expired (sent, delivered, suppressed …); 404 if
 /// there is no such delivery.
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id, delivery = %id))]
 pub async fn retry_one(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin])?;
     let me = &caller.0;
@@ -89,8 +91,7 @@ pub async fn retry_one(
     let report = run(&state, &me.user_id.0, &Selection::Ids(vec![id])).await?;
     if let Some(d) = report.not_retryable.first() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_retryable",
+            Code::NotRetryable,
             format!(
                 "delivery {} is {}: only failed and expired deliveries can be retried",
                 d.id, d.status
@@ -134,6 +135,7 @@ pub struct RetryBody {
 /// {…}, "max": N}`: 202 with what became of each delivery (`requeued`,
 /// `alreadyQueued`, `notRetryable`, `unknown`). A filter matching more
 /// than `max` is 422 naming `filter`, and changes nothing.
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id))]
 pub async fn retry_many(
     State(state): State<AppState>,
     caller: Caller,

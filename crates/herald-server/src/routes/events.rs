@@ -10,12 +10,13 @@ use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::extract::ApiJson;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Code};
 use crate::startup::AppState;
 
 /// 202 with `{id, event, receivedAt}` per event (an array for an array).
 /// Publishing an id again with the same payload answers the same way and
 /// writes nothing.
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id, role = caller.0.role.as_str()))]
 pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
@@ -32,8 +33,7 @@ pub async fn publish(
     let max = state.settings.server.max_batch;
     if items.len() > max {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
+            Code::BatchTooLarge,
             format!("{} events in one request; the limit is {max}", items.len()),
         ));
     }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use herald_core::{NotificationId, Role, ValidationError};
 use herald_store::inbox::InboxQuery;
@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
+use crate::extract::{ApiPath, ApiQuery};
 use crate::problem::ApiError;
 use crate::startup::AppState;
 
@@ -27,10 +28,11 @@ pub struct Page {
 }
 
 /// `GET /v1/notifications?unread=&cursor=&limit=`, newest first.
+#[tracing::instrument(skip_all, fields(principal = %me.user_id))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(me): Caller,
-    Query(params): Query<HashMap<String, String>>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<Page>, ApiError> {
     let query = parse_query(&params)?;
     let items = state.store.inbox(&me.user_id, query).await?;
@@ -89,6 +91,7 @@ fn parse_query(params: &HashMap<String, String>) -> Result<InboxQuery, ApiError>
 }
 
 /// `GET /v1/notifications/unread-count`.
+#[tracing::instrument(skip_all, fields(principal = %me.user_id))]
 pub async fn unread_count(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -98,26 +101,29 @@ pub async fn unread_count(
 }
 
 /// `GET /v1/notifications/{id}`.
+#[tracing::instrument(skip_all, fields(principal = %me.user_id, notification = %id))]
 pub async fn get_one(
     State(state): State<AppState>,
     Caller(me): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Notification>, ApiError> {
     let id = notification_id(&id)?;
     found(state.store.notification(&me.user_id, id).await?)
 }
 
 /// `POST /v1/notifications/{id}/read`: idempotent; answers the entry.
+#[tracing::instrument(skip_all, fields(principal = %me.user_id, notification = %id))]
 pub async fn read(
     State(state): State<AppState>,
     Caller(me): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Notification>, ApiError> {
     let id = notification_id(&id)?;
     found(state.store.mark_read(&me.user_id, id).await?)
 }
 
 /// `POST /v1/notifications/read-all`.
+#[tracing::instrument(skip_all, fields(principal = %me.user_id))]
 pub async fn read_all(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -127,10 +133,11 @@ pub async fn read_all(
 }
 
 /// `DELETE /v1/notifications/{id}`: 204, then 404 for it.
+#[tracing::instrument(skip_all, fields(principal = %me.user_id, notification = %id))]
 pub async fn delete(
     State(state): State<AppState>,
     Caller(me): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = notification_id(&id)?;
     if state.store.delete_notification(&me.user_id, id).await? {
@@ -142,10 +149,11 @@ pub async fn delete(
 
 /// `GET /v1/notifications/{id}/deliveries`: the owner or an admin. Someone
 /// else's notification is 404, so ids cannot be probed.
+#[tracing::instrument(skip_all, fields(principal = %me.user_id, notification = %id))]
 pub async fn deliveries(
     State(state): State<AppState>,
     Caller(me): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = notification_id(&id)?;
     let owner = state.store.notification_owner(id).await?;

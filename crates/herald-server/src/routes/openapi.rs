@@ -386,12 +386,7 @@ fn schemas() -> Value {
                 "title": { "type": "string" },
                 "status": { "type": "integer" },
                 "detail": { "type": "string" },
-                "code": { "type": "string", "enum": [
-                    "bad_request", "invalid_json", "unauthorized", "forbidden", "not_found",
-                    "method_not_allowed", "idempotency_conflict", "not_retryable", "payload_too_large",
-                    "batch_too_large", "unsupported_media_type", "validation_failed",
-                    "unknown_event", "unavailable", "internal"
-                ] },
+                "code": { "type": "string", "enum": herald_core::problem::Code::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>() },
                 "field": { "type": "string", "description": "The field at fault, e.g. `[3].data.amount`." }
             }
         }

@@ -5,7 +5,7 @@
 //! registering a phone number or an app's FCM token).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use herald_core::ids::DeviceId;
@@ -17,17 +17,18 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
-use crate::extract::{ApiJson, from_value};
+use crate::extract::{ApiJson, ApiPath, from_value};
 use crate::problem::ApiError;
 use crate::startup::AppState;
 
 const MAX_TOKEN: usize = 4_096;
 
 /// `GET /v1/users/{userId}/preferences`: the document plus the user's locale.
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id, user = %user))]
 pub async fn get_preferences(
     State(state): State<AppState>,
     caller: Caller,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_self_or_admin(&user)?;
     preferences_view(&state, &UserId(user)).await.map(Json)
@@ -35,10 +36,11 @@ pub async fn get_preferences(
 
 /// `PUT /v1/users/{userId}/preferences`: replaces the document. `locale`,
 /// when present, is stored with the contact details (one place for it).
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id, user = %user))]
 pub async fn put_preferences(
     State(state): State<AppState>,
     caller: Caller,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_self_or_admin(&user)?;
@@ -97,10 +99,11 @@ pub struct ContactBody {
 }
 
 /// `GET /v1/users/{userId}/contact`.
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id, user = %user))]
 pub async fn get_contact(
     State(state): State<AppState>,
     caller: Caller,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
 ) -> Result<Json<ContactRecord>, ApiError> {
     caller.require_self_or_operator(&user)?;
     Ok(Json(
@@ -116,10 +119,11 @@ pub async fn get_contact(
 /// their role and restaurant come from their token; a service or admin may
 /// also set `role` and `restaurantId`, which put the user in the groups
 /// routing addresses (`role:admin`, `staff:{restaurantId}`).
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id, user = %user))]
 pub async fn put_contact(
     State(state): State<AppState>,
     caller: Caller,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
     ApiJson(body): ApiJson<ContactBody>,
 ) -> Result<Json<ContactRecord>, ApiError> {
     caller.require_self_or_operator(&user)?;
@@ -198,10 +202,11 @@ struct WebPushKeys {
 }
 
 /// `GET /v1/users/{userId}/devices`.
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id, user = %user))]
 pub async fn list_devices(
     State(state): State<AppState>,
     caller: Caller,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_self_or_operator(&user)?;
     let items = state.store.devices(&UserId(user)).await?;
@@ -210,10 +215,11 @@ pub async fn list_devices(
 
 /// `POST /v1/users/{userId}/devices`: 201 for a new device, 200 when the
 /// token was registered already.
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id, user = %user))]
 pub async fn add_device(
     State(state): State<AppState>,
     caller: Caller,
-    Path(user): Path<String>,
+    ApiPath(user): ApiPath<String>,
     ApiJson(body): ApiJson<DeviceBody>,
 ) -> Result<Response, ApiError> {
     caller.require_self_or_operator(&user)?;
@@ -264,10 +270,11 @@ pub async fn add_device(
 }
 
 /// `DELETE /v1/users/{userId}/devices/{id}`: 204.
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id, user = %user, device = %id))]
 pub async fn delete_device(
     State(state): State<AppState>,
     caller: Caller,
-    Path((user, id)): Path<(String, String)>,
+    ApiPath((user, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_self_or_operator(&user)?;
     let no_such = || ApiError::not_found("no such device");

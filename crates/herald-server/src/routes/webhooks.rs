@@ -2,7 +2,8 @@
 //! it over. Requests are authenticated by the provider's signature, not a
 //! token; a bad or missing signature gets 403 and changes nothing. Each
 //! report is applied once (by the provider's event id), so the retries
-//! providers make when an answer is slow are harmless.
+//! providers make when an answer is slow are harmless. A report naming
+//! something no message of Herald's carries (a NUL character) is skipped.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -60,6 +61,10 @@ pub async fn twilio(
         _ => return Ok(StatusCode::NO_CONTENT),
     };
     let error = get("ErrorCode").map(|code| format!("twilio error {code}"));
+    if stores_nul(&[Some(sid), error.as_deref()]) {
+        tracing::warn!("twilio status callback with a NUL character ignored");
+        return Ok(StatusCode::NO_CONTENT);
+    }
     // A message reaches each status once: the pair is the event's identity.
     let event_id = format!("{sid}:{}", status.as_str());
     let outcome = state
@@ -135,6 +140,10 @@ pub async fn sendgrid(
             continue;
         };
         let error = event["reason"].as_str().map(|r| format!("sendgrid: {r}"));
+        if stores_nul(&[Some(event_id), Some(message), error.as_deref()]) {
+            tracing::warn!("sendgrid event with a NUL character ignored");
+            continue;
+        }
         let outcome = state
             .store
             .record_provider_event(
@@ -156,4 +165,12 @@ pub async fn sendgrid(
         );
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether a value Herald would store holds a NUL character, which no
+/// message Herald sent carries and PostgreSQL cannot store. Such a report
+/// is about no delivery of Herald's; it is skipped rather than refused, so
+/// that the provider does not retry it, nor the rest of its batch, for days.
+fn stores_nul(values: &[Option<&str>]) -> bool {
+    values.iter().flatten().any(|v| v.contains('\0'))
 }
