@@ -7,13 +7,13 @@
 # Starts `herald serve` on the embedded default (SQLite in a fresh data
 # dir, a known secret), mints a token per role with `herald token`, and
 # runs a bounded number of examples per operation (SCHEMATHESIS_EXAMPLES,
-# default 25). schemathesis is installed from PyPI into a venv cached
+# default 10). schemathesis is installed from PyPI into a venv cached
 # outside the clone. Usage: tests/schemathesis/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 VERSION=4.32.5
-EXAMPLES="${SCHEMATHESIS_EXAMPLES:-25}"
+EXAMPLES="${SCHEMATHESIS_EXAMPLES:-10}"
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/herald/schemathesis-$VERSION"
 if [ ! -x "$venv/bin/schemathesis" ]; then
   echo "installing schemathesis $VERSION into $venv"
