@@ -145,6 +145,49 @@ async fn the_openapi_document_describes_the_api_and_its_examples_publish() {
             "{method} {path}: {body}"
         );
     }
+    // Every operation says what it answers, with a schema for each body;
+    // those that take a token say which roles may call and that any
+    // refusal is a problem document.
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, op) in methods.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            assert!(
+                responses.keys().any(|code| code.starts_with('2')),
+                "{method} {path}: no success response"
+            );
+            for (code, response) in responses {
+                if code == "204" || response.get("$ref").is_some() {
+                    continue;
+                }
+                let content = response["content"].as_object();
+                assert!(
+                    content.is_some_and(|c| c.values().all(|m| m["schema"].is_object())),
+                    "{method} {path} {code}: no schema"
+                );
+            }
+            if op["security"] != json!([]) {
+                assert!(
+                    op["x-herald-roles"]
+                        .as_array()
+                        .is_some_and(|r| !r.is_empty()),
+                    "{method} {path}"
+                );
+                assert_eq!(
+                    responses["4XX"]["$ref"], "#/components/responses/Problem",
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+    // Each publishable event's payload schema is the catalog's, and the
+    // batch limit is this server's.
+    for kind in EventKind::ALL.iter().filter(|k| !k.is_internal()) {
+        let mut schema = doc["components"]["schemas"][format!("event.{kind}")].clone();
+        schema.as_object_mut().unwrap().remove("example");
+        assert_eq!(schema, kind.schema(), "{kind}");
+    }
+    let publish = &doc["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"];
+    assert_eq!(publish["schema"]["oneOf"][1]["maxItems"], 1000);
     let examples = doc["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]
         ["examples"]
         .as_object()

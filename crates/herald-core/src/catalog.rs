@@ -6,10 +6,15 @@
 //! names). Unknown fields are rejected, so a typo in an optional field
 //! (`descripton`) is caught instead of dropped.
 //! Every error names its field relative to the envelope (`data.amount`).
+//!
+//! Each payload also derives its JSON Schema ([`EventKind::schema`]); the
+//! `schemars` attributes on its fields state the `check` rules as schema
+//! constraints, so the schema says what validation accepts.
 
 use std::fmt;
 
 use chrono::NaiveDate;
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -20,7 +25,7 @@ use crate::channel::ChannelKind;
 use crate::error::ValidationError;
 use crate::input;
 
-mod introspect;
+pub mod introspect;
 
 /// Longest free-text field (titles, messages, names).
 const MAX_TEXT: usize = 2_000;
@@ -50,6 +55,12 @@ macro_rules! catalog {
             /// The payload's field names, as producers spell them.
             pub fn fields(self) -> &'static [&'static str] {
                 match self { $(EventKind::$variant => introspect::fields::<$payload>()),+ }
+            }
+
+            /// The JSON Schema of the payload: what validation accepts, as
+            /// far as JSON Schema can say it (see [`introspect`]).
+            pub fn schema(self) -> Value {
+                match self { $(EventKind::$variant => introspect::schema::<$payload>()),+ }
             }
 
             fn parse_payload(self, data: Value) -> Result<Value, ValidationError> {
@@ -258,7 +269,7 @@ fn parse<T: Payload>(data: Value) -> Result<Value, ValidationError> {
 const INSTANTS: [&str; 3] = ["timestamp", "estimatedRestore", "nextRetry"];
 
 /// A payload type: deserialised, then checked for what serde cannot say.
-trait Payload: DeserializeOwned + Serialize {
+trait Payload: DeserializeOwned + Serialize + JsonSchema {
     fn check(&self) -> Result<(), ValidationError>;
 }
 
@@ -329,7 +340,7 @@ fn opt_text(field: &str, value: Option<&String>) -> Result<(), ValidationError> 
 macro_rules! payload {
     ($(#[$doc:meta])* $name:ident { $($body:tt)* } check($this:ident) $check:block) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
         pub struct $name { $($body)* }
 
@@ -348,14 +359,18 @@ payload! {
     PointsAdded {
         pub guest_id: Uuid,
         pub card_id: Uuid,
+        #[schemars(range(min = 0))]
         pub amount: i64,
+        #[schemars(range(min = 0))]
         pub new_balance: i64,
         pub restaurant_id: Uuid,
+        #[schemars(transform = introspect::fields::text)]
         pub restaurant_name: String,
         pub transaction_id: Uuid,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub timestamp: Option<i64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(transform = introspect::fields::text)]
         pub description: Option<String>,
     }
     check(p) {
@@ -371,9 +386,12 @@ payload! {
     PointsRedeemed {
         pub guest_id: Uuid,
         pub card_id: Uuid,
+        #[schemars(range(min = 0))]
         pub amount: i64,
+        #[schemars(range(min = 0))]
         pub new_balance: i64,
         pub restaurant_id: Uuid,
+        #[schemars(transform = introspect::fields::text)]
         pub reward_name: String,
         pub transaction_id: Uuid,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -390,10 +408,13 @@ payload! {
     /// Points lapsed.
     PointsExpired {
         pub guest_id: Uuid,
+        #[schemars(range(min = 0))]
         pub amount: i64,
+        #[schemars(range(min = 0))]
         pub new_balance: i64,
         pub expiry_date: NaiveDate,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(transform = introspect::fields::text)]
         pub reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub timestamp: Option<i64>,
@@ -411,10 +432,13 @@ payload! {
         pub guest_id: Uuid,
         pub card_id: Uuid,
         pub restaurant_id: Uuid,
+        #[schemars(transform = introspect::fields::text)]
         pub restaurant_name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(transform = introspect::fields::blob)]
         pub qr_code: Option<String>,
         #[serde(default)]
+        #[schemars(range(min = 0))]
         pub initial_points: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub timestamp: Option<i64>,
@@ -432,8 +456,10 @@ payload! {
     /// A new guest signed up.
     GuestRegistered {
         pub guest_id: Uuid,
+        #[schemars(transform = introspect::fields::text)]
         pub guest_name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(transform = introspect::fields::email)]
         pub email: Option<String>,
         pub restaurant_id: Uuid,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -450,7 +476,7 @@ payload! {
 }
 
 /// A card's status.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CardStatus {
     Active,
@@ -459,7 +485,7 @@ pub enum CardStatus {
 }
 
 /// A card's loyalty tier.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     Bronze,
@@ -469,12 +495,17 @@ pub enum Tier {
 }
 
 /// What changed on a card; at least one of the two.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1))]
 pub struct CardChanges {
+    // (A null counts as absent, so the schema leaves null out: `minProperties`
+    // could not tell `{"status": null}` from a change.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "CardStatus")]
     pub status: Option<CardStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Tier")]
     pub tier: Option<Tier>,
 }
 
@@ -499,6 +530,7 @@ payload! {
     RestaurantGuestJoined {
         pub restaurant_id: Uuid,
         pub guest_id: Uuid,
+        #[schemars(transform = introspect::fields::text)]
         pub guest_name: String,
         pub card_id: Uuid,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -510,7 +542,7 @@ payload! {
 }
 
 /// A restaurant's operating status.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RestaurantStatus {
     Active,
@@ -524,6 +556,7 @@ payload! {
         pub restaurant_id: Uuid,
         pub status: RestaurantStatus,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(transform = introspect::fields::text)]
         pub reason: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub estimated_restore: Option<i64>,
@@ -536,7 +569,7 @@ payload! {
 }
 
 /// Whether a transaction earned or spent.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransactionType {
     Purchase,
@@ -550,11 +583,14 @@ payload! {
         pub transaction_id: Uuid,
         pub guest_id: Uuid,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(transform = introspect::fields::text)]
         pub guest_name: Option<String>,
         #[serde(rename = "type")]
         pub kind: TransactionType,
+        #[schemars(range(min = 0))]
         pub amount: Money,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(range(min = 0))]
         pub total_today: Option<Money>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub timestamp: Option<i64>,
@@ -569,7 +605,7 @@ payload! {
 }
 
 /// How serious a system alert is.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertLevel {
     Info,
@@ -579,7 +615,7 @@ pub enum AlertLevel {
 }
 
 /// Where a system alert comes from.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertSource {
     System,
@@ -592,7 +628,9 @@ payload! {
     /// Something operators must know about.
     SystemAlert {
         pub level: AlertLevel,
+        #[schemars(transform = introspect::fields::text)]
         pub title: String,
+        #[schemars(transform = introspect::fields::text)]
         pub message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub source: Option<AlertSource>,
@@ -606,7 +644,7 @@ payload! {
 }
 
 /// What an admin notification is about.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminNotificationType {
     UserCreated,
@@ -616,7 +654,7 @@ pub enum AdminNotificationType {
 }
 
 /// How urgent an admin notification is.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     Low,
@@ -632,7 +670,9 @@ payload! {
         pub notification_id: Option<Uuid>,
         #[serde(rename = "type")]
         pub kind: AdminNotificationType,
+        #[schemars(transform = introspect::fields::text)]
         pub title: String,
+        #[schemars(transform = introspect::fields::text)]
         pub message: String,
         #[serde(default)]
         pub action_required: bool,
@@ -651,8 +691,10 @@ payload! {
     /// once Herald has given up.
     DeliveryFailed {
         pub notification_id: Uuid,
+        #[schemars(transform = introspect::fields::text)]
         pub recipient: String,
         pub channel: ChannelKind,
+        #[schemars(transform = introspect::fields::text)]
         pub reason: String,
         pub retry_count: u32,
         pub next_retry: Option<i64>,

@@ -1,16 +1,34 @@
 //! `GET /openapi.json`: contract §7 as an OpenAPI 3.1 document.
 //!
 //! Built once from the same sources the server uses: every event of the
-//! catalog becomes a publishable schema with its example payload
-//! (`EventKind::example`, which the catalog's own tests validate), and the
-//! error shape is the one `problem` writes. Operations are listed here by
-//! hand, next to the router in `startup.rs`; a test checks the two agree.
+//! catalog contributes its payload's JSON Schema (derived from the type that
+//! validates it, `EventKind::schema`) and its example payload
+//! (`EventKind::example`, which the catalog's own tests validate); the
+//! delivery states, channels, roles and limits are the server's own
+//! constants. Operations are listed here by hand, next to the router in
+//! `startup.rs`; a test checks the two agree, and CI runs schemathesis
+//! against the document with a token of every role.
+//!
+//! The document says what the server accepts, as far as JSON Schema can:
+//! each request body refuses unknown fields where the server does, and
+//! Herald's rules for every JSON number (±(2^53−1)) and string (no NUL) are
+//! applied to the whole document at the end ([`introspect::bound_numbers`],
+//! [`introspect::refuse_nul`]). Rules between two fields (`to` not before
+//! `from`, quiet hours that start and end at different times) are in the
+//! descriptions.
 
 use std::sync::OnceLock;
 
 use axum::Json;
-use herald_core::EventKind;
+use axum::extract::State;
+use herald_core::catalog::introspect::{self, text_schema};
+use herald_core::ids::MAX_KEY_LEN;
+use herald_core::{ChannelKind, EventKind, Locale, Role};
+use herald_store::redrive::{DELIVERY_STATES, RETRYABLE_STATES};
 use serde_json::{Map, Value, json};
+
+use crate::redrive::{MAX_LIMIT as MAX_DELIVERY_PAGE, MAX_REDRIVE};
+use crate::startup::AppState;
 
 /// Every path and method the document describes, as the router serves them.
 pub const OPERATIONS: &[(&str, &str)] = &[
@@ -39,9 +57,63 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/openapi.json", "get"),
 ];
 
-pub async fn document() -> Json<Value> {
+/// Page size limit of `GET /v1/notifications` (`routes::inbox`).
+const MAX_INBOX_PAGE: u32 = 100;
+/// Longest device token or Web Push field (`routes::users`).
+const MAX_DEVICE_TEXT: usize = 4_096;
+
+/// The document, with this server's batch limit (`server.max_batch`).
+pub async fn document(State(state): State<AppState>) -> Json<Value> {
     static DOC: OnceLock<Value> = OnceLock::new();
-    Json(DOC.get_or_init(build).clone())
+    let mut doc = DOC.get_or_init(build).clone();
+    doc["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+        [1]["maxItems"] = json!(state.settings.server.max_batch);
+    Json(doc)
+}
+
+/// Who may call an operation (contract §7), as the handlers check it.
+#[derive(Clone, Copy)]
+enum Who {
+    Anyone,
+    /// Any valid token; the operation acts on the caller's own inbox.
+    Caller,
+    /// `{user}` themselves or an admin.
+    SelfOrAdmin,
+    /// `{user}` themselves, a service or an admin.
+    SelfOrOperator,
+    /// The owner of the notification or an admin.
+    OwnerOrAdmin,
+    ServiceOrAdmin,
+    Admin,
+}
+
+impl Who {
+    fn describe(self) -> &'static str {
+        match self {
+            Who::Anyone => "anyone, no token",
+            Who::Caller => "any role, on the caller's own inbox (the token's `sub`)",
+            Who::SelfOrAdmin => "the user `{user}` themselves, or an `admin`",
+            Who::SelfOrOperator => "the user `{user}` themselves, a `service`, or an `admin`",
+            Who::OwnerOrAdmin => {
+                "the notification's owner, or an `admin` (another's is 404, so ids cannot be probed)"
+            }
+            Who::ServiceOrAdmin => "`service` or `admin`",
+            Who::Admin => "`admin`",
+        }
+    }
+
+    /// The roles that may call at all (before the `{user}` check).
+    fn roles(self) -> Vec<&'static str> {
+        let all = Role::ALL.iter().map(|r| r.as_str());
+        match self {
+            Who::Anyone => Vec::new(),
+            Who::ServiceOrAdmin => vec![Role::Service.as_str(), Role::Admin.as_str()],
+            Who::Admin => vec![Role::Admin.as_str()],
+            Who::Caller | Who::SelfOrAdmin | Who::SelfOrOperator | Who::OwnerOrAdmin => {
+                all.collect()
+            }
+        }
+    }
 }
 
 fn build() -> Value {
@@ -50,12 +122,12 @@ fn build() -> Value {
         let entry = paths.entry(path).or_insert_with(|| json!({}));
         entry[method] = operation(path, method);
     }
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Herald",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Notification dispatcher: publish domain events; Herald writes inboxes, fans out over Socket.IO (/socket.io/) and WebSocket (/ws), and delivers email, SMS and push per routing and preferences. Errors are application/problem+json with a stable `code` and the `field` at fault.",
+            "description": "Notification dispatcher: publish domain events; Herald writes inboxes, fans out over Socket.IO (/socket.io/) and WebSocket (/ws), and delivers email, SMS and push per routing and preferences.\n\nEvery `/v1` call takes `Authorization: Bearer <JWT>`: claims `sub` (the user id; `id` accepted too), `role` (admin, restaurant, cashier, guest or service), `restaurantId` (restaurant and cashier), and `exp`. Each operation says which roles may call it (also as `x-herald-roles`); another role is 403.\n\nErrors are application/problem+json with a stable `code` and the `field` at fault. JSON integers beyond ±(2^53−1) and strings holding NUL are refused. A dependency that is down answers 503 with `Retry-After`.",
         },
         "security": [{ "bearer": [] }],
         "paths": paths,
@@ -65,223 +137,457 @@ fn build() -> Value {
             },
             "schemas": schemas(),
             "responses": {
-                "Problem": {
-                    "description": "The request was refused; `code` says why, `field` where.",
-                    "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
-                }
+                "Problem": problem("The request was refused; `code` says why, `field` where."),
+                "Unavailable": problem("A dependency (the database, the delivery queue) is down: retry after `Retry-After` seconds. `code` is `unavailable`."),
             }
         }
+    });
+    introspect::bound_numbers(&mut doc);
+    // NUL is refused in what a client sends; answers are described as
+    // they are (a problem's `detail` may quote a refused value).
+    for op in doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|methods| methods.values_mut())
+    {
+        for part in ["parameters", "requestBody"] {
+            if let Some(part) = op.get_mut(part) {
+                introspect::refuse_nul(part);
+            }
+        }
+    }
+    for name in REQUEST_SCHEMAS {
+        introspect::refuse_nul(&mut doc["components"]["schemas"][*name]);
+    }
+    doc
+}
+
+/// The components that describe requests (the events' payloads refuse NUL
+/// already, by the catalog).
+const REQUEST_SCHEMAS: &[&str] = &[
+    "Envelope",
+    "Preferences",
+    "Contact",
+    "NewDevice",
+    "RedriveRequest",
+];
+
+fn problem(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
     })
 }
 
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn json_body(schema: Value) -> Value {
+    let mut content = json!({ "application/json": {} });
+    content["application/json"]["schema"] = schema;
+    content
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": json_body(schema) })
+}
+
+fn path_param(name: &str, description: &str, schema: Value) -> Value {
+    let mut param =
+        json!({ "name": name, "in": "path", "required": true, "description": description });
+    param["schema"] = schema;
+    param
+}
+
+fn query(name: &str, description: &str, schema: Value) -> Value {
+    let mut param =
+        json!({ "name": name, "in": "query", "required": false, "description": description });
+    param["schema"] = schema;
+    param
+}
+
+fn string() -> Value {
+    json!({ "type": "string" })
+}
+
+fn uuid() -> Value {
+    json!({ "type": "string", "format": "uuid" })
+}
+
+fn integer(minimum: i64, maximum: i64) -> Value {
+    json!({ "type": "integer", "minimum": minimum, "maximum": maximum })
+}
+
+/// Epoch milliseconds.
+fn millis() -> Value {
+    json!({ "type": "integer", "description": "Epoch milliseconds." })
+}
+
+fn nullable(mut schema: Value) -> Value {
+    match schema.get("type").cloned() {
+        Some(Value::String(t)) => schema["type"] = json!([t, "null"]),
+        _ => schema = json!({ "anyOf": [schema, { "type": "null" }] }),
+    }
+    schema
+}
+
+fn object(required: &[&str], properties: Value) -> Value {
+    let mut schema = json!({ "type": "object", "required": required });
+    schema["properties"] = properties;
+    schema
+}
+
+/// An object the server reads with `deny_unknown_fields`.
+fn closed(required: &[&str], properties: Value) -> Value {
+    let mut schema = object(required, properties);
+    schema["additionalProperties"] = json!(false);
+    schema
+}
+
 fn operation(path: &str, method: &str) -> Value {
-    let (summary, who, ok) = match (path, method) {
-        ("/v1/events", _) => (
-            "Publish one event or an array of up to server.max_batch; `id` is the idempotency key",
-            "service, admin",
-            "202",
-        ),
-        ("/v1/notifications", _) => (
-            "The caller's inbox, newest first (`unread`, `cursor`, `limit`)",
-            "the user",
-            "200",
-        ),
-        ("/v1/notifications/unread-count", _) => {
-            ("How many inbox entries are unread", "the user", "200")
-        }
-        ("/v1/notifications/read-all", _) => ("Mark every inbox entry read", "the user", "200"),
-        ("/v1/notifications/{id}", "get") => ("One inbox entry", "the user", "200"),
-        ("/v1/notifications/{id}", _) => ("Delete an inbox entry", "the user", "204"),
-        ("/v1/notifications/{id}/read", _) => ("Mark an inbox entry read", "the user", "200"),
-        ("/v1/notifications/{id}/deliveries", _) => (
-            "Delivery status of each channel, with the decision's reason",
-            "the owner, admin",
-            "200",
-        ),
-        ("/v1/users/{user}/preferences", "get") => {
-            ("A user's preferences", "the user, admin", "200")
-        }
-        ("/v1/users/{user}/preferences", _) => {
-            ("Replace a user's preferences", "the user, admin", "200")
-        }
-        ("/v1/users/{user}/contact", "get") => (
-            "A user's contact: email, phone, locale, time zone",
-            "the user, service, admin",
-            "200",
-        ),
-        ("/v1/users/{user}/contact", _) => {
-            ("Set a user's contact", "the user, service, admin", "200")
-        }
-        ("/v1/users/{user}/devices", "get") => {
-            ("A user's push devices", "the user, service, admin", "200")
-        }
-        ("/v1/users/{user}/devices", _) => (
-            "Register an FCM token or a Web Push subscription",
-            "the user, service, admin",
-            "201",
-        ),
-        ("/v1/users/{user}/devices/{id}", _) => {
-            ("Remove a push device", "the user, service, admin", "204")
-        }
-        ("/v1/admin/stats", _) => (
-            "Connected users and sockets, rooms, queue depth and delivery backlog",
-            "admin",
-            "200",
-        ),
-        ("/v1/admin/deliveries", _) => (
-            "Deliveries newest first, by default the failed and expired ones; filter by status, channel, provider, reason, error text, recipient, event and time; page with `cursor`",
-            "admin",
-            "200",
-        ),
-        ("/v1/admin/deliveries/retry", _) => (
-            "Re-drive deliveries by id, or the failed and expired ones a filter matches (at most `max`, 1,000); idempotent",
-            "admin",
-            "202",
-        ),
-        ("/v1/admin/deliveries/{id}/retry", _) => (
-            "Re-drive one failed or expired delivery; idempotent",
-            "admin",
-            "202",
-        ),
-        ("/healthz", _) => ("The process is up", "anyone", "200"),
-        ("/readyz", _) => (
-            "Database, queue and realtime bus reachable (503 otherwise); transports reported",
-            "anyone",
-            "200",
-        ),
-        ("/metrics", _) => ("Prometheus metrics", "anyone", "200"),
-        _ => ("This document", "anyone", "200"),
+    let user = || {
+        path_param(
+            "user",
+            "A user id, as tokens name it in `sub`.",
+            json!({ "type": "string", "minLength": 1 }),
+        )
     };
+    let id = |what: &str| {
+        path_param(
+            "id",
+            &format!("The {what}'s id; one that is not (or not the caller's) is 404."),
+            uuid(),
+        )
+    };
+    let (summary, who, parameters, body, responses): (&str, Who, Vec<Value>, Option<Value>, Value) =
+        match (path, method) {
+            ("/v1/events", _) => (
+                "Publish one event or an array of up to `server.max_batch`; `id` is the idempotency key",
+                Who::ServiceOrAdmin,
+                vec![],
+                Some(json!({
+                    "required": true,
+                    "content": { "application/json": {
+                        "schema": { "oneOf": [
+                            schema_ref("Envelope"),
+                            { "type": "array", "minItems": 1, "items": schema_ref("Envelope"),
+                              "description": "A batch: validated whole, then written whole or not at all. More than `server.max_batch` is 413." }
+                        ] },
+                        "examples": examples(),
+                    } }
+                })),
+                json!({
+                    "202": ok(
+                        "Durable: the event, its inbox entries and deliveries are committed. A repeated id with the same payload answers the same; with another payload, 409 `idempotency_conflict`.",
+                        json!({ "oneOf": [
+                            schema_ref("EventRecord"),
+                            { "type": "array", "items": schema_ref("EventRecord") }
+                        ] }),
+                    ),
+                }),
+            ),
+            ("/v1/notifications", _) => (
+                "The caller's inbox, newest first",
+                Who::Caller,
+                vec![
+                    query(
+                        "unread",
+                        "Only unread entries.",
+                        json!({ "type": "string", "enum": ["true", "false", "1", "0"] }),
+                    ),
+                    query(
+                        "cursor",
+                        "`nextCursor` of the previous page.",
+                        integer(1, i64::MAX),
+                    ),
+                    query(
+                        "limit",
+                        "Page size.",
+                        json!({ "type": "integer", "minimum": 1, "maximum": MAX_INBOX_PAGE, "default": 20 }),
+                    ),
+                ],
+                None,
+                json!({ "200": ok("A page, newest first.", schema_ref("InboxPage")) }),
+            ),
+            ("/v1/notifications/unread-count", _) => (
+                "How many inbox entries are unread",
+                Who::Caller,
+                vec![],
+                None,
+                json!({ "200": ok("The count.", object(&["count"], json!({ "count": integer(0, i64::MAX) }))) }),
+            ),
+            ("/v1/notifications/read-all", _) => (
+                "Mark every inbox entry read",
+                Who::Caller,
+                vec![],
+                None,
+                json!({ "200": ok("How many entries this marked.", object(&["updated"], json!({ "updated": integer(0, i64::MAX) }))) }),
+            ),
+            ("/v1/notifications/{id}", "get") => (
+                "One inbox entry",
+                Who::Caller,
+                vec![id("notification")],
+                None,
+                json!({ "200": ok("The entry.", schema_ref("Notification")) }),
+            ),
+            ("/v1/notifications/{id}", _) => (
+                "Delete an inbox entry",
+                Who::Caller,
+                vec![id("notification")],
+                None,
+                json!({ "204": { "description": "Deleted; it is 404 from now on." } }),
+            ),
+            ("/v1/notifications/{id}/read", _) => (
+                "Mark an inbox entry read (idempotent)",
+                Who::Caller,
+                vec![id("notification")],
+                None,
+                json!({ "200": ok("The entry, read.", schema_ref("Notification")) }),
+            ),
+            ("/v1/notifications/{id}/deliveries", _) => (
+                "Delivery status of each channel, with the decision's reason and the trace",
+                Who::OwnerOrAdmin,
+                vec![id("notification")],
+                None,
+                json!({ "200": ok("Every delivery the notification owes.", object(&["notificationId", "items"], json!({
+                    "notificationId": uuid(),
+                    "items": { "type": "array", "items": schema_ref("DeliveryRecord") }
+                }))) }),
+            ),
+            ("/v1/users/{user}/preferences", "get") => (
+                "A user's preferences, with their locale",
+                Who::SelfOrAdmin,
+                vec![user()],
+                None,
+                json!({ "200": ok("The preferences; absent entries defer to the routing table.", schema_ref("PreferencesView")) }),
+            ),
+            ("/v1/users/{user}/preferences", _) => (
+                "Replace a user's preferences (and set their locale)",
+                Who::SelfOrAdmin,
+                vec![user()],
+                Some(json!({ "required": true, "content": json_body(schema_ref("Preferences")) })),
+                json!({ "200": ok("The preferences as stored.", schema_ref("PreferencesView")) }),
+            ),
+            ("/v1/users/{user}/contact", "get") => (
+                "A user's contact: email, phone, locale, time zone, and directory entry",
+                Who::SelfOrOperator,
+                vec![user()],
+                None,
+                json!({ "200": ok("The contact; empty when none was set.", schema_ref("ContactRecord")) }),
+            ),
+            ("/v1/users/{user}/contact", _) => (
+                "Set a user's contact (a field left out is cleared, except `role` and `restaurantId`)",
+                Who::SelfOrOperator,
+                vec![user()],
+                Some(json!({ "required": true, "content": json_body(schema_ref("Contact")) })),
+                json!({ "200": ok("The contact as stored.", schema_ref("ContactRecord")) }),
+            ),
+            ("/v1/users/{user}/devices", "get") => (
+                "A user's push devices",
+                Who::SelfOrOperator,
+                vec![user()],
+                None,
+                json!({ "200": ok("The devices.", object(&["items"], json!({ "items": { "type": "array", "items": schema_ref("Device") } }))) }),
+            ),
+            ("/v1/users/{user}/devices", _) => (
+                "Register an FCM token or a Web Push subscription",
+                Who::SelfOrOperator,
+                vec![user()],
+                Some(json!({ "required": true, "content": json_body(schema_ref("NewDevice")) })),
+                json!({
+                    "201": ok("Registered.", schema_ref("Device")),
+                    "200": ok("The token was registered already.", schema_ref("Device")),
+                }),
+            ),
+            ("/v1/users/{user}/devices/{id}", _) => (
+                "Remove a push device",
+                Who::SelfOrOperator,
+                vec![user(), id("device")],
+                None,
+                json!({ "204": { "description": "Removed." } }),
+            ),
+            ("/v1/admin/stats", _) => (
+                "Connected users and sockets, rooms, queue depth and delivery backlog",
+                Who::Admin,
+                vec![],
+                None,
+                json!({ "200": ok("This node's sockets; the backlog shared by all nodes.", schema_ref("Stats")) }),
+            ),
+            ("/v1/admin/deliveries", _) => (
+                "Deliveries newest first, by default the failed and expired ones",
+                Who::Admin,
+                delivery_filter_query(),
+                None,
+                json!({ "200": ok("A page, newest first.", object(&["items", "nextCursor"], json!({
+                    "items": { "type": "array", "items": schema_ref("AdminDelivery") },
+                    "nextCursor": nullable(string())
+                }))) }),
+            ),
+            ("/v1/admin/deliveries/retry", _) => (
+                "Re-drive deliveries by id, or the failed and expired ones a filter matches (at most `max`); idempotent",
+                Who::Admin,
+                vec![],
+                Some(
+                    json!({ "required": true, "content": json_body(schema_ref("RedriveRequest")) }),
+                ),
+                json!({ "202": ok(
+                    "Failed and expired deliveries are pending again and queued; the others are left as they are and listed by why. A filter matching more than `max` is 422 naming `filter`, and changes nothing.",
+                    schema_ref("RedriveReport"),
+                ) }),
+            ),
+            ("/v1/admin/deliveries/{id}/retry", _) => {
+                let retried = json!({ "allOf": [
+                    schema_ref("AdminDelivery"),
+                    object(&["alreadyQueued"], json!({ "alreadyQueued": { "type": "boolean" } }))
+                ] });
+                (
+                    "Re-drive one failed or expired delivery; idempotent",
+                    Who::Admin,
+                    vec![id("delivery")],
+                    None,
+                    json!({
+                        "202": ok("Re-driven: pending again, and queued.", retried.clone()),
+                        "200": ok("Still owed an attempt (`alreadyQueued`: true): nothing was done.", retried),
+                        "409": problem("`not_retryable`: the delivery is sent, delivered, suppressed or otherwise done."),
+                    }),
+                )
+            }
+            ("/healthz", _) => (
+                "The process is up",
+                Who::Anyone,
+                vec![],
+                None,
+                json!({ "200": ok("Up.", object(&["status"], json!({ "status": { "const": "ok" } }))) }),
+            ),
+            ("/readyz", _) => (
+                "Database, queue and realtime bus reachable; transports and breakers reported",
+                Who::Anyone,
+                vec![],
+                None,
+                json!({
+                    "200": ok("Ready.", schema_ref("Readiness")),
+                    "503": ok("Not ready: `checks` names what failed and why.", schema_ref("Readiness")),
+                }),
+            ),
+            ("/metrics", _) => (
+                "Prometheus metrics of this process",
+                Who::Anyone,
+                vec![],
+                None,
+                json!({ "200": {
+                    "description": "Prometheus text exposition, version 0.0.4.",
+                    "content": { "text/plain": { "schema": string() } }
+                } }),
+            ),
+            _ => (
+                "This document",
+                Who::Anyone,
+                vec![],
+                None,
+                json!({ "200": ok("OpenAPI 3.1.", json!({ "type": "object" })) }),
+            ),
+        };
     let mut op = json!({
         "summary": summary,
-        "description": format!("Who may call: {who}."),
-        "responses": {
-            ok: { "description": "Done." },
-            "4XX": { "$ref": "#/components/responses/Problem" },
-        },
+        "description": format!("Who may call: {}.", who.describe()),
+        "responses": responses,
     });
-    if who == "anyone" {
+    if matches!(who, Who::Anyone) {
         op["security"] = json!([]);
+    } else {
+        op["x-herald-roles"] = json!(who.roles());
+        // Any refusal is a problem document; a dependency down is 503.
+        op["responses"]["4XX"] = json!({ "$ref": "#/components/responses/Problem" });
+        op["responses"]["503"] = json!({ "$ref": "#/components/responses/Unavailable" });
     }
-    let params: Vec<Value> = ["user", "id"]
-        .iter()
-        .filter(|p| path.contains(&format!("{{{p}}}")))
-        .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
-        .collect();
-    if !params.is_empty() {
-        op["parameters"] = Value::Array(params);
+    if !parameters.is_empty() {
+        op["parameters"] = Value::Array(parameters);
     }
-    if path == "/v1/events" {
-        op["requestBody"] = json!({
-            "required": true,
-            "content": { "application/json": {
-                "schema": { "oneOf": [
-                    { "$ref": "#/components/schemas/Envelope" },
-                    { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/Envelope" } }
-                ] },
-                "examples": examples(),
-            } }
-        });
-        op["responses"]["202"] = json!({
-            "description": "Durable: the event, its inbox entries and deliveries are committed. A repeated id with the same payload answers the same; with another payload, 409.",
-            "content": { "application/json": { "schema": { "oneOf": [
-                { "$ref": "#/components/schemas/EventRecord" },
-                { "type": "array", "items": { "$ref": "#/components/schemas/EventRecord" } }
-            ] } } }
-        });
+    if let Some(body) = body {
+        op["requestBody"] = body;
     }
-    redrive(path, &mut op);
     op
 }
 
-/// Parameters, bodies and answers of the re-drive operations.
-fn redrive(path: &str, op: &mut Value) {
-    let problem = |description: &str| {
-        json!({
-            "description": description,
-            "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+/// The filter of the admin's delivery list, as query parameters.
+fn delivery_filter_query() -> Vec<Value> {
+    vec![
+        query(
+            "status",
+            "Delivery states, comma-separated; default `failed,expired`.",
+            json!({ "type": "array", "items": { "type": "string", "enum": DELIVERY_STATES } }),
+        )
+        .as_object()
+        .cloned()
+        .map(|mut p| {
+            p.insert("style".into(), json!("form"));
+            p.insert("explode".into(), json!(false));
+            Value::Object(p)
         })
-    };
-    match path {
-        "/v1/admin/deliveries" => {
-            let query = |name: &str, description: &str| json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": "string" } });
-            op["parameters"] = json!([
-                query("status", "Delivery states, comma-separated; default `failed,expired`."),
-                query("channel", "`email`, `sms` or `push`."),
-                query("provider", "The provider of the last attempt."),
-                query("reason", "The routing reason, exactly."),
-                query("error", "Text the last error contains (any case)."),
-                query("recipient", "The recipient's user id."),
-                query("event", "The event's name."),
-                query("eventId", "The event's id or idempotency key."),
-                query("from", "Last changed at or after: RFC 3339 or epoch milliseconds."),
-                query("to", "Last changed at or before: RFC 3339 or epoch milliseconds."),
-                query("cursor", "`nextCursor` of the previous page."),
-                { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 50 } },
-            ]);
-            op["responses"]["200"] = json!({
-                "description": "A page, newest first.",
-                "content": { "application/json": { "schema": {
-                    "type": "object",
-                    "properties": {
-                        "items": { "type": "array", "items": { "$ref": "#/components/schemas/AdminDelivery" } },
-                        "nextCursor": { "type": ["string", "null"] }
-                    }
-                } } }
-            });
-            op["responses"]["422"] = problem(
-                "`field` names the input at fault: an unknown `status` or `channel`, `to` before `from`, a `cursor` this API did not return, `limit` outside 1 to 500.",
-            );
-        }
-        "/v1/admin/deliveries/retry" => {
-            op["requestBody"] = json!({
-                "required": true,
-                "content": { "application/json": { "schema": { "oneOf": [
-                    {
-                        "type": "object",
-                        "required": ["ids"],
-                        "additionalProperties": false,
-                        "properties": { "ids": { "type": "array", "minItems": 1, "maxItems": 1000, "items": { "type": "string", "format": "uuid" } } }
-                    },
-                    {
-                        "type": "object",
-                        "required": ["filter"],
-                        "additionalProperties": false,
-                        "properties": {
-                            "filter": { "$ref": "#/components/schemas/RedriveFilter" },
-                            "max": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 1000 }
-                        }
-                    }
-                ] } } }
-            });
-            op["responses"]["202"] = json!({
-                "description": "Failed and expired deliveries are pending again and queued; the others are left as they are and listed by why.",
-                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RedriveReport" } } }
-            });
-            op["responses"]["422"] = problem(
-                "`field` names the input at fault: `ids` (over 1,000, or one that is not an id), `max` (over 1,000), `filter.status` (not failed or expired), `filter` (matches more than `max`; nothing was changed).",
-            );
-        }
-        "/v1/admin/deliveries/{id}/retry" => {
-            let retried = json!({ "allOf": [
-                { "$ref": "#/components/schemas/AdminDelivery" },
-                { "type": "object", "properties": { "alreadyQueued": { "type": "boolean" } } }
-            ] });
-            op["responses"]["202"] = json!({
-                "description": "Re-driven: pending again, and queued.",
-                "content": { "application/json": { "schema": retried } }
-            });
-            op["responses"]["200"] = json!({
-                "description": "Still owed an attempt (`alreadyQueued`: true): nothing was done.",
-                "content": { "application/json": { "schema": retried } }
-            });
-            op["responses"]["404"] = problem("No such delivery.");
-            op["responses"]["409"] = problem(
-                "`not_retryable`: the delivery is sent, delivered, suppressed or otherwise done.",
-            );
-        }
-        _ => {}
-    }
+        .expect("an object"),
+        query("channel", "The delivery's channel.", external_channels()),
+        query("provider", "The provider of the last attempt.", string()),
+        query("reason", "The routing reason, exactly.", string()),
+        query(
+            "error",
+            "Text the last error contains (any case).",
+            string(),
+        ),
+        query("recipient", "The recipient's user id.", string()),
+        query("event", "The event's name.", event_names(true)),
+        query("eventId", "The event's id or idempotency key.", string()),
+        query(
+            "from",
+            "Last changed at or after: RFC 3339 or epoch milliseconds.",
+            instant(),
+        ),
+        query(
+            "to",
+            "Last changed at or before: RFC 3339 or epoch milliseconds; not before `from` (422 naming `to`).",
+            instant(),
+        ),
+        query(
+            "cursor",
+            "`nextCursor` of the previous page, as it was returned; any other value is 422 naming `cursor`.",
+            json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]+$" }),
+        ),
+        query(
+            "limit",
+            "Page size.",
+            json!({ "type": "integer", "minimum": 1, "maximum": MAX_DELIVERY_PAGE, "default": crate::redrive::DEFAULT_LIMIT }),
+        ),
+    ]
+}
+
+/// An instant: RFC 3339, or epoch milliseconds.
+fn instant() -> Value {
+    json!({ "anyOf": [
+        { "type": "string", "format": "date-time" },
+        { "type": "integer", "description": "Epoch milliseconds." }
+    ] })
+}
+
+fn external_channels() -> Value {
+    let names: Vec<&str> = ChannelKind::ALL
+        .iter()
+        .filter(|c| c.is_external())
+        .map(|c| c.as_str())
+        .collect();
+    json!({ "type": "string", "enum": names })
+}
+
+/// Event names: those a producer may publish, or (`all`) every one,
+/// Herald's own `delivery_failed` included.
+fn event_names(all: bool) -> Value {
+    let names: Vec<&str> = EventKind::ALL
+        .iter()
+        .filter(|k| all || !k.is_internal())
+        .map(|k| k.as_str())
+        .collect();
+    json!({ "type": "string", "enum": names })
 }
 
 /// The events a producer may publish (not Herald's own `delivery_failed`).
@@ -303,92 +609,383 @@ fn examples() -> Value {
         .into()
 }
 
+/// The name of an event's payload schema under `components/schemas`.
+fn payload_schema(kind: EventKind) -> String {
+    format!("event.{kind}")
+}
+
 fn schemas() -> Value {
-    let events: Vec<Value> = publishable().map(|k| json!(k.as_str())).collect();
-    json!({
-        "Envelope": {
-            "type": "object",
-            "required": ["event", "data"],
-            "additionalProperties": false,
-            "properties": {
-                "id": { "type": "string", "minLength": 1, "description": "Idempotency key: the same id is one event." },
-                "event": { "type": "string", "enum": events },
-                "data": { "type": "object", "description": "The event's payload, as the seed defines it; see the examples. Unknown fields are refused (422, `field` names them)." }
-            }
-        },
-        "EventRecord": {
-            "type": "object",
-            "properties": {
-                "id": { "type": "string", "format": "uuid" },
-                "event": { "type": "string" },
-                "receivedAt": { "type": "integer", "description": "Epoch milliseconds." }
-            }
-        },
-        "AdminDelivery": {
-            "type": "object",
-            "properties": {
-                "id": { "type": "string", "format": "uuid" },
-                "notificationId": { "type": "string", "format": "uuid" },
-                "eventId": { "type": "string", "format": "uuid" },
-                "event": { "type": "string" },
-                "recipient": { "type": "string" },
-                "channel": { "type": "string", "enum": ["email", "sms", "push"] },
-                "provider": { "type": ["string", "null"] },
-                "status": { "type": "string" },
-                "reason": { "type": "string" },
-                "attempts": { "type": "integer" },
-                "lastError": { "type": ["string", "null"] },
-                "nextAttemptAt": { "type": ["integer", "null"] },
-                "redrivenAt": { "type": ["integer", "null"] },
-                "createdAt": { "type": "integer" },
-                "updatedAt": { "type": "integer" }
-            }
-        },
-        "RedriveFilter": {
-            "type": "object",
-            "additionalProperties": false,
-            "properties": {
-                "status": {
-                    "description": "`failed`, `expired` or both (the default).",
-                    "oneOf": [
-                        { "type": "string" },
-                        { "type": "array", "items": { "type": "string", "enum": ["failed", "expired"] } }
-                    ]
+    let mut schemas = Map::new();
+    // Per event: its payload (derived from the catalog's type) and the
+    // envelope that publishes it.
+    let mut envelopes = Vec::new();
+    for kind in EventKind::ALL.iter().copied() {
+        let mut schema = kind.schema();
+        schema["example"] = kind.example();
+        schemas.insert(payload_schema(kind), schema);
+        if kind.is_internal() {
+            continue;
+        }
+        envelopes.push(closed(
+            &["event", "data"],
+            json!({
+                "id": {
+                    "type": ["string", "null"],
+                    "minLength": 1,
+                    // The key is bounded in bytes; a character is four at most.
+                    "maxLength": MAX_KEY_LEN / 4,
+                    "description": format!("Idempotency key (at most {MAX_KEY_LEN} bytes): the same id is one event, however often sent. Absent, Herald makes one."),
                 },
-                "channel": { "type": "string" },
-                "provider": { "type": "string" },
-                "reason": { "type": "string" },
-                "error": { "type": "string" },
-                "recipient": { "type": "string" },
-                "event": { "type": "string" },
-                "eventId": { "type": "string" },
-                "from": { "type": ["string", "integer"], "description": "RFC 3339 or epoch milliseconds." },
-                "to": { "type": ["string", "integer"], "description": "RFC 3339 or epoch milliseconds." }
-            }
+                "event": { "const": kind.as_str() },
+                "data": schema_ref(&payload_schema(kind)),
+            }),
+        ));
+    }
+    schemas.insert(
+        "Envelope".into(),
+        json!({
+            "description": "One event: its name, its payload, and an optional idempotency key. Unknown fields are refused (422, `field` names them).",
+            "oneOf": envelopes,
+        }),
+    );
+    let rest = json!({
+        "EventRecord": object(&["id", "event", "receivedAt"], json!({
+            "id": uuid(),
+            "event": event_names(false),
+            "receivedAt": millis(),
+        })),
+        "Notification": object(
+            &["id", "seq", "eventId", "event", "category", "title", "body", "data", "read", "readAt", "createdAt"],
+            json!({
+                "id": uuid(),
+                "seq": { "type": "integer", "description": "Per recipient, strictly increasing: the inbox's cursor." },
+                "eventId": uuid(),
+                "event": event_names(true),
+                "category": { "type": "string", "enum": EventKind::categories() },
+                "title": string(),
+                "body": string(),
+                "data": { "type": "object", "description": "The event's payload, as published (with `timestamp`)." },
+                "read": { "type": "boolean" },
+                "readAt": nullable(millis()),
+                "createdAt": millis(),
+            }),
+        ),
+        "InboxPage": object(&["items", "nextCursor"], json!({
+            "items": { "type": "array", "items": schema_ref("Notification") },
+            "nextCursor": nullable(json!({ "type": "string", "description": "Pass as `cursor` for the next (older) page; null on the last page." })),
+        })),
+        "DeliveryRecord": object(
+            &["id", "recipient", "channel", "status", "reason", "attempts", "lastError", "nextAttemptAt", "providerMessageId", "provider", "createdAt", "updatedAt", "trace"],
+            json!({
+                "id": uuid(),
+                "recipient": string(),
+                "channel": external_channels(),
+                "status": { "type": "string", "enum": DELIVERY_STATES },
+                "reason": string(),
+                "attempts": integer(0, i64::MAX),
+                "lastError": nullable(string()),
+                "nextAttemptAt": nullable(millis()),
+                "providerMessageId": nullable(string()),
+                "provider": nullable(string()),
+                "createdAt": millis(),
+                "updatedAt": millis(),
+                "trace": { "type": "array", "items": object(&["at", "attempt", "step", "provider", "outcome", "detail", "actor"], json!({
+                    "at": millis(),
+                    "attempt": integer(0, i64::MAX),
+                    "step": string(),
+                    "provider": nullable(string()),
+                    "outcome": nullable(string()),
+                    "detail": nullable(string()),
+                    "actor": nullable(string()),
+                })) },
+            }),
+        ),
+        "TimeZone": {
+            "type": "string",
+            "description": "An IANA time zone.",
+            "enum": chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect::<Vec<_>>(),
         },
-        "RedriveReport": {
-            "type": "object",
-            "properties": {
-                "requeued": { "type": "array", "items": { "type": "string", "format": "uuid" } },
-                "alreadyQueued": { "type": "array", "items": { "type": "string", "format": "uuid" } },
-                "notRetryable": { "type": "array", "items": {
+        "Preferences": preferences(),
+        "PreferencesView": preferences_view(),
+        "Contact": contact(),
+        "ContactRecord": object(&[], json!({
+            "email": string(),
+            "phone": string(),
+            "locale": locales(),
+            "timezone": string(),
+            "role": roles(),
+            "restaurantId": string(),
+        })),
+        "NewDevice": new_device(),
+        "Device": object(&["id", "kind", "token", "createdAt"], json!({
+            "id": uuid(),
+            "kind": { "type": "string", "enum": ["fcm", "webpush"] },
+            "token": { "type": "string", "description": "The FCM registration token, or the Web Push endpoint." },
+            "subscription": { "type": "object", "description": "The whole Web Push subscription." },
+            "createdAt": millis(),
+        })),
+        "Stats": object(&["serverId", "connectedUsers", "totalSockets", "rooms", "transports", "queue"], json!({
+            "serverId": string(),
+            "connectedUsers": integer(0, i64::MAX),
+            "totalSockets": integer(0, i64::MAX),
+            "rooms": { "type": "integer", "minimum": 0, "description": "Rooms with a socket on this node." },
+            "transports": object(&["socketio", "ws"], json!({
+                "socketio": integer(0, i64::MAX),
+                "ws": integer(0, i64::MAX),
+            })),
+            "queue": object(&["jobs", "deliveries"], json!({
+                "jobs": { "type": "integer", "minimum": 0, "description": "Jobs waiting in the delivery queue." },
+                "deliveries": {
                     "type": "object",
-                    "properties": { "id": { "type": "string", "format": "uuid" }, "status": { "type": "string" } }
-                } },
-                "unknown": { "type": "array", "items": { "type": "string", "format": "uuid" } }
-            }
-        },
+                    "description": "Deliveries owed an attempt, by status.",
+                    "propertyNames": { "enum": DELIVERY_STATES },
+                    "additionalProperties": integer(0, i64::MAX),
+                },
+            })),
+        })),
+        "AdminDelivery": object(
+            &["id", "notificationId", "eventId", "event", "recipient", "channel", "provider", "status", "reason", "attempts", "lastError", "nextAttemptAt", "redrivenAt", "createdAt", "updatedAt"],
+            json!({
+                "id": uuid(),
+                "notificationId": uuid(),
+                "eventId": uuid(),
+                "event": event_names(true),
+                "recipient": string(),
+                "channel": external_channels(),
+                "provider": nullable(string()),
+                "status": { "type": "string", "enum": DELIVERY_STATES },
+                "reason": string(),
+                "attempts": integer(0, i64::MAX),
+                "lastError": nullable(string()),
+                "nextAttemptAt": nullable(millis()),
+                "redrivenAt": nullable(millis()),
+                "createdAt": millis(),
+                "updatedAt": millis(),
+            }),
+        ),
+        "RedriveRequest": redrive_request(),
+        "RedriveReport": object(&["requeued", "alreadyQueued", "notRetryable", "unknown"], json!({
+            "requeued": { "type": "array", "items": uuid() },
+            "alreadyQueued": { "type": "array", "items": uuid() },
+            "notRetryable": { "type": "array", "items": object(&["id", "status"], json!({
+                "id": uuid(),
+                "status": { "type": "string", "enum": DELIVERY_STATES },
+            })) },
+            "unknown": { "type": "array", "items": uuid() },
+        })),
+        "Readiness": object(&["status", "checks"], json!({
+            "status": { "type": "string", "enum": ["ready", "unavailable"] },
+            "checks": object(&["database", "queue", "realtime", "channels", "providers"], json!({
+                "database": readiness_word(),
+                "queue": readiness_word(),
+                "realtime": readiness_word(),
+                "channels": { "type": "object", "description": "Each transport's own check, by channel (informational).", "additionalProperties": readiness_word() },
+                "providers": { "type": "object", "description": "Each provider's circuit breaker (informational).", "additionalProperties": { "type": "string", "enum": ["closed", "open", "half_open"] } },
+            })),
+        })),
         "Problem": {
             "type": "object",
             "required": ["type", "title", "status", "detail", "code"],
             "properties": {
-                "type": { "type": "string" },
-                "title": { "type": "string" },
-                "status": { "type": "integer" },
-                "detail": { "type": "string" },
+                "type": { "type": "string", "description": "`urn:herald:problem:{code}`." },
+                "title": string(),
+                "status": { "type": "integer", "minimum": 400, "maximum": 599 },
+                "detail": string(),
                 "code": { "type": "string", "enum": herald_core::problem::Code::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>() },
                 "field": { "type": "string", "description": "The field at fault, e.g. `[3].data.amount`." }
             }
         }
+    });
+    if let Value::Object(rest) = rest {
+        schemas.extend(rest);
+    }
+    Value::Object(schemas)
+}
+
+fn readiness_word() -> Value {
+    json!({ "type": "string", "description": "`ok`, or `unavailable: <why>`.", "pattern": "^(ok|unavailable: [\\s\\S]*)$" })
+}
+
+fn locales() -> Value {
+    let names: Vec<&str> = Locale::ALL.iter().map(|l| l.as_str()).collect();
+    json!({ "type": "string", "enum": names })
+}
+
+fn roles() -> Value {
+    let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+    json!({ "type": "string", "enum": names })
+}
+
+/// A switch per channel preferences can address.
+fn channel_switches() -> Value {
+    let properties: Map<String, Value> = ChannelKind::PREFERENCE
+        .iter()
+        .map(|c| (c.as_str().to_owned(), json!({ "type": "boolean" })))
+        .collect();
+    closed(&[], Value::Object(properties))
+}
+
+fn quiet_hours() -> Value {
+    let time = json!({ "type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$", "description": "A time of day, HH:MM." });
+    let mut schema = closed(
+        &["start", "end"],
+        json!({
+            "start": time,
+            "end": time,
+            "timezone": nullable(schema_ref("TimeZone")),
+        }),
+    );
+    schema["description"] = json!(
+        "A nightly window in which push and SMS wait, unless the event is critical. `end` must differ from `start` (422 naming `quietHours.end`). Without `timezone`, the contact's, then UTC."
+    );
+    schema
+}
+
+/// The body of `PUT …/preferences`.
+fn preferences() -> Value {
+    let overrides: Map<String, Value> = EventKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .chain(EventKind::categories())
+        .map(|key| (key.to_owned(), channel_switches()))
+        .collect();
+    let mut schema = closed(
+        &[],
+        json!({
+            "enabled": { "type": "boolean", "default": true, "description": "The global switch: off silences everything but mandatory events." },
+            "channels": channel_switches(),
+            "overrides": {
+                "type": "object",
+                "description": "Per event name or category, per channel; the event's word beats the category's.",
+                "properties": overrides,
+                "additionalProperties": false,
+            },
+            "quietHours": nullable(quiet_hours()),
+            "locale": nullable(json!({
+                "type": "string",
+                "pattern": "^([Rr][Uu]|[Ee][Nn])([-_].*)?$",
+                "description": "ru or en; a region is ignored (`ru-RU`, `en_GB`). Stored with the contact.",
+            })),
+        }),
+    );
+    schema["description"] =
+        json!("A user's preferences, replaced whole; an absent entry defers to the routing table.");
+    schema
+}
+
+/// What `GET`/`PUT …/preferences` answer.
+fn preferences_view() -> Value {
+    object(
+        &["enabled", "channels", "overrides", "quietHours", "locale"],
+        json!({
+            "enabled": { "type": "boolean" },
+            "channels": { "type": "object", "additionalProperties": { "type": "boolean" } },
+            "overrides": { "type": "object", "additionalProperties": { "type": "object", "additionalProperties": { "type": "boolean" } } },
+            "quietHours": nullable(object(&["start", "end"], json!({
+                "start": string(),
+                "end": string(),
+                "timezone": string(),
+            }))),
+            "locale": nullable(locales()),
+        }),
+    )
+}
+
+/// The body of `PUT …/contact`.
+fn contact() -> Value {
+    let staff: Vec<&str> = Role::ALL
+        .iter()
+        .filter(|r| r.is_staff())
+        .map(|r| r.as_str())
+        .collect();
+    let mut schema = closed(
+        &[],
+        json!({
+            "email": nullable(introspect::email_schema()),
+            "phone": nullable(json!({ "type": "string", "pattern": "^\\+[1-9][0-9]{7,14}$", "description": "E.164." })),
+            "locale": nullable(locales()),
+            "timezone": nullable(schema_ref("TimeZone")),
+            "role": nullable(json!({ "type": "string", "enum": Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "description": "A service or an admin only (403 otherwise): puts the user in the groups routing addresses." })),
+            "restaurantId": nullable(json!({ "type": "string", "description": "A service or an admin only (403 otherwise)." })),
+        }),
+    );
+    // Staff belong to a restaurant: a staff role comes with its restaurant
+    // (or the one already on file).
+    schema["anyOf"] = json!([
+        { "properties": { "role": { "not": { "enum": staff } } } },
+        { "required": ["restaurantId"], "properties": { "restaurantId": { "type": "string" } } },
+    ]);
+    schema["description"] = json!(
+        "A field left out is cleared, except `role` and `restaurantId`, which are kept. A user's own role and restaurant come from their token."
+    );
+    schema
+}
+
+/// The body of `POST …/devices`.
+fn new_device() -> Value {
+    let token = text_schema(MAX_DEVICE_TEXT);
+    let endpoint = json!({
+        "type": "string",
+        "pattern": "^https://[^\\x00]*$",
+        "maxLength": MAX_DEVICE_TEXT / 4,
+        "description": format!("An https URL, at most {MAX_DEVICE_TEXT} bytes."),
+    });
+    json!({
+        "description": "An FCM registration token, or a Web Push subscription as the browser's `PushSubscription.toJSON()` gives it.",
+        "oneOf": [
+            closed(&["kind", "token"], json!({
+                "kind": { "const": "fcm" },
+                "token": token,
+            })),
+            closed(&["kind", "subscription"], json!({
+                "kind": { "const": "webpush" },
+                "subscription": closed(&["endpoint", "keys"], json!({
+                    "endpoint": endpoint,
+                    "expirationTime": nullable(millis()),
+                    "keys": closed(&["p256dh", "auth"], json!({
+                        "p256dh": token,
+                        "auth": token,
+                    })),
+                })),
+            })),
+        ]
+    })
+}
+
+/// The body of `POST /v1/admin/deliveries/retry`.
+fn redrive_request() -> Value {
+    let retryable = json!({ "type": "string", "enum": RETRYABLE_STATES });
+    let filter = closed(
+        &[],
+        json!({
+            "status": {
+                "description": "`failed`, `expired` or both (the default): one, comma-separated, or a list.",
+                "anyOf": [
+                    { "type": "string", "enum": ["failed", "expired", "failed,expired", "expired,failed"] },
+                    { "type": "array", "items": retryable }
+                ]
+            },
+            "channel": external_channels(),
+            "provider": string(),
+            "reason": string(),
+            "error": string(),
+            "recipient": string(),
+            "event": event_names(true),
+            "eventId": string(),
+            "from": instant(),
+            "to": { "allOf": [instant()], "description": "Not before `from` (422 naming `filter.to`)." },
+        }),
+    );
+    json!({
+        "description": format!("`ids` (at most {MAX_REDRIVE}), or a `filter` with `max` (1 to {MAX_REDRIVE}, default {MAX_REDRIVE}); not both."),
+        "oneOf": [
+            closed(&["ids"], json!({
+                "ids": { "type": "array", "minItems": 1, "maxItems": MAX_REDRIVE, "items": uuid() }
+            })),
+            closed(&["filter"], json!({
+                "filter": filter,
+                "max": { "type": "integer", "minimum": 1, "maximum": MAX_REDRIVE, "default": MAX_REDRIVE }
+            })),
+        ]
     })
 }
