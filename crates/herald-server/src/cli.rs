@@ -390,17 +390,18 @@ pub fn parse_ttl(s: &str) -> Result<Duration, ConfigError> {
     };
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = digits.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let unit_secs: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(bad()),
     };
-    if secs == 0 {
-        return Err(bad());
+    match n.checked_mul(unit_secs) {
+        Some(0) => Err(bad()),
+        Some(secs) => Ok(Duration::from_secs(secs)),
+        None => Err(ConfigError::new("--ttl", format!("`{s}` is too long"))),
     }
-    Ok(Duration::from_secs(secs))
 }
 
 async fn shutdown_signal() {
@@ -437,5 +438,7 @@ mod tests {
         assert!(parse_ttl("0").is_err());
         assert!(parse_ttl("1w").is_err());
         assert!(parse_ttl("h").is_err());
+        // A lifetime that overflows is refused, not wrapped.
+        assert!(parse_ttl("999999999999999999d").is_err());
     }
 }
