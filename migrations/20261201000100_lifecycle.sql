@@ -12,8 +12,8 @@ CREATE INDEX notifications_unread_created ON notifications (created_at)
  WHERE read_at IS NULL AND deleted_at IS NULL;
 -- Events by age (an event goes once no inbox entry refers to it).
 CREATE INDEX events_received ON events (received_at);
--- Finished action records by age.
-CREATE INDEX action_confirms_created ON action_confirms (created_at);
+-- Action records by state and age (the purge takes relayed ones only).
+CREATE INDEX action_confirms_done ON action_confirms (status, created_at);
 -- Provider reports by age, and by the message they are about (a user's
 -- erase removes the reports about their messages).
 CREATE INDEX provider_events_received ON provider_events (received_at);
