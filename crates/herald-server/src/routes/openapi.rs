@@ -29,6 +29,8 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/users/{user}/devices", "get"),
     ("/v1/users/{user}/devices", "post"),
     ("/v1/users/{user}/devices/{id}", "delete"),
+    ("/v1/users/{user}", "delete"),
+    ("/v1/users/{user}/export", "get"),
     ("/v1/admin/stats", "get"),
     ("/v1/admin/deliveries", "get"),
     ("/v1/admin/deliveries/retry", "post"),
@@ -123,6 +125,16 @@ fn operation(path: &str, method: &str) -> Value {
         ("/v1/users/{user}/devices/{id}", _) => {
             ("Remove a push device", "the user, service, admin", "204")
         }
+        ("/v1/users/{user}", _) => (
+            "Erase a user: contact, preferences, devices, inbox, deliveries, action records, outbox files; answers what went, by kind (404: Herald knows nothing of the user)",
+            "service, admin",
+            "200",
+        ),
+        ("/v1/users/{user}/export", _) => (
+            "Everything Herald keeps about a user, as JSON (404: nothing)",
+            "the user, service, admin",
+            "200",
+        ),
         ("/v1/admin/stats", _) => (
             "Connected users and sockets, rooms, queue depth and delivery backlog",
             "admin",
