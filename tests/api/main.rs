@@ -12,6 +12,7 @@ mod dispatch;
 mod guard;
 mod inbox;
 mod ingest;
+mod lifecycle;
 mod realtime;
 mod redrive;
 mod socketio;
