@@ -13,6 +13,7 @@ mod guard;
 mod hardening;
 mod inbox;
 mod ingest;
+mod lifecycle;
 mod realtime;
 mod redrive;
 mod socketio;

@@ -1,19 +1,22 @@
 //! The `herald` commands. `main` parses and calls [`run`]; the work is here.
-//! `herald deliveries` re-drives through [`crate::redrive`], as the REST API does.
+//! `herald deliveries` re-drives through [`crate::redrive`], as the REST API does;
+//! `herald purge` runs one pass of [`crate::lifecycle::Purger`].
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use herald_core::{EventKind, Role, ValidationError};
-use herald_delivery::Queue;
+use herald_delivery::{Queue, SystemClock};
 use herald_store::Store;
 use herald_store::redrive::{AdminDelivery, RedriveReport};
 
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
 use crate::delivery::{Components, DeliveryRuntime};
+use crate::lifecycle::Purger;
 use crate::redrive::{self, FilterInput};
 use crate::startup::load_policy;
 use crate::{Application, telemetry};
@@ -56,6 +59,13 @@ pub enum Command {
         /// Lifetime: 3600, 90s, 30m, 12h, 7d.
         #[arg(long, default_value = "1h")]
         ttl: String,
+    },
+    /// Purge once what `[retention]` no longer keeps, report what went, and
+    /// exit (for a scheduler, when `retention.purge_interval` is `off`).
+    Purge {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List and re-drive failed and expired deliveries.
     Deliveries {
@@ -110,6 +120,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             store.close().await;
             println!("migrations applied");
             Ok(())
+        }
+        Command::Purge { json } => {
+            telemetry::init_quiet();
+            let store = Store::connect(settings.database.url.expose(), 2).await?;
+            store.migrate().await?;
+            let purger = Purger::new(
+                store.clone(),
+                settings.retention()?,
+                settings.channels.outbox_dir.clone(),
+                Arc::new(SystemClock),
+                &crate::lifecycle::Registry::new(),
+            );
+            let result = purge(&store, &purger, json, &mut std::io::stdout().lock()).await;
+            store.close().await;
+            result
         }
         Command::Deliveries { command } => {
             telemetry::init_quiet();
@@ -182,14 +207,15 @@ async fn worker(settings: Settings) -> anyhow::Result<()> {
     )
     .await?;
     store.migrate().await?;
+    // A worker serves no /metrics: its registry is only counted into.
+    let metrics = prometheus::Registry::new();
     let runtime = DeliveryRuntime::build(
         &settings,
         store.clone(),
         routing,
         templates,
         &Components::default(),
-        // A worker serves no /metrics: its registry is only counted into.
-        &prometheus::Registry::new(),
+        &metrics,
     )
     .await?;
     let stop = CancellationToken::new();
@@ -200,8 +226,49 @@ async fn worker(settings: Settings) -> anyhow::Result<()> {
             stop.cancel();
         }
     });
+    let purger = Purger::new(
+        store.clone(),
+        settings.retention()?,
+        settings.channels.outbox_dir.clone(),
+        runtime.dispatcher.clock.clone(),
+        &metrics,
+    );
+    let purging = tokio::spawn(purger.run(stop.clone()));
     runtime.run(stop).await?;
+    let _ = purging.await;
     store.close().await;
+    Ok(())
+}
+
+/// Runs `herald purge`: one pass, then what went and what is left.
+pub async fn purge(
+    store: &Store,
+    purger: &Purger,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let report = purger.purge_now().await?;
+    let left = store.table_counts().await?;
+    if json {
+        let left: serde_json::Map<String, serde_json::Value> = left
+            .into_iter()
+            .map(|(table, n)| (table.to_owned(), n.into()))
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "purged": report, "remaining": left })
+        )?;
+        return Ok(());
+    }
+    writeln!(out, "purged")?;
+    for (kind, n) in report.by_kind() {
+        writeln!(out, "  {kind:<18} {n:>10}")?;
+    }
+    writeln!(out, "remaining rows")?;
+    for (table, n) in left {
+        writeln!(out, "  {table:<18} {n:>10}")?;
+    }
     Ok(())
 }
 

@@ -45,6 +45,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub channels: ChannelSettings,
     pub log: LogSettings,
+    /// How long records are kept, and the purge that enforces it.
+    pub retention: RetentionSettings,
     /// The realtime gateway (Socket.IO, `/ws`, resume, Redis bus).
     pub realtime: herald_realtime::RealtimeConfig,
 }
@@ -312,6 +314,33 @@ pub struct SendGridSettings {
     pub connect_timeout_ms: u64,
 }
 
+/// Retention per kind of record (`[retention]`): a duration (`"90d"`,
+/// `"12h"`), or `"off"` (also `"forever"`) to keep that kind forever.
+/// Checked and typed by [`Settings::retention`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Inbox entries, counted from when the user read or deleted them.
+    pub inbox_read: String,
+    /// Inbox entries never read, counted from when they arrived.
+    pub inbox_unread: String,
+    /// Events, once no inbox entry refers to them.
+    pub events: String,
+    /// Finished deliveries (with their trace) and provider status reports.
+    pub deliveries: String,
+    /// `action_confirm` records once relayed.
+    pub actions: String,
+    /// Files of the development outbox (`channels.outbox_dir`).
+    pub outbox_files: String,
+    /// How often a process purges; `"off"`: never (another process or
+    /// `herald purge` does).
+    pub purge_interval: String,
+    /// Most rows one purge transaction deletes.
+    pub batch_size: u32,
+    /// The pause between two batches, in milliseconds.
+    pub batch_pause_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -415,6 +444,67 @@ impl Settings {
             .collect()
     }
 
+    /// `[retention]`, checked and typed: each duration above zero or
+    /// `off`, the outbox kept no longer than the deliveries that name its
+    /// files (an erase finds a user's files through them).
+    pub fn retention(&self) -> Result<crate::lifecycle::PurgePolicy, ConfigError> {
+        let r = &self.retention;
+        let keep = |key: &str, raw: &str| -> Result<Option<std::time::Duration>, ConfigError> {
+            let key = format!("retention.{key}");
+            match raw.trim() {
+                "off" | "forever" => return Ok(None),
+                t if t.starts_with('-') => {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("`{raw}` is negative: give a duration above zero, or \"off\""),
+                    ));
+                }
+                _ => {}
+            }
+            match parse_duration(raw) {
+                Some(d) if !d.is_zero() => Ok(Some(d)),
+                Some(_) => Err(ConfigError::new(
+                    key,
+                    format!(
+                        "`{raw}` is zero: give a duration above zero, or \"off\" to keep forever"
+                    ),
+                )),
+                None => Err(ConfigError::new(
+                    key,
+                    format!(
+                        "`{raw}`: expected a duration above zero such as \"90d\", \"12h\" or \"30m\", or \"off\""
+                    ),
+                )),
+            }
+        };
+        let policy = crate::lifecycle::PurgePolicy {
+            inbox_read: keep("inbox_read", &r.inbox_read)?,
+            inbox_unread: keep("inbox_unread", &r.inbox_unread)?,
+            events: keep("events", &r.events)?,
+            deliveries: keep("deliveries", &r.deliveries)?,
+            actions: keep("actions", &r.actions)?,
+            outbox_files: keep("outbox_files", &r.outbox_files)?,
+            interval: keep("purge_interval", &r.purge_interval)?,
+            batch_size: r.batch_size,
+            batch_pause: std::time::Duration::from_millis(r.batch_pause_ms),
+        };
+        if !(1..=crate::lifecycle::MAX_BATCH).contains(&r.batch_size) {
+            return Err(ConfigError::new(
+                "retention.batch_size",
+                format!("must be 1 to {}", crate::lifecycle::MAX_BATCH),
+            ));
+        }
+        if let Some(deliveries) = policy.deliveries
+            && policy.outbox_files.is_none_or(|files| files > deliveries)
+        {
+            return Err(ConfigError::new(
+                "retention.outbox_files",
+                "must not be longer than retention.deliveries: an erase finds a user's outbox files through their deliveries",
+            ));
+        }
+        Ok(policy)
+    }
+
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.max_body_bytes < 1024 {
@@ -461,6 +551,7 @@ impl Settings {
             .check()
             .map_err(|(key, message)| ConfigError::new(key, message))?;
         self.expire_after()?;
+        self.retention()?;
         for (name, limit) in &d.rate_limits {
             let key = format!("delivery.rate_limits.{name}");
             if !PROVIDERS.contains(&name.as_str()) {
@@ -606,5 +697,83 @@ mod tests {
         s.server.production = true;
         s.auth.secret = Secret::default();
         assert_eq!(s.validate().unwrap_err().key, "auth.secret");
+    }
+
+    fn defaults() -> Settings {
+        Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    /// The defaults with `[retention]` changed by `toml` (as an environment
+    /// file would), validated.
+    fn with_retention(toml: &str) -> Result<Settings, ConfigError> {
+        let s: Settings = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from_str(
+                &format!("[retention]\n{toml}"),
+                FileFormat::Toml,
+            ))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        s.validate().map(|()| s)
+    }
+
+    #[test]
+    fn retention_defaults_are_documented_durations() {
+        let p = defaults().retention().unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(p.inbox_read, Some(90 * day));
+        assert_eq!(p.inbox_unread, Some(365 * day));
+        assert_eq!(p.events, Some(365 * day));
+        assert_eq!(p.deliveries, Some(90 * day));
+        assert_eq!(p.actions, Some(30 * day));
+        assert_eq!(p.outbox_files, Some(14 * day));
+        assert_eq!(p.interval, Some(std::time::Duration::from_secs(3600)));
+        assert_eq!(p.retention().inbox_read, Some(90 * 86_400_000));
+    }
+
+    #[test]
+    fn zero_or_negative_retention_is_an_error_naming_the_key() {
+        for (toml, key) in [
+            ("inbox_read = \"0d\"", "retention.inbox_read"),
+            ("inbox_read = \"0\"", "retention.inbox_read"),
+            ("inbox_unread = \"-5d\"", "retention.inbox_unread"),
+            ("events = -3", "retention.events"),
+            ("deliveries = 0", "retention.deliveries"),
+            ("actions = \"soon\"", "retention.actions"),
+            ("outbox_files = \"-1h\"", "retention.outbox_files"),
+            ("purge_interval = \"0s\"", "retention.purge_interval"),
+            ("batch_size = 0", "retention.batch_size"),
+            // The outbox may not outlive the deliveries that name its files.
+            ("outbox_files = \"91d\"", "retention.outbox_files"),
+            ("outbox_files = \"off\"", "retention.outbox_files"),
+        ] {
+            let err = with_retention(toml).unwrap_err();
+            assert_eq!(err.key, key, "{toml}: {err}");
+        }
+        let err = with_retention("inbox_read = \"-1d\"").unwrap_err();
+        assert!(err.to_string().contains("negative"), "{err}");
+        let err = with_retention("events = \"0h\"").unwrap_err();
+        assert!(err.to_string().contains("zero"), "{err}");
+    }
+
+    #[test]
+    fn off_keeps_a_kind_forever() {
+        let s = with_retention(
+            "inbox_read = \"off\"\nevents = \"forever\"\ndeliveries = \"off\"\n\
+             outbox_files = \"off\"\npurge_interval = \"off\"",
+        )
+        .unwrap();
+        let p = s.retention().unwrap();
+        assert_eq!((p.inbox_read, p.events, p.deliveries), (None, None, None));
+        assert_eq!((p.outbox_files, p.interval), (None, None));
+        assert_eq!(p.retention().inbox_read, None);
+        assert!(p.inbox_unread.is_some());
     }
 }

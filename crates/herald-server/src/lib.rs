@@ -9,11 +9,12 @@
 //! | [`extract`] | JSON bodies, paths and queries with field-named errors; the limits of `herald_core::input` checked once |
 //! | [`ingest`] | publishing: envelopes → routed, planned, rendered, stored, enqueued |
 //! | [`delivery`] | the queue, transports, workers and sweeper of a process |
+//! | [`lifecycle`] | the retention purge job (`[retention]`, metrics, outbox files) and a user's erase |
 //! | [`redrive`] | re-driving failed deliveries: filters, cursors and bounds shared by REST and CLI |
 //! | [`routes`] | the handlers of contract §7 |
 //! | [`startup`] | `Application::build` / `run_until`, the router |
 //! | [`telemetry`] | logging |
-//! | [`cli`] | the `herald` commands: `serve`, `worker`, `migrate`, `token`, `deliveries` |
+//! | [`cli`] | the `herald` commands: `serve`, `worker`, `migrate`, `token`, `deliveries`, `purge` |
 
 pub mod auth;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod delivery;
 pub mod extract;
 pub mod ingest;
+pub mod lifecycle;
 pub mod problem;
 pub mod redrive;
 pub mod routes;

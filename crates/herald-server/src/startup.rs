@@ -27,8 +27,11 @@ use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
 use crate::delivery::{Components, DeliveryRuntime};
 use crate::ingest::Publisher;
+use crate::lifecycle::Purger;
 use crate::problem::ApiError;
-use crate::routes::{admin, deliveries, demo, events, health, inbox, openapi, users, webhooks};
+use crate::routes::{
+    admin, deliveries, demo, events, health, inbox, openapi, privacy, users, webhooks,
+};
 
 /// How long a transport may take to answer `check` (at start, on `/readyz`).
 pub const CHANNEL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -57,6 +60,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     delivery: DeliveryRuntime,
+    /// The retention purge, run beside the server (`[retention]`).
+    purger: Purger,
 }
 
 impl Application {
@@ -129,6 +134,13 @@ impl Application {
             delivery.dispatcher.clock.clone(),
         )
         .with_fanout(realtime.clone());
+        let purger = Purger::new(
+            store.clone(),
+            settings.retention()?,
+            settings.channels.outbox_dir.clone(),
+            delivery.dispatcher.clock.clone(),
+            &metrics,
+        );
         Ok(Application {
             listener,
             state: AppState {
@@ -142,6 +154,7 @@ impl Application {
                 metrics,
             },
             delivery,
+            purger,
         })
     }
 
@@ -159,10 +172,15 @@ impl Application {
         &self.delivery
     }
 
+    pub fn purger(&self) -> &Purger {
+        &self.purger
+    }
+
     /// Serves until `shutdown` resolves; then tells realtime clients to
     /// reconnect (with jittered delays), finishes in-flight requests, stops
-    /// the delivery workers (if `delivery.workers_in_serve`) and
-    /// closes the database pools.
+    /// the delivery workers (if `delivery.workers_in_serve`) and the
+    /// retention purge (a batch in flight rolls back), and closes the
+    /// database pools.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -175,6 +193,7 @@ impl Application {
             .delivery
             .workers_in_serve
             .then(|| tokio::spawn(self.delivery.run(stop.clone())));
+        let purging = tokio::spawn(self.purger.run(stop.clone()));
         let realtime = self.state.realtime.clone();
         let grace = self.state.settings.realtime.shutdown_grace();
         let app = router(self.state);
@@ -190,6 +209,7 @@ impl Application {
         })
         .await;
         stop.cancel();
+        let _ = purging.await;
         if let Some(workers) = workers {
             match workers.await {
                 Ok(result) => result?,
@@ -238,6 +258,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user}/contact", get(users::get_contact).put(users::put_contact))
         .route("/v1/users/{user}/devices", get(users::list_devices).post(users::add_device))
         .route("/v1/users/{user}/devices/{id}", delete(users::delete_device))
+        .route("/v1/users/{user}", delete(privacy::erase))
+        .route("/v1/users/{user}/export", get(privacy::export))
         .route("/v1/admin/stats", get(admin::stats))
         .route("/v1/admin/deliveries", get(deliveries::list))
         .route("/v1/admin/deliveries/retry", post(deliveries::retry_many))

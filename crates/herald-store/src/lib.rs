@@ -10,6 +10,7 @@
 //! | [`redrive`] | the admin's list of failed and expired deliveries; re-drive by compare-and-set, traced |
 //! | [`realtime`] | the realtime log (events by offset and room) and its epochs: what a resume falls back on when Redis lost its history |
 //! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
+//! | [`lifecycle`] | retention purges in small batches; a user's erase and export |
 //! | `scratch` | throwaway PostgreSQL databases for tests; only with the `testing` feature, outside the production API |
 //!
 //! One [`Store`] speaks to SQLite (the embedded default) or PostgreSQL,
@@ -34,6 +35,7 @@ pub mod deliveries;
 pub mod directory;
 pub mod events;
 pub mod inbox;
+pub mod lifecycle;
 pub mod realtime;
 pub mod records;
 pub mod redrive;

@@ -8,5 +8,6 @@ pub mod events;
 pub mod health;
 pub mod inbox;
 pub mod openapi;
+pub mod privacy;
 pub mod users;
 pub mod webhooks;

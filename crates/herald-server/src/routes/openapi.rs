@@ -47,6 +47,8 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/users/{user}/devices", "get"),
     ("/v1/users/{user}/devices", "post"),
     ("/v1/users/{user}/devices/{id}", "delete"),
+    ("/v1/users/{user}", "delete"),
+    ("/v1/users/{user}/export", "get"),
     ("/v1/admin/stats", "get"),
     ("/v1/admin/deliveries", "get"),
     ("/v1/admin/deliveries/retry", "post"),
@@ -408,6 +410,34 @@ fn operation(path: &str, method: &str) -> Value {
                 vec![user(), id("device")],
                 None,
                 json!({ "204": { "description": "Removed." } }),
+            ),
+            ("/v1/users/{user}", _) => (
+                "Erase a user: contact, preferences, devices, inbox, deliveries, action records, outbox files (irreversible)",
+                Who::ServiceOrAdmin,
+                vec![user()],
+                None,
+                json!({ "200": ok("What was erased, by kind; from now on the user is 404.", object(&["userId", "erased"], json!({
+                    "userId": string(),
+                    "erased": { "type": "object", "additionalProperties": { "type": "integer", "minimum": 0 } }
+                }))) }),
+            ),
+            ("/v1/users/{user}/export", _) => (
+                "Everything Herald keeps about a user, as JSON",
+                Who::SelfOrOperator,
+                vec![user()],
+                None,
+                json!({ "200": ok("Contact, preferences as set, devices, every inbox entry, deliveries, action records.", object(
+                    &["userId", "contact", "preferences", "devices", "notifications", "deliveries", "actions"],
+                    json!({
+                        "userId": string(),
+                        "contact": nullable(schema_ref("ContactRecord")),
+                        "preferences": { "type": ["object", "null"] },
+                        "devices": { "type": "array", "items": schema_ref("Device") },
+                        "notifications": { "type": "array", "items": { "type": "object" } },
+                        "deliveries": { "type": "array", "items": { "type": "object" } },
+                        "actions": { "type": "array", "items": { "type": "object" } }
+                    }),
+                )) }),
             ),
             ("/v1/admin/stats", _) => (
                 "Connected users and sockets, rooms, queue depth and delivery backlog",
