@@ -60,7 +60,9 @@ macro_rules! catalog {
             /// The JSON Schema of the payload: what validation accepts, as
             /// far as JSON Schema can say it (see [`introspect`]).
             pub fn schema(self) -> Value {
-                match self { $(EventKind::$variant => introspect::schema::<$payload>()),+ }
+                let mut schema = match self { $(EventKind::$variant => introspect::schema::<$payload>()),+ };
+                bound_instants(&mut schema);
+                schema
             }
 
             fn parse_payload(self, data: Value) -> Result<Value, ValidationError> {
@@ -267,6 +269,19 @@ fn parse<T: Payload>(data: Value) -> Result<Value, ValidationError> {
 /// event carries them: each must be a time from 1970 to the end of year 9999,
 /// so that inboxes, templates and clients can show it as a date.
 const INSTANTS: [&str; 3] = ["timestamp", "estimatedRestore", "nextRetry"];
+
+/// A payload schema's [`INSTANTS`] get the bounds their check applies.
+fn bound_instants(schema: &mut Value) {
+    let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for name in INSTANTS {
+        if let Some(Value::Object(field)) = properties.get_mut(name) {
+            field.insert("minimum".into(), json!(0));
+            field.insert("maximum".into(), json!(crate::input::MAX_INSTANT_MS));
+        }
+    }
+}
 
 /// A payload type: deserialised, then checked for what serde cannot say.
 trait Payload: DeserializeOwned + Serialize + JsonSchema {

@@ -304,7 +304,8 @@ mod tests {
             254
         );
         let timestamp = property(EventKind::PointsAdded, "timestamp");
-        assert_eq!(timestamp["minimum"], -MAX_SAFE_INTEGER);
+        assert_eq!(timestamp["minimum"], 0);
+        assert_eq!(timestamp["maximum"], crate::input::MAX_INSTANT_MS);
         assert_eq!(
             property(EventKind::DeliveryFailed, "retryCount")["maximum"],
             u32::MAX
