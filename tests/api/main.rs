@@ -8,6 +8,7 @@ mod catalog;
 mod cluster;
 mod delivery;
 mod dispatch;
+mod engineio;
 mod guard;
 mod inbox;
 mod ingest;

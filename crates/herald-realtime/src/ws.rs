@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use crate::hub::{Conn, Hub, Transport, now_ms};
 use crate::protocol::{CloseReason, Refusal};
-use crate::session::{Bucket, Inbound, Link, Reply, Session};
+use crate::session::{Bucket, Inbound, Reply, WsSession};
 
 /// A problem+json answer before the upgrade (the server's error shape).
 pub(crate) fn problem(status: StatusCode, code: &str, detail: &str) -> Response {
@@ -178,7 +178,7 @@ async fn serve(
         c.max_message_bytes,
     ));
     let grace = c.ping_timeout();
-    let reason = Session::new(hub, registered, Link::Ws(sink), rx, exp, Some(heard))
+    let reason = WsSession::new(hub, registered, sink, rx, exp, heard)
         .run(resume)
         .await;
     // After a close frame, finish the closing handshake: the reader ends
@@ -257,7 +257,7 @@ async fn read(
 }
 
 /// Whether a read failed on the size limit (tungstenite's capacity error).
-fn too_large(e: &axum::Error) -> bool {
+pub(crate) fn too_large(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(t) = err.downcast_ref::<tungstenite::Error>() {
