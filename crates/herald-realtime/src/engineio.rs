@@ -727,14 +727,20 @@ async fn run(
                         Err(CloseReason::MessageTooLarge.into())
                     }
                     Some(Ok(Message::Text(text))) => match decode(text.as_str()) {
-                        Ok(Packet::Message(m)) => match conversation.receive(hub, m).await {
-                            Ok(Some(f)) => {
-                                feed = Some(f);
-                                Ok(())
+                        // Boxed: a message's handling (a database write, a
+                        // resume) needs a much larger future than the idle
+                        // loop, and the task would otherwise keep room for
+                        // it for the connection's whole life.
+                        Ok(Packet::Message(m)) => {
+                            match Box::pin(conversation.receive(hub, m)).await {
+                                Ok(Some(f)) => {
+                                    feed = Some(f);
+                                    Ok(())
+                                }
+                                Ok(None) => Ok(()),
+                                Err(reason) => Err(reason.into()),
                             }
-                            Ok(None) => Ok(()),
-                            Err(reason) => Err(reason.into()),
-                        },
+                        }
                         Ok(Packet::Ping(data)) => {
                             conversation.out.push(format!("3{data}").into());
                             Ok(())

@@ -95,8 +95,9 @@ impl Conn {
         });
     }
 
-    pub fn is_killed(&self) -> bool {
-        self.kill.borrow().is_some()
+    /// Why the connection was asked to close, if it was.
+    pub fn killed(&self) -> Option<CloseReason> {
+        *self.kill.borrow()
     }
 
     pub fn kill_signal(&self) -> watch::Receiver<Option<CloseReason>> {

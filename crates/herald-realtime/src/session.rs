@@ -12,22 +12,20 @@
 //! when bytes move: [`WsSession`] here for `/ws`, [`crate::engineio`] for
 //! Socket.IO.
 //!
-//! A `/ws` session is the only writer to its socket. It drains the
-//! connection's bounded queue (filled by the hub) and its inbound queue
-//! (filled by the socket's reader, which also enforces the rate limit); the
-//! kill signal (slow consumer, rate limit, shutdown) and the token's expiry
-//! are checked first on every turn. Every way out ends in
+//! A `/ws` connection is one task, [`WsSession`]: it owns the socket, reads
+//! client messages (rate-limited) and answers them in order, drains the
+//! connection's bounded queue (filled by the hub), and pings; the kill
+//! signal (slow consumer, rate limit, shutdown) and the token's expiry are
+//! checked first on every turn. Every way out ends in
 //! [`WsSession::finish`], which tells the client why (contract §3) and
 //! closes the socket.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::SinkExt;
-use futures::stream::SplitSink;
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -65,9 +63,7 @@ impl Reply {
     }
 }
 
-/// A client message, parsed as far as the transport can. Queued boxed on
-/// `/ws`: a queue allocates its first block of slots when the socket
-/// connects, so small slots keep an idle connection small.
+/// A client message, parsed as far as the transport can.
 #[derive(Debug)]
 pub(crate) struct Inbound {
     pub event: String,
@@ -213,7 +209,7 @@ impl Session {
     /// Why the connection must close now, if it must: the hub's kill
     /// signal, or the token's expiry.
     pub fn due(&self) -> Option<CloseReason> {
-        if let Some(reason) = *self.conn.kill_signal().borrow() {
+        if let Some(reason) = self.conn.killed() {
             return Some(reason);
         }
         (tokio::time::Instant::now() >= self.expires).then_some(CloseReason::TokenExpired)
@@ -603,41 +599,39 @@ impl Session {
     }
 }
 
-/// A `/ws` connection: the session, its socket's write half, and the
-/// messages the socket's reader parsed.
+/// A `/ws` connection: the session and its socket, in one task.
 pub(crate) struct WsSession {
     session: Session,
     feed: Feed,
-    sink: SplitSink<WebSocket, Message>,
-    inbound: mpsc::Receiver<Box<Inbound>>,
+    socket: WebSocket,
+    bucket: Bucket,
     /// When the client last sent anything (ms).
-    last_heard: Arc<AtomicI64>,
+    heard: i64,
+    /// The last read failed on the hard cap: the socket lingers unread
+    /// after the close frame (see [`crate::ws`]).
+    linger: bool,
 }
 
 impl WsSession {
-    pub fn new(
-        hub: Hub,
-        registered: Registered,
-        sink: SplitSink<WebSocket, Message>,
-        inbound: mpsc::Receiver<Box<Inbound>>,
-        exp: u64,
-        last_heard: Arc<AtomicI64>,
-    ) -> WsSession {
+    pub fn new(hub: Hub, registered: Registered, socket: WebSocket, exp: u64) -> WsSession {
+        let config = hub.config();
+        let bucket = Bucket::new(config.rate_limit_per_second, config.rate_limit_burst);
         let (session, feed) = Session::new(hub, registered, exp, Wire::Json);
         WsSession {
             session,
             feed,
-            sink,
-            inbound,
-            last_heard,
+            socket,
+            bucket,
+            heard: now_ms(),
+            linger: false,
         }
     }
 
     /// Runs the connection to its end and unregisters it; returns why it ended.
     pub async fn run(mut self, resume: Option<Value>) -> CloseReason {
         let reason = self.serve(resume).await;
-        self.finish(reason).await;
         self.session.close(reason);
+        self.finish(reason).await;
         reason
     }
 
@@ -648,11 +642,12 @@ impl WsSession {
         }
         let config = self.session.hub.config();
         let ping_every = config.ping_interval();
-        let silence = ping_every + config.ping_timeout();
+        let silence = (ping_every + config.ping_timeout()).as_millis() as i64;
+        let max = config.max_message_bytes;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         loop {
-            if let Some(reason) = *self.feed.kill.borrow() {
+            if let Some(reason) = *self.feed.kill.borrow_and_update() {
                 return reason;
             }
             let step = tokio::select! {
@@ -660,20 +655,32 @@ impl WsSession {
                 _ = self.feed.kill.changed() => continue,
                 () = tokio::time::sleep_until(self.session.expires) => Err(CloseReason::TokenExpired),
                 _ = ping.tick() => {
-                    let heard = self.last_heard.load(Ordering::Relaxed);
-                    if now_ms() - heard > silence.as_millis() as i64 {
+                    if now_ms() - self.heard > silence {
                         Err(CloseReason::Timeout)
                     } else {
                         self.write(Message::Ping(Default::default())).await
                     }
                 }
-                message = self.inbound.recv() => match message {
-                    Some(message) => {
-                        self.session.handle(*message).await;
-                        Ok(())
+                frame = self.socket.next() => {
+                    self.heard = now_ms();
+                    match crate::ws::interpret(frame, max) {
+                        crate::ws::Read::Message(message) => {
+                            if self.bucket.take() {
+                                // Boxed: handling needs a much larger future
+                                // than the idle loop (see engineio's `run`).
+                                Box::pin(self.session.handle(message)).await;
+                                Ok(())
+                            } else {
+                                Err(CloseReason::RateLimited)
+                            }
+                        }
+                        crate::ws::Read::Nothing => Ok(()),
+                        crate::ws::Read::End { reason, linger } => {
+                            self.linger = linger;
+                            Err(reason)
+                        }
                     }
-                    None => Err(CloseReason::ClientDisconnect),
-                },
+                }
                 delivery = self.feed.outbound.recv() => match delivery {
                     Some(delivery) => {
                         self.session.deliver(&delivery);
@@ -706,7 +713,7 @@ impl WsSession {
         tokio::select! {
             biased;
             _ = self.feed.kill.changed() => Err(self.feed.kill.borrow().unwrap_or(CloseReason::ClientDisconnect)),
-            sent = tokio::time::timeout(timeout, self.sink.send(message)) => match sent {
+            sent = tokio::time::timeout(timeout, self.socket.send(message)) => match sent {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(CloseReason::TransportError),
                 Err(_) => Err(CloseReason::SlowConsumer),
@@ -714,10 +721,11 @@ impl WsSession {
         }
     }
 
-    /// Tells the client why it is being closed, then closes the socket.
+    /// Tells the client why it is being closed, closes the socket and
+    /// finishes the closing handshake: dropping a socket with unread input
+    /// would reset the connection and could lose the close frame on the
+    /// client's side. A client that left or stopped reading gets no wait.
     async fn finish(&mut self, reason: CloseReason) {
-        // Nothing more can be written to a client that left, or that
-        // stopped reading.
         if matches!(
             reason,
             CloseReason::ClientDisconnect | CloseReason::TransportError | CloseReason::SlowConsumer
@@ -732,13 +740,26 @@ impl WsSession {
         }));
         let grace = self.session.hub.config().ping_timeout();
         let frames = std::mem::take(&mut self.session.out);
-        let sink = &mut self.sink;
+        let linger = self.linger;
+        let socket = &mut self.socket;
         let goodbye = async {
             for frame in frames {
-                sink.send(Message::Text(frame)).await?;
+                socket.send(Message::Text(frame)).await?;
             }
-            sink.send(close).await?;
-            sink.close().await
+            socket.send(close).await?;
+            if linger {
+                // The read failed: the socket stays open, unread, long
+                // enough for the close frame to arrive before the reset.
+                tokio::time::sleep(crate::ws::LINGER).await;
+                return Ok(());
+            }
+            // Input is read only to reach the client's close frame.
+            while let Some(Ok(frame)) = socket.next().await {
+                if matches!(frame, Message::Close(_)) {
+                    break;
+                }
+            }
+            Ok::<(), axum::Error>(())
         };
         let _ = tokio::time::timeout(grace, goodbye).await;
     }
