@@ -506,3 +506,33 @@ async fn a_soak_of_two_thousand_connections_leaves_no_session_behind() {
     );
     assert!(sessions(&app).await == 0.0);
 }
+
+#[tokio::test]
+async fn a_poll_the_client_abandons_loses_nothing() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let guest = user("eio-abandoned-poll");
+    let token = app.token(Role::Guest, &guest, None);
+    let sid = polling_handshake(&app).await;
+    post(&app, &sid, format!("40{}", json!({"token": token}))).await;
+    let answer = packets(get(&app, &sid).await).await;
+    assert!(answer[1].starts_with("42[\"connected\""), "{answer:?}");
+    // A poll the client gives up on: the request is dropped mid-wait.
+    let cut = app
+        .client
+        .get(format!("{}&transport=polling&sid={sid}", base(&app)))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(cut.is_err(), "nothing to say yet: the poll waits");
+    // The session still gets its events on the next poll.
+    publish_ok(&app, &points_for(&guest, 77)).await;
+    let answer = packets(get(&app, &sid).await).await;
+    assert!(
+        answer
+            .iter()
+            .any(|p| p.starts_with("42[\"points_added\"") && p.contains("\"amount\":77")),
+        "{answer:?}"
+    );
+    assert_eq!(post(&app, &sid, "1").await.status(), 200);
+    all_freed(&app, WAIT).await;
+}

@@ -192,14 +192,42 @@ struct Slot {
     /// When the next ping is due (ms).
     next_ping: AtomicI64,
     mode: AtomicU8,
+    /// What the hub sends, once authenticated. The pending poll takes it
+    /// while it waits and puts it back however the request ends.
+    feed: Mutex<Option<Feed>>,
 }
 
 #[derive(Debug)]
 struct Talk {
     conversation: Conversation,
-    /// What the hub sends, once authenticated. A pending poll takes it
-    /// while it waits and puts it back.
+}
+
+/// The feed a pending poll waits on, put back into its slot when the poll
+/// ends — answered, or dropped because the client went away.
+struct Borrowed<'a> {
+    slot: &'a Slot,
     feed: Option<Feed>,
+}
+
+impl Borrowed<'_> {
+    fn give_back(&mut self) {
+        let mut feed = self.slot.feed.lock().expect("feed lock");
+        // A feed handed over while the poll waited (the connection just
+        // authenticated) is the one; the poll had none then.
+        if feed.is_none() {
+            *feed = self.feed.take();
+        }
+    }
+
+    fn borrow(&mut self) {
+        self.feed = self.slot.feed.lock().expect("feed lock").take();
+    }
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
 }
 
 /// `GET|POST /socket.io/?EIO=4&transport=…[&sid=…]`.
@@ -322,10 +350,8 @@ fn open_polling(hub: &Hub, conversation: Conversation) -> Response {
     let now = now_ms();
     let slot = Arc::new(Slot {
         sid: sid.as_str().into(),
-        talk: tokio::sync::Mutex::new(Talk {
-            conversation,
-            feed: None,
-        }),
+        talk: tokio::sync::Mutex::new(Talk { conversation }),
+        feed: Mutex::new(None),
         wake: Notify::new(),
         idle: Notify::new(),
         polling: AtomicBool::new(false),
@@ -381,26 +407,19 @@ async fn poll(hub: &Hub, slot: &Arc<Slot>) -> Response {
     let _polling = Polling(slot);
     slot.heard.store(now_ms(), Ordering::Relaxed);
     let ping_every = hub.config().ping_interval_ms as i64;
-    let mut feed: Option<Feed> = None;
+    let mut borrowed = Borrowed { slot, feed: None };
     let mut held: Option<Arc<crate::history::Delivery>> = None;
     loop {
         let deadline;
         {
             let mut talk = slot.talk.lock().await;
-            // A feed handed over while this poll waited wins; otherwise
-            // this poll's goes back.
-            if talk.feed.is_none() {
-                talk.feed = feed.take();
-            }
-            let Talk {
-                conversation,
-                feed: hub_feed,
-            } = &mut *talk;
+            borrowed.give_back();
+            let conversation = &mut talk.conversation;
             if let Some(d) = held.take() {
                 conversation.deliver(&d);
             }
             let mut killed = None;
-            if let Some(f) = hub_feed.as_mut() {
+            if let Some(f) = slot.feed.lock().expect("feed lock").as_mut() {
                 while let Ok(d) = f.outbound.try_recv() {
                     conversation.deliver(&d);
                 }
@@ -441,7 +460,7 @@ async fn poll(hub: &Hub, slot: &Arc<Slot>) -> Response {
             if !out.is_empty() {
                 return payload(&out);
             }
-            feed = talk.feed.take();
+            borrowed.borrow();
             let ping_at = Instant::now()
                 + Duration::from_millis(
                     (slot.next_ping.load(Ordering::Relaxed) - now).max(0) as u64
@@ -451,7 +470,7 @@ async fn poll(hub: &Hub, slot: &Arc<Slot>) -> Response {
                 .deadline()
                 .map_or(ping_at, |d| d.min(ping_at));
         }
-        match feed.as_mut() {
+        match borrowed.feed.as_mut() {
             Some(f) => {
                 tokio::select! {
                     d = f.outbound.recv() => match d {
@@ -512,7 +531,7 @@ async fn post(hub: &Hub, slot: &Arc<Slot>, body: Body) -> Response {
         let step = match decode(packet) {
             Ok(Packet::Message(message)) => match talk.conversation.receive(hub, message).await {
                 Ok(Some(feed)) => {
-                    talk.feed = Some(feed);
+                    *slot.feed.lock().expect("feed lock") = Some(feed);
                     Ok(())
                 }
                 Ok(None) => Ok(()),
@@ -596,7 +615,8 @@ async fn upgrade(hub: Hub, slot: Arc<Slot>, mut socket: WebSocket) {
         let mut talk = slot.talk.lock().await;
         let moved = Conversation::moved();
         let conversation = std::mem::replace(&mut talk.conversation, moved);
-        (conversation, talk.feed.take())
+        let feed = slot.feed.lock().expect("feed lock").take();
+        (conversation, feed)
     };
     // The session is the socket's now: the table keeps just its sid.
     {
@@ -843,7 +863,12 @@ pub(crate) async fn sweep(hub: Hub) {
                 hub.inner.engine.remove(&hub, &slot.sid);
                 continue;
             }
-            let killed = talk.feed.as_mut().and_then(|f| *f.kill.borrow_and_update());
+            let killed = slot
+                .feed
+                .lock()
+                .expect("feed lock")
+                .as_mut()
+                .and_then(|f| *f.kill.borrow_and_update());
             if let Some(reason) = killed.or_else(|| talk.conversation.due()) {
                 let live = talk.conversation.is_live();
                 talk.conversation.finish(reason);
