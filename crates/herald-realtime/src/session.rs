@@ -166,6 +166,16 @@ pub(crate) struct Session {
     watermark: u64,
     /// Frames to write, in order, encoded for the wire.
     pub out: Vec<Utf8Bytes>,
+    /// Taken out of the hub already.
+    closed: bool,
+}
+
+/// A session dropped without [`Session::close`] — its request was cancelled
+/// mid-way, say — still leaves the hub.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close(CloseReason::TransportError);
+    }
 }
 
 /// The time a connection authenticated with `exp` (Unix seconds) must close.
@@ -202,6 +212,7 @@ impl Session {
             expires: expiry(exp),
             watermark,
             out: Vec::new(),
+            closed: false,
         };
         (session, feed)
     }
@@ -288,8 +299,10 @@ impl Session {
     }
 
     /// Takes the connection out of the hub.
-    pub fn close(&self, reason: CloseReason) {
-        self.hub.unregister(&self.conn, reason);
+    pub fn close(&mut self, reason: CloseReason) {
+        if !std::mem::replace(&mut self.closed, true) {
+            self.hub.unregister(&self.conn, reason);
+        }
     }
 
     fn skip(&self, d: &Delivery) -> bool {
