@@ -649,7 +649,9 @@ impl WsSession {
     }
 
     async fn serve(&mut self, resume: Option<Value>) -> CloseReason {
-        self.session.open(resume).await;
+        // Boxed, like a message's handling: the task need not keep room for
+        // a resume's futures for the connection's whole life.
+        Box::pin(self.session.open(resume)).await;
         if let Err(reason) = self.flush().await {
             return reason;
         }
