@@ -9,6 +9,7 @@ mod catalog;
 mod cluster;
 mod delivery;
 mod dispatch;
+mod engineio;
 mod guard;
 mod hardening;
 mod inbox;

@@ -2,10 +2,13 @@
 //
 // Usage: node client.mjs '<options JSON>'
 //   {"url": "http://127.0.0.1:PORT", "token": "…", "transports": ["websocket"],
-//    "resume": {…}, "extraHeaders": {…}}
+//    "resume": {…}, "extraHeaders": {…}, "upgrade": true, "reconnection": false}
+//   (`upgrade`: whether a polling start moves to WebSocket; `reconnection`:
+//   whether the client reconnects by itself after a transport close)
 //
 // Everything the client sees is printed to stdout as one JSON object per
-// line: {"type": "connect"}, {"type": "connect_error", "message": …},
+// line: {"type": "connect", "transport": …}, {"type": "connect_error", "message": …},
+// {"type": "upgrade", "transport": "websocket"}, {"type": "reconnect", "attempt": n},
 // {"type": "event", "event": name, "args": [...]}, {"type": "ack", "id": n,
 // "data": …}, {"type": "disconnect", "reason": …}.
 //
@@ -14,6 +17,7 @@
 //   {"cmd": "emit", "event": "subscribe", "data": {…}, "id": 3}   with an ack
 //   {"cmd": "flood", "event": "subscribe", "data": {…}, "count": 500}
 //   {"cmd": "disconnect"}   {"cmd": "connect", "auth": {…}}   {"cmd": "exit"}
+//   {"cmd": "drop"}   the transport closes; with `reconnection` the client comes back
 import { createInterface } from "node:readline";
 import { io } from "socket.io-client";
 
@@ -23,7 +27,10 @@ const print = (line) => process.stdout.write(JSON.stringify(line) + "\n");
 const socket = io(options.url, {
   auth: { token: options.token, ...(options.resume ? { resume: options.resume } : {}) },
   transports: options.transports ?? ["websocket", "polling"],
-  reconnection: false,
+  upgrade: options.upgrade ?? true,
+  reconnection: options.reconnection ?? false,
+  reconnectionDelay: 100,
+  reconnectionDelayMax: 500,
   extraHeaders: options.extraHeaders,
   timeout: 10000,
 });
@@ -32,6 +39,10 @@ socket.on("connect", () => print({ type: "connect", transport: socket.io.engine.
 socket.on("connect_error", (err) => print({ type: "connect_error", message: err.message }));
 socket.on("disconnect", (reason) => print({ type: "disconnect", reason }));
 socket.onAny((event, ...args) => print({ type: "event", event, args }));
+socket.io.on("open", () =>
+  socket.io.engine.on("upgrade", (transport) => print({ type: "upgrade", transport: transport.name })),
+);
+socket.io.on("reconnect", (attempt) => print({ type: "reconnect", attempt }));
 
 createInterface({ input: process.stdin }).on("line", (line) => {
   const command = JSON.parse(line);
@@ -50,6 +61,10 @@ createInterface({ input: process.stdin }).on("line", (line) => {
       break;
     case "disconnect":
       socket.disconnect();
+      break;
+    case "drop":
+      // The transport closes under the client, as when a network drops.
+      socket.io.engine.close();
       break;
     case "connect":
       if (command.auth) socket.auth = { token: options.token, ...command.auth };

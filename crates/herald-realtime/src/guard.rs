@@ -6,9 +6,9 @@
 //! bounds stop that, all checked here, in front of the engine, so a
 //! refused handshake allocates nothing:
 //!
-//! - a **connect timeout** (`connect_timeout_ms`, socketioxide's
-//!   `connect_timeout`): a session that has not connected with a valid
-//!   token by then is closed and freed;
+//! - a **connect timeout** (`connect_timeout_ms`): a session that has not
+//!   connected with a valid token by then is closed and freed (by its
+//!   WebSocket task, or by the engine's sweeper for long-polling);
 //! - a **cap** on sessions pending authentication per node
 //!   (`max_pending_handshakes`): past it, 503;
 //! - a **rate per client address** (`handshakes_per_second_per_address`
@@ -20,8 +20,8 @@
 //! passes untouched, so a flood does not lock out the clients it imitates.
 //!
 //! Pending sessions are counted exactly: each admitted handshake carries a
-//! [`Ticket`] in its request's extensions, which the engine keeps as long
-//! as the session lives. The ticket leaves the count when the session
+//! [`Ticket`] in its request's extensions, which the Engine.IO session
+//! keeps until it authenticates or ends. The ticket leaves the count when the session
 //! authenticates ([`Ticket::settle`]) or when it is dropped with the
 //! session — whether the connect timeout closed it, the client left, or the
 //! engine refused the request.

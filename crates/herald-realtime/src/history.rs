@@ -40,6 +40,9 @@ pub struct Delivery {
     pub data: Box<RawValue>,
     /// The complete `/ws` frame.
     pub ws_text: Utf8Bytes,
+    /// The complete Socket.IO frame, made by the first Socket.IO socket
+    /// the event reaches and shared by the others.
+    socketio_text: std::sync::OnceLock<Utf8Bytes>,
 }
 
 /// An event as the bus and room histories store it.
@@ -72,7 +75,15 @@ impl Delivery {
             rooms,
             data,
             ws_text: ws_text.into(),
+            socketio_text: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The event as a Socket.IO frame: `42["name",data,{"offset":n}]`.
+    pub fn socketio_text(&self) -> Utf8Bytes {
+        self.socketio_text
+            .get_or_init(|| crate::socketio::delivery_text(self).into())
+            .clone()
     }
 }
 

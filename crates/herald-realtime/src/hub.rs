@@ -12,26 +12,25 @@
 //! **Once per socket.** A socket in several of an event's rooms is found
 //! once: targets are collected into a set before anything is sent. The
 //! event is serialised once per broadcast ([`Delivery`]); every queue gets
-//! the same `Arc`. A `/ws` socket is written that very frame; a Socket.IO
-//! socket gets the payload's serialised bytes spliced into its packet
-//! (socketioxide has no public per-socket raw send, so the packet's few
-//! framing bytes are written per socket, the payload is not re-encoded).
+//! the same `Arc`. A `/ws` socket is written that very frame; Socket.IO
+//! sockets share one packet too, the payload spliced into it by the first
+//! socket that sends it ([`Delivery::socketio_text`]).
 //!
 //! **Shutdown.** [`Hub::shutdown`] refuses new connections, tells every
 //! socket `disconnected {reason: "server_restart", reconnectDelay}` with a
 //! jittered delay, waits for the sessions to end, then closes the
-//! Socket.IO engine so clients see a transport close and reconnect.
+//! Engine.IO sessions still open; clients see a transport close and
+//! reconnect.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use herald_core::auth::Principal;
 use herald_store::Store;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use socketioxide::SocketIo;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::actions::Actions;
@@ -96,8 +95,9 @@ impl Conn {
         });
     }
 
-    pub fn is_killed(&self) -> bool {
-        self.kill.borrow().is_some()
+    /// Why the connection was asked to close, if it was.
+    pub fn killed(&self) -> Option<CloseReason> {
+        *self.kill.borrow()
     }
 
     pub fn kill_signal(&self) -> watch::Receiver<Option<CloseReason>> {
@@ -226,8 +226,8 @@ pub(crate) struct Inner {
     emptied: Notify,
     /// Background tasks stop when this turns true.
     pub stop: watch::Sender<bool>,
-    /// Set once the Socket.IO engine is built, to close it on shutdown.
-    pub io: OnceLock<SocketIo>,
+    /// The Engine.IO sessions of `/socket.io/`.
+    pub engine: crate::engineio::Engine,
 }
 
 impl std::fmt::Debug for Inner {
@@ -294,7 +294,7 @@ impl Hub {
                 closing: AtomicBool::new(false),
                 emptied: Notify::new(),
                 stop,
-                io: OnceLock::new(),
+                engine: crate::engineio::Engine::default(),
             }),
         };
         match &hub.inner.log {
@@ -725,9 +725,7 @@ impl Hub {
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("realtime shutdown: some sessions did not finish in time");
         }
-        if let Some(io) = self.inner.io.get() {
-            io.close().await;
-        }
+        self.inner.engine.close_all();
         self.inner.stop.send_replace(true);
     }
 

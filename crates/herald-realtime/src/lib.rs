@@ -8,8 +8,9 @@
 //! | [`history`] | room streams: offsets, the per-room history resume reads, single-node storage |
 //! | [`bus`] | the same streams in Redis, and the reader that fans out events published on any node |
 //! | [`durable`] | the realtime log and its epochs in the database: resume after Redis lost its history |
-//! | [`session`] | one connection's life on either transport: `connected`, resume, messages in order, the close |
-//! | [`socketio`] | Socket.IO v4 at `/socket.io/` (socketioxide): handshake auth, inline message intake |
+//! | [`session`] | one connection's life on either transport: `connected`, resume, messages in order, the close; the `/ws` session loop |
+//! | [`engineio`] | Engine.IO v4 at `/socket.io/`: handshake, WebSocket and long-polling, upgrade, ping, the session table and its sweeper |
+//! | [`socketio`] | Socket.IO on Engine.IO: the packet codec, `CONNECT` auth, events and acks into the session |
 //! | [`ws`] | the plain JSON WebSocket at `/ws` |
 //! | [`origin`] | the Origin allowlist on both endpoints |
 //! | [`guard`] | what a client may cost before it shows a token: connect timeout, pending cap, handshake rate per address |
@@ -25,6 +26,7 @@ pub mod actions;
 pub mod bus;
 pub mod config;
 pub mod durable;
+pub mod engineio;
 pub mod guard;
 pub mod history;
 pub mod hub;
@@ -63,25 +65,22 @@ pub enum Error {
 
 impl Hub {
     /// The two realtime endpoints, behind the handshake guard and the
-    /// Origin check: `GET /ws` and `/socket.io/`. Call once; the Socket.IO
-    /// engine it builds is the one [`Hub::shutdown`] closes. The guard
-    /// reads the client's address from axum's `ConnectInfo<SocketAddr>`:
-    /// serve with `into_make_service_with_connect_info`.
+    /// Origin check: `GET /ws` and `/socket.io/`. Call once: it starts the
+    /// sweeper that frees abandoned long-polling sessions. The guard reads
+    /// the client's address from axum's `ConnectInfo<SocketAddr>`: serve
+    /// with `into_make_service_with_connect_info`.
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
-        let (socketio, io) = socketio::router(self);
-        if self.inner.io.set(io).is_err() {
-            tracing::warn!(
-                "Hub::router called twice; shutdown closes the first Socket.IO engine only"
-            );
-        }
+        tokio::spawn(engineio::sweep(self.clone()));
         Router::new()
             .route("/ws", get(ws::upgrade))
-            .merge(socketio)
+            .route(
+                "/socket.io/",
+                axum::routing::any(engineio::serve).layer(cors(self)),
+            )
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 origin::check,
             ))
-            .layer(axum::middleware::from_fn(own_request_bytes))
             .layer(axum::middleware::from_fn_with_state(
                 std::sync::Arc::new(guard::Guard::new(self)),
                 guard::check,
@@ -90,39 +89,24 @@ impl Hub {
     }
 }
 
-/// Copies the handshake request's headers and URIs out of the connection's
-/// read buffer. hyper parses a request head into views of that buffer (8 to
-/// 16 KiB), and Socket.IO keeps the request head for the socket's whole
-/// life: without the copy every idle socket would pin a whole buffer for a
-/// few hundred bytes of headers.
-async fn own_request_bytes(
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::extract::OriginalUri;
-    use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
-    let shared = std::mem::take(request.headers_mut());
-    let mut owned = HeaderMap::with_capacity(shared.len());
-    for (name, value) in &shared {
-        let (Ok(name), Ok(mut copy)) = (
-            HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) else {
-            continue;
-        };
-        copy.set_sensitive(value.is_sensitive());
-        owned.append(name, copy);
-    }
-    *request.headers_mut() = owned;
-    drop(shared);
-    if let Ok(uri) = request.uri().to_string().parse::<Uri>() {
-        *request.uri_mut() = uri;
-    }
-    // axum keeps the URI as received in an extension too.
-    if let Some(original) = request.extensions_mut().remove::<OriginalUri>()
-        && let Ok(uri) = original.0.to_string().parse::<Uri>()
-    {
-        request.extensions_mut().insert(OriginalUri(uri));
-    }
-    next.run(request).await
+/// Long-polling from a browser page is a cross-origin XHR when the page is
+/// served elsewhere: CORS answers for the origins the allowlist admits (the
+/// Origin check in front has refused the others already).
+fn cors(hub: &Hub) -> tower_http::cors::CorsLayer {
+    use axum::http::{Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins = hub.config().allowed_origins.clone();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, parts| {
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok());
+            origin
+                .to_str()
+                .is_ok_and(|o| crate::origin::allowed(o, host, &origins))
+        }))
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
 }

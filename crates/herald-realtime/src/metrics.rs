@@ -40,6 +40,9 @@ pub struct Metrics {
     pub handshakes_refused: IntCounterVec,
     /// Socket.IO sessions holding memory that have not authenticated yet.
     pub pending_handshakes: IntGauge,
+    /// Engine.IO sessions open on this node, authenticated or not, on
+    /// either transport.
+    pub engine_sessions: IntGauge,
 }
 
 impl Metrics {
@@ -97,6 +100,14 @@ impl Metrics {
         registry
             .register(Box::new(pending_handshakes.clone()))
             .expect("unique metric");
+        let engine_sessions = IntGauge::with_opts(opts(
+            "engine_sessions",
+            "Engine.IO sessions open, authenticated or not",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(engine_sessions.clone()))
+            .expect("unique metric");
         let rooms = IntGauge::with_opts(opts("rooms", "Rooms with sockets on this node"))
             .expect("valid metric");
         registry
@@ -146,6 +157,7 @@ impl Metrics {
             relays,
             handshakes_refused,
             pending_handshakes,
+            engine_sessions,
         }
     }
 }

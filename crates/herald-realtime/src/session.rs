@@ -1,27 +1,33 @@
 //! One connection's life, the same for both transports: `connected`, the
-//! optional handshake resume, then a loop that writes queued events and
-//! answers client messages in the order they arrived, until the client
-//! leaves or the hub closes it.
+//! optional handshake resume, then client messages answered in the order
+//! they arrived and events delivered, until the client leaves or the hub
+//! closes it.
 //!
-//! A session is the only writer to its socket. It drains the connection's
-//! bounded queue (filled by the hub) and its inbound queue (filled by the
-//! transport's reader, which also enforces the rate limit); the kill
+//! [`Session`] is the transport-independent part: rooms, subscriptions,
+//! resume, `action_confirm`, and what to tell the client when it closes.
+//! It does no I/O of its own: everything it has to say is encoded for the
+//! connection's [`Wire`] into its outbox, which the transport writes. So
+//! one piece of code serves a `/ws` socket, a Socket.IO WebSocket and a
+//! Socket.IO long-polling session alike, and the transport decides how and
+//! when bytes move: [`WsSession`] here for `/ws`, [`crate::engineio`] for
+//! Socket.IO.
+//!
+//! A `/ws` connection is one task, [`WsSession`]: it owns the socket, reads
+//! client messages (rate-limited) and answers them in order, drains the
+//! connection's bounded queue (filled by the hub), and pings; the kill
 //! signal (slow consumer, rate limit, shutdown) and the token's expiry are
-//! checked first on every turn. Every way out ends in [`Session::finish`],
-//! which tells the client why (contract §3) and closes the transport.
+//! checked first on every turn. Every way out ends in
+//! [`WsSession::finish`], which tells the client why (contract §3) and
+//! closes the socket.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures::SinkExt;
-use futures::stream::SplitSink;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
-use socketioxide::extract::{AckSender, SocketRef};
-use socketioxide::{SendError, SocketError};
 use tokio::sync::{mpsc, watch};
 
 use crate::history::Delivery;
@@ -30,17 +36,24 @@ use crate::protocol::{
     ActionConfirm, CloseReason, ErrorCode, Refusal, ResumeOutcome, ResumeRequest, may_join,
     subscription_room,
 };
+use crate::socketio;
 
-/// Where a session writes.
-pub(crate) enum Link {
-    SocketIo(SocketRef),
-    Ws(SplitSink<WebSocket, Message>),
+/// How a connection's frames are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// `/ws`: `{"event", "data"}` text frames.
+    Json,
+    /// Socket.IO packets in Engine.IO message packets (`42[…]`, `43n[…]`).
+    SocketIo,
 }
 
 /// How to answer one client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reply {
     None,
-    SocketIo(AckSender),
+    /// A Socket.IO ack id.
+    SocketIo(u64),
+    /// A `/ws` frame's `ack`.
     Ws(u64),
 }
 
@@ -50,9 +63,8 @@ impl Reply {
     }
 }
 
-/// A client message, parsed as far as the transport can. Queued boxed:
-/// a queue allocates its first block of slots when the socket connects, so
-/// small slots keep an idle connection small.
+/// A client message, parsed as far as the transport can.
+#[derive(Debug)]
 pub(crate) struct Inbound {
     pub event: String,
     pub data: Result<Value, Refusal>,
@@ -62,26 +74,26 @@ pub(crate) struct Inbound {
 /// A token bucket: `rate` per second, bursts of `burst`.
 #[derive(Debug)]
 pub(crate) struct Bucket {
-    tokens: f64,
+    tokens: f32,
     last: Instant,
-    rate: f64,
-    burst: f64,
+    rate: f32,
+    burst: f32,
 }
 
 impl Bucket {
     pub fn new(rate: u32, burst: u32) -> Bucket {
         Bucket {
-            tokens: f64::from(burst),
+            tokens: burst as f32,
             last: Instant::now(),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
+            rate: rate as f32,
+            burst: burst as f32,
         }
     }
 
     /// Takes a token; false when the connection is over its rate.
     pub fn take(&mut self) -> bool {
         let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        let refill = now.duration_since(self.last).as_secs_f32() * self.rate;
         self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
@@ -127,32 +139,43 @@ impl Seen {
     }
 }
 
-/// How long a Socket.IO notice gets to be written before its socket closes.
-const SOCKETIO_FLUSH: Duration = Duration::from_millis(200);
-
-/// The second argument of every Socket.IO event: where it sits in the stream.
-#[derive(Serialize)]
-struct Meta {
-    offset: u64,
+/// What reaches a connection from the hub: its event queue and the kill
+/// signal. The transport waits on both; [`Session`] does not hold them, so
+/// a long-polling session can wait for events in one request while another
+/// request hands the session a message.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    pub outbound: mpsc::Receiver<Arc<Delivery>>,
+    pub kill: watch::Receiver<Option<CloseReason>>,
 }
 
+/// One connection's state on either transport; see the module docs.
+#[derive(Debug)]
 pub(crate) struct Session {
     hub: Hub,
-    conn: Arc<Conn>,
-    link: Link,
-    outbound: mpsc::Receiver<Arc<Delivery>>,
-    inbound: mpsc::Receiver<Box<Inbound>>,
-    kill: watch::Receiver<Option<CloseReason>>,
+    pub conn: Arc<Conn>,
+    wire: Wire,
     rooms: HashSet<String>,
     auto: usize,
     seen: Seen,
     /// Per room, the offset a resume started from: the client had
     /// everything up to it, so a late live copy is not sent again.
     floors: HashMap<String, u64>,
-    expires: tokio::time::Instant,
-    /// `/ws` only: when the client last sent anything (ms).
-    last_heard: Option<Arc<AtomicI64>>,
+    /// When the token expires.
+    pub expires: tokio::time::Instant,
     watermark: u64,
+    /// Frames to write, in order, encoded for the wire.
+    pub out: Vec<Utf8Bytes>,
+    /// Taken out of the hub already.
+    closed: bool,
+}
+
+/// A session dropped without [`Session::close`] — its request was cancelled
+/// mid-way, say — still leaves the hub.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close(CloseReason::TransportError);
+    }
 }
 
 /// The time a connection authenticated with `exp` (Unix seconds) must close.
@@ -165,14 +188,8 @@ fn expiry(exp: u64) -> tokio::time::Instant {
 }
 
 impl Session {
-    pub fn new(
-        hub: Hub,
-        registered: Registered,
-        link: Link,
-        inbound: mpsc::Receiver<Box<Inbound>>,
-        exp: u64,
-        last_heard: Option<Arc<AtomicI64>>,
-    ) -> Session {
+    /// A registered connection's session, and what the hub sends it.
+    pub fn new(hub: Hub, registered: Registered, exp: u64, wire: Wire) -> (Session, Feed) {
         let Registered {
             conn,
             outbound,
@@ -180,36 +197,37 @@ impl Session {
             rooms,
         } = registered;
         let cap = hub.config().history_max_events + hub.config().outbound_queue + 64;
-        Session {
+        let feed = Feed {
+            outbound,
             kill: conn.kill_signal(),
+        };
+        let session = Session {
             auto: rooms.len(),
             rooms: rooms.into_iter().collect(),
             hub,
             conn,
-            link,
-            outbound,
-            inbound,
+            wire,
             seen: Seen::new(cap),
             floors: HashMap::new(),
             expires: expiry(exp),
-            last_heard,
             watermark,
+            out: Vec::new(),
+            closed: false,
+        };
+        (session, feed)
+    }
+
+    /// Why the connection must close now, if it must: the hub's kill
+    /// signal, or the token's expiry.
+    pub fn due(&self) -> Option<CloseReason> {
+        if let Some(reason) = self.conn.killed() {
+            return Some(reason);
         }
+        (tokio::time::Instant::now() >= self.expires).then_some(CloseReason::TokenExpired)
     }
 
-    /// Runs the connection to its end and unregisters it; returns why it ended.
-    pub async fn run(mut self, resume: Option<Value>) -> CloseReason {
-        let reason = self.serve(resume).await;
-        self.finish(reason).await;
-        self.hub.unregister(&self.conn, reason);
-        reason
-    }
-
-    fn killed(&self) -> Option<CloseReason> {
-        *self.kill.borrow()
-    }
-
-    async fn serve(&mut self, resume: Option<Value>) -> CloseReason {
+    /// `connected`, then the handshake resume's replay and `resumed`.
+    pub async fn open(&mut self, resume: Option<Value>) {
         let epoch = match self.hub.position().await {
             Ok((epoch, _)) => Value::String(epoch),
             Err(_) => Value::Null,
@@ -222,63 +240,23 @@ impl Session {
             "offset": self.watermark,
             "epoch": epoch,
         });
-        if let Err(r) = self.emit("connected", &connected).await {
-            return r;
-        }
+        self.emit("connected", &connected);
         if let Some(resume) = resume {
-            let result = match ResumeRequest::parse(&resume) {
-                Ok(request) => self.resume(request).await,
-                Err(refusal) => self.refuse(Reply::None, refusal).await.map(|()| None),
-            };
-            match result {
-                Ok(Some(outcome)) => {
-                    if let Err(r) = self.emit("resumed", &outcome).await {
-                        return r;
-                    }
+            match ResumeRequest::parse(&resume) {
+                Ok(request) => {
+                    let outcome = self.resume(request).await;
+                    self.emit("resumed", &outcome);
                 }
-                Ok(None) => {}
-                Err(r) => return r,
-            }
-        }
-        let ping_every = self.hub.config().ping_interval();
-        let silence = ping_every + self.hub.config().ping_timeout();
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-        loop {
-            if let Some(reason) = self.killed() {
-                return reason;
-            }
-            let step = tokio::select! {
-                biased;
-                _ = self.kill.changed() => continue,
-                () = tokio::time::sleep_until(self.expires) => Err(CloseReason::TokenExpired),
-                _ = ping.tick(), if self.last_heard.is_some() => {
-                    let heard = self.last_heard.as_ref().map_or(0, |h| h.load(Ordering::Relaxed));
-                    if now_ms() - heard > silence.as_millis() as i64 {
-                        Err(CloseReason::Timeout)
-                    } else {
-                        self.write_ws(Message::Ping(Default::default())).await
-                    }
-                }
-                message = self.inbound.recv() => match message {
-                    Some(message) => self.handle(message).await,
-                    None => Err(CloseReason::ClientDisconnect),
-                },
-                delivery = self.outbound.recv() => match delivery {
-                    Some(delivery) => self.deliver(&delivery).await,
-                    None => Err(CloseReason::ClientDisconnect),
-                },
-            };
-            if let Err(reason) = step {
-                return reason;
+                Err(refusal) => self.refuse(Reply::None, &refusal),
             }
         }
     }
 
-    /// Tells the client why it is being closed, then closes the transport.
-    async fn finish(&mut self, reason: CloseReason) {
-        let hub = self.hub.clone();
-        let notice = match reason {
+    /// What the client is told as it is closed for `reason`, if anything:
+    /// `(event, data)`.
+    pub fn notice(&self, reason: CloseReason) -> Option<(&'static str, Value)> {
+        let hub = &self.hub;
+        match reason {
             CloseReason::ServerRestart | CloseReason::Timeout => Some((
                 "disconnected",
                 json!({ "reason": reason.as_str(), "reconnectDelay": hub.reconnect_delay() }),
@@ -309,63 +287,21 @@ impl Session {
             CloseReason::SlowConsumer
             | CloseReason::ClientDisconnect
             | CloseReason::TransportError => None,
-        };
-        // A slow consumer cannot take more; anything else gets a bounded
-        // attempt at the notice and a close frame.
-        let grace = self.hub.config().ping_timeout();
-        match &mut self.link {
-            Link::SocketIo(socket) => {
-                if let Some((event, data)) = &notice
-                    && socket.emit(*event, data).is_ok()
-                {
-                    // socketioxide closes the engine (dropping what is
-                    // still queued) as soon as a closed socket receives
-                    // another packet, and it offers no flush: give the
-                    // notice a moment to be written first. The inlet
-                    // ignores the client meanwhile.
-                    tokio::time::sleep(SOCKETIO_FLUSH.min(grace)).await;
-                }
-                // On restart the engine is closed as a whole afterwards, so
-                // clients see a transport close and reconnect by themselves.
-                if !matches!(
-                    reason,
-                    CloseReason::ServerRestart | CloseReason::ClientDisconnect
-                ) {
-                    let _ = socket.clone().disconnect();
-                }
-            }
-            Link::Ws(sink) => {
-                // Nothing more can be written to a client that left, or
-                // that stopped reading.
-                if matches!(
-                    reason,
-                    CloseReason::ClientDisconnect
-                        | CloseReason::TransportError
-                        | CloseReason::SlowConsumer
-                ) {
-                    return;
-                }
-                let code: u16 = match reason {
-                    CloseReason::ServerRestart => 1012,
-                    CloseReason::MessageTooLarge => 1009,
-                    CloseReason::Timeout => 1001,
-                    CloseReason::SlowConsumer => 1013,
-                    _ => 1008,
-                };
-                let close = async {
-                    if let Some((event, data)) = &notice {
-                        let frame = json!({ "event": event, "data": data }).to_string();
-                        sink.send(Message::Text(frame.into())).await?;
-                    }
-                    sink.send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.as_str().into(),
-                    })))
-                    .await?;
-                    sink.close().await
-                };
-                let _ = tokio::time::timeout(grace, close).await;
-            }
+        }
+    }
+
+    /// Queues the closing notice for `reason`, when the client can still
+    /// take one.
+    pub fn say_goodbye(&mut self, reason: CloseReason) {
+        if let Some((event, data)) = self.notice(reason) {
+            self.emit(event, &data);
+        }
+    }
+
+    /// Takes the connection out of the hub.
+    pub fn close(&mut self, reason: CloseReason) {
+        if !std::mem::replace(&mut self.closed, true) {
+            self.hub.unregister(&self.conn, reason);
         }
     }
 
@@ -376,29 +312,24 @@ impl Session {
                 .any(|r| self.floors.get(r).is_some_and(|f| d.offset <= *f))
     }
 
-    async fn deliver(&mut self, d: &Delivery) -> Result<(), CloseReason> {
-        if self.skip(d) {
-            return Ok(());
+    /// Queues a live event, unless the client has it already.
+    pub fn deliver(&mut self, d: &Delivery) {
+        if !self.skip(d) {
+            self.send_delivery(d);
         }
-        self.send_delivery(d).await
     }
 
-    async fn send_delivery(&mut self, d: &Delivery) -> Result<(), CloseReason> {
+    fn send_delivery(&mut self, d: &Delivery) {
         self.seen.insert(d.offset);
-        match &mut self.link {
-            Link::SocketIo(socket) => {
-                let sent = socket.emit(&d.event, &(&*d.data, Meta { offset: d.offset }));
-                sio_result(sent)?;
-            }
-            Link::Ws(_) => {
-                self.write_ws(Message::Text(d.ws_text.clone())).await?;
-            }
-        }
-        self.count_sent();
-        Ok(())
+        let frame = match self.wire {
+            Wire::Json => d.ws_text.clone(),
+            Wire::SocketIo => d.socketio_text(),
+        };
+        self.push(frame);
     }
 
-    fn count_sent(&self) {
+    fn push(&mut self, frame: Utf8Bytes) {
+        self.out.push(frame);
         self.hub
             .metrics()
             .messages_sent
@@ -406,82 +337,51 @@ impl Session {
             .inc();
     }
 
-    /// Writes one `/ws` frame, giving up if the hub closes the connection
-    /// meanwhile or the client does not take it within the ping timeout.
-    async fn write_ws(&mut self, message: Message) -> Result<(), CloseReason> {
-        let Link::Ws(sink) = &mut self.link else {
-            return Ok(());
+    /// Queues a server event (`connected`, `error`, `resumed`, …).
+    pub fn emit<T: Serialize>(&mut self, event: &str, data: &T) {
+        let frame = match self.wire {
+            Wire::Json => json!({ "event": event, "data": data }).to_string(),
+            Wire::SocketIo => socketio::event_text(event, data),
         };
-        let timeout = self.hub.config().ping_timeout();
-        tokio::select! {
-            biased;
-            _ = self.kill.changed() => Err(self.kill.borrow().unwrap_or(CloseReason::ClientDisconnect)),
-            sent = tokio::time::timeout(timeout, sink.send(message)) => match sent {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(CloseReason::TransportError),
-                Err(_) => Err(CloseReason::SlowConsumer),
-            },
-        }
+        self.push(frame.into());
     }
 
-    /// Sends a server event (`connected`, `error`, `resumed`, …).
-    async fn emit<T: Serialize>(&mut self, event: &str, data: &T) -> Result<(), CloseReason> {
-        match &mut self.link {
-            Link::SocketIo(socket) => sio_result(socket.emit(event, data))?,
-            Link::Ws(_) => {
-                let frame = json!({ "event": event, "data": data }).to_string();
-                self.write_ws(Message::Text(frame.into())).await?;
-            }
-        }
-        self.count_sent();
-        Ok(())
-    }
-
-    async fn reply<T: Serialize>(&mut self, reply: Reply, data: &T) -> Result<(), CloseReason> {
-        match reply {
-            Reply::None => return Ok(()),
-            Reply::SocketIo(ack) => sio_result(ack.send(data))?,
-            Reply::Ws(ack) => {
-                let frame = json!({ "event": "ack", "ack": ack, "data": data }).to_string();
-                self.write_ws(Message::Text(frame.into())).await?;
-            }
-        }
-        self.count_sent();
-        Ok(())
+    fn reply<T: Serialize>(&mut self, reply: Reply, data: &T) {
+        let frame = match reply {
+            Reply::None => return,
+            Reply::SocketIo(id) => socketio::ack_text(id, data),
+            Reply::Ws(ack) => json!({ "event": "ack", "ack": ack, "data": data }).to_string(),
+        };
+        self.push(frame.into());
     }
 
     /// `error {code, message, timestamp}`, and the ack when one was asked for.
-    async fn refuse(&mut self, reply: Reply, refusal: Refusal) -> Result<(), CloseReason> {
+    pub fn refuse(&mut self, reply: Reply, refusal: &Refusal) {
         tracing::debug!(conn = self.conn.id, code = refusal.code.as_str(), message = %refusal.message, "client message refused");
-        self.emit("error", &refusal.to_error()).await?;
-        self.reply(reply, &refusal.to_ack()).await
+        self.emit("error", &refusal.to_error());
+        self.reply(reply, &refusal.to_ack());
     }
 
-    async fn handle(&mut self, message: Box<Inbound>) -> Result<(), CloseReason> {
-        let Inbound { event, data, reply } = *message;
+    /// Answers one client message.
+    pub async fn handle(&mut self, message: Inbound) {
+        let Inbound { event, data, reply } = message;
         let data = match data {
             Ok(data) => data,
-            Err(refusal) => return self.refuse(reply, refusal).await,
+            Err(refusal) => return self.refuse(reply, &refusal),
         };
         match event.as_str() {
             "subscribe" => match self.subscribe(&data) {
-                Ok(room) => {
-                    self.reply(reply, &json!({ "ok": true, "room": room }))
-                        .await
-                }
-                Err(refusal) => self.refuse(reply, refusal).await,
+                Ok(room) => self.reply(reply, &json!({ "ok": true, "room": room })),
+                Err(refusal) => self.refuse(reply, &refusal),
             },
             "unsubscribe" => match self.unsubscribe(&data) {
-                Ok(room) => {
-                    self.reply(reply, &json!({ "ok": true, "room": room }))
-                        .await
-                }
-                Err(refusal) => self.refuse(reply, refusal).await,
+                Ok(room) => self.reply(reply, &json!({ "ok": true, "room": room })),
+                Err(refusal) => self.refuse(reply, &refusal),
             },
             "action_confirm" => {
                 let action = match ActionConfirm::parse(&data) {
                     Ok(action) => action,
-                    Err(refusal) => return self.refuse(reply, refusal).await,
+                    Err(refusal) => return self.refuse(reply, &refusal),
                 };
                 match self
                     .hub
@@ -490,33 +390,30 @@ impl Session {
                     .record(&self.conn.principal, &action)
                     .await
                 {
-                    Ok(ack) => self.reply(reply, &ack).await,
-                    Err(refusal) => self.refuse(reply, refusal).await,
+                    Ok(ack) => self.reply(reply, &ack),
+                    Err(refusal) => self.refuse(reply, &refusal),
                 }
             }
             "resume" => {
                 let request = match ResumeRequest::parse(&data) {
                     Ok(request) => request,
-                    Err(refusal) => return self.refuse(reply, refusal).await,
+                    Err(refusal) => return self.refuse(reply, &refusal),
                 };
-                let Some(outcome) = self.resume(request).await? else {
-                    return Ok(());
-                };
+                let outcome = self.resume(request).await;
                 if reply.wanted() {
-                    self.reply(reply, &outcome).await
+                    self.reply(reply, &outcome)
                 } else {
-                    self.emit("resumed", &outcome).await
+                    self.emit("resumed", &outcome)
                 }
             }
             other => {
                 let name: String = other.chars().take(64).collect();
                 self.refuse(
                     reply,
-                    Refusal::bad_request(format!(
+                    &Refusal::bad_request(format!(
                         "unknown event `{name}`; send subscribe, unsubscribe, action_confirm or resume"
                     )),
                 )
-                .await
             }
         }
     }
@@ -587,14 +484,11 @@ impl Session {
 
     /// Restores subscriptions, then replays what the client missed in
     /// every room it is in — all of it, in offset order, nothing it was
-    /// already sent — or says why not. `None` when the connection closed.
-    async fn resume(
-        &mut self,
-        request: ResumeRequest,
-    ) -> Result<Option<ResumeOutcome>, CloseReason> {
+    /// already sent — or says why not.
+    async fn resume(&mut self, request: ResumeRequest) -> ResumeOutcome {
         for subscription in &request.subscriptions {
             if let Err(refusal) = self.subscribe(subscription) {
-                self.refuse(Reply::None, refusal).await?;
+                self.refuse(Reply::None, &refusal);
             }
         }
         let mut refused = Vec::new();
@@ -607,36 +501,18 @@ impl Session {
         }
         let (epoch, head) = match self.hub.position().await {
             Ok(position) => position,
-            Err(e) => {
-                return Ok(Some(self.history_unavailable(
-                    &e,
-                    String::new(),
-                    self.watermark,
-                )));
-            }
+            Err(e) => return self.history_unavailable(&e, String::new(), self.watermark),
         };
         if !refused.is_empty() {
-            return Ok(Some(self.not_recovered(
-                "unauthorized",
-                epoch,
-                head,
-                refused,
-            )));
+            return self.not_recovered("unauthorized", epoch, head, refused);
         }
         let base = match &request.last_event_id {
             Some(id) => match self.hub.offset_of(id).await {
                 Ok(Some(offset)) => Some(offset),
                 Ok(None) => {
-                    return Ok(Some(self.not_recovered(
-                        "unknown_event",
-                        epoch,
-                        head,
-                        Vec::new(),
-                    )));
+                    return self.not_recovered("unknown_event", epoch, head, Vec::new());
                 }
-                Err(e) => {
-                    return Ok(Some(self.history_unavailable(&e, epoch, head)));
-                }
+                Err(e) => return self.history_unavailable(&e, epoch, head),
             },
             None => request.offset,
         };
@@ -661,20 +537,13 @@ impl Session {
                 Ok(None) => {
                     // Every room the client is in may miss something.
                     let rooms = from.iter().map(|(room, _)| room.clone()).collect();
-                    return Ok(Some(self.not_recovered(
-                        "epoch_changed",
-                        epoch,
-                        head,
-                        rooms,
-                    )));
+                    return self.not_recovered("epoch_changed", epoch, head, rooms);
                 }
-                Err(e) => {
-                    return Ok(Some(self.history_unavailable(&e, epoch, head)));
-                }
+                Err(e) => return self.history_unavailable(&e, epoch, head),
             },
             None => match self.snapshot(&from, epoch, head).await {
                 Ok(found) => found,
-                Err(outcome) => return Ok(Some(outcome)),
+                Err(outcome) => return outcome,
             },
         };
         let mut replayed = 0;
@@ -682,7 +551,7 @@ impl Session {
             if self.seen.contains(d.offset) {
                 continue;
             }
-            self.send_delivery(d).await?;
+            self.send_delivery(d);
             replayed += 1;
         }
         for (room, offset) in from {
@@ -695,14 +564,14 @@ impl Session {
             .with_label_values(&["recovered"])
             .inc();
         tracing::info!(conn = self.conn.id, replayed, "resume: recovered");
-        Ok(Some(ResumeOutcome {
+        ResumeOutcome {
             recovered: true,
             replayed,
             reason: None,
             offset: head.max(self.watermark),
             epoch,
             rooms: Vec::new(),
-        }))
+        }
     }
 
     /// The events after `from` in the current epoch's history, or the
@@ -743,14 +612,182 @@ impl Session {
     }
 }
 
-fn sio_result(sent: Result<(), SendError>) -> Result<(), CloseReason> {
-    match sent {
-        Ok(()) => Ok(()),
-        Err(SendError::Socket(SocketError::InternalChannelFull)) => Err(CloseReason::SlowConsumer),
-        Err(SendError::Socket(SocketError::Closed)) => Err(CloseReason::ClientDisconnect),
-        Err(e) => {
-            tracing::error!(error = %e, "socket.io message did not serialise");
-            Ok(())
+/// A `/ws` connection: the session and its socket, in one task.
+pub(crate) struct WsSession {
+    session: Session,
+    feed: Feed,
+    socket: WebSocket,
+    bucket: Bucket,
+    /// When the client last sent anything (ms).
+    heard: i64,
+    /// The last read failed on the hard cap: the socket lingers unread
+    /// after the close frame (see [`crate::ws`]).
+    linger: bool,
+}
+
+impl WsSession {
+    pub fn new(hub: Hub, registered: Registered, socket: WebSocket, exp: u64) -> WsSession {
+        let config = hub.config();
+        let bucket = Bucket::new(config.rate_limit_per_second, config.rate_limit_burst);
+        let (session, feed) = Session::new(hub, registered, exp, Wire::Json);
+        WsSession {
+            session,
+            feed,
+            socket,
+            bucket,
+            heard: now_ms(),
+            linger: false,
         }
+    }
+
+    /// Runs the connection to its end and unregisters it; returns why it ended.
+    pub async fn run(mut self, resume: Option<Value>) -> CloseReason {
+        let reason = self.serve(resume).await;
+        self.session.close(reason);
+        self.finish(reason).await;
+        reason
+    }
+
+    async fn serve(&mut self, resume: Option<Value>) -> CloseReason {
+        // Boxed, like a message's handling: the task need not keep room for
+        // a resume's futures for the connection's whole life.
+        Box::pin(self.session.open(resume)).await;
+        if let Err(reason) = self.flush().await {
+            return reason;
+        }
+        let config = self.session.hub.config();
+        let ping_every = config.ping_interval();
+        let silence = (ping_every + config.ping_timeout()).as_millis() as i64;
+        let max = config.max_message_bytes;
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        loop {
+            if let Some(reason) = *self.feed.kill.borrow_and_update() {
+                return reason;
+            }
+            let step = tokio::select! {
+                biased;
+                _ = self.feed.kill.changed() => continue,
+                () = tokio::time::sleep_until(self.session.expires) => Err(CloseReason::TokenExpired),
+                _ = ping.tick() => {
+                    if now_ms() - self.heard > silence {
+                        Err(CloseReason::Timeout)
+                    } else {
+                        self.write(Message::Ping(Default::default())).await
+                    }
+                }
+                frame = self.socket.next() => {
+                    self.heard = now_ms();
+                    match crate::ws::interpret(frame, max) {
+                        crate::ws::Read::Message(message) => {
+                            if self.bucket.take() {
+                                // Boxed: handling needs a much larger future
+                                // than the idle loop (see engineio's `run`).
+                                Box::pin(self.session.handle(message)).await;
+                                Ok(())
+                            } else {
+                                Err(CloseReason::RateLimited)
+                            }
+                        }
+                        crate::ws::Read::Nothing => Ok(()),
+                        crate::ws::Read::End { reason, linger } => {
+                            self.linger = linger;
+                            Err(reason)
+                        }
+                    }
+                }
+                delivery = self.feed.outbound.recv() => match delivery {
+                    Some(delivery) => {
+                        self.session.deliver(&delivery);
+                        Ok(())
+                    }
+                    None => Err(CloseReason::ClientDisconnect),
+                },
+            };
+            if let Err(reason) = step {
+                return reason;
+            }
+            if let Err(reason) = self.flush().await {
+                return reason;
+            }
+        }
+    }
+
+    /// Writes what the session queued.
+    async fn flush(&mut self) -> Result<(), CloseReason> {
+        for frame in std::mem::take(&mut self.session.out) {
+            self.write(Message::Text(frame)).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one frame, giving up if the hub closes the connection
+    /// meanwhile or the client does not take it within the ping timeout.
+    async fn write(&mut self, message: Message) -> Result<(), CloseReason> {
+        let timeout = self.session.hub.config().ping_timeout();
+        tokio::select! {
+            biased;
+            _ = self.feed.kill.changed() => Err(self.feed.kill.borrow().unwrap_or(CloseReason::ClientDisconnect)),
+            sent = tokio::time::timeout(timeout, self.socket.send(message)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(CloseReason::TransportError),
+                Err(_) => Err(CloseReason::SlowConsumer),
+            },
+        }
+    }
+
+    /// Tells the client why it is being closed, closes the socket and
+    /// finishes the closing handshake: dropping a socket with unread input
+    /// would reset the connection and could lose the close frame on the
+    /// client's side. A client that left or stopped reading gets no wait.
+    async fn finish(&mut self, reason: CloseReason) {
+        if matches!(
+            reason,
+            CloseReason::ClientDisconnect | CloseReason::TransportError | CloseReason::SlowConsumer
+        ) {
+            return;
+        }
+        self.session.out.clear();
+        self.session.say_goodbye(reason);
+        let close = Message::Close(Some(CloseFrame {
+            code: close_code(reason),
+            reason: reason.as_str().into(),
+        }));
+        let grace = self.session.hub.config().ping_timeout();
+        let frames = std::mem::take(&mut self.session.out);
+        let linger = self.linger;
+        let socket = &mut self.socket;
+        let goodbye = async {
+            for frame in frames {
+                socket.send(Message::Text(frame)).await?;
+            }
+            socket.send(close).await?;
+            if linger {
+                // The read failed: the socket stays open, unread, long
+                // enough for the close frame to arrive before the reset.
+                tokio::time::sleep(crate::ws::LINGER).await;
+                return Ok(());
+            }
+            // Input is read only to reach the client's close frame.
+            while let Some(Ok(frame)) = socket.next().await {
+                if matches!(frame, Message::Close(_)) {
+                    break;
+                }
+            }
+            Ok::<(), axum::Error>(())
+        };
+        let _ = tokio::time::timeout(grace, goodbye).await;
+    }
+}
+
+/// The WebSocket close code for a connection closed for `reason`.
+pub(crate) fn close_code(reason: CloseReason) -> u16 {
+    match reason {
+        CloseReason::ServerRestart => 1012,
+        CloseReason::MessageTooLarge => 1009,
+        CloseReason::Timeout => 1001,
+        CloseReason::SlowConsumer => 1013,
+        CloseReason::ClientDisconnect => 1000,
+        _ => 1008,
     }
 }

@@ -1,235 +1,550 @@
-//! Socket.IO v4 at `/socket.io/` (socketioxide), WebSocket and
-//! long-polling, so the platform's `socket.io-client` connects unchanged.
+//! Socket.IO v4 (protocol 5) at `/socket.io/`, on Herald's own Engine.IO
+//! layer ([`crate::engineio`]), so the platform's `socket.io-client`
+//! connects unchanged over WebSocket and long-polling.
 //!
-//! The connect middleware does all the work that can refuse a client —
-//! token (`auth.token`, or a Bearer header on the handshake request),
-//! registration — before socketioxide answers the CONNECT packet, so a bad
-//! token is a `connect_error` whose message starts with `UNAUTHORIZED`.
-//! Client events do not go through socketioxide's per-event handlers
-//! (each would be a spawned task, and messages could overtake each other):
-//! one [`Inlet`] takes every event inline, in arrival order, applies the
-//! rate limit and queues it for the session.
+//! This module is the Socket.IO half: the packet codec (`CONNECT`,
+//! `DISCONNECT`, `EVENT`, `ACK`, `CONNECT_ERROR`; the binary packets are
+//! refused), and a [`Conversation`]: one Engine.IO session's Socket.IO
+//! state, waiting for `CONNECT`, then live with a [`Session`].
+//!
+//! `CONNECT` does all the work that can refuse a client — token
+//! (`auth.token`, or a Bearer header on the Engine.IO handshake request),
+//! registration — before it is answered, so a bad token is a
+//! `connect_error` whose message starts with `UNAUTHORIZED`. Only the main
+//! namespace `/` exists; any other is refused with `Invalid namespace`, as
+//! the reference server does. Client events are rate-limited, then handed
+//! to the session inline, in arrival order.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
 use serde_json::Value;
-use socketioxide::adapter::LocalAdapter;
-use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
-use socketioxide::handler::{ConnectHandler, FromMessageParts, MessageHandler};
-use socketioxide::socket::{DisconnectReason, Socket};
-use socketioxide::{SocketIo, TransportType};
-use tokio::sync::{mpsc, oneshot};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tokio::time::Instant;
 
 use crate::guard::Ticket;
-use crate::hub::{Conn, Hub, Transport};
+use crate::history::Delivery;
+use crate::hub::{Hub, Transport};
 use crate::protocol::{CloseReason, Refusal};
-use crate::session::{Bucket, Inbound, Link, Reply, Session};
+use crate::session::{Bucket, Feed, Inbound, Reply, Session, Wire};
 
-/// The `/socket.io/` route, with the hub's limits, and its engine.
-pub(crate) fn router<S: Clone + Send + Sync + 'static>(hub: &Hub) -> (axum::Router<S>, SocketIo) {
-    let c = hub.config();
-    let (svc, io) = SocketIo::builder()
-        .ping_interval(c.ping_interval())
-        .ping_timeout(c.ping_timeout())
-        .connect_timeout(c.connect_timeout())
-        .max_buffer_size(c.outbound_queue)
-        .max_payload(c.max_message_bytes as u64)
-        .ws_read_buffer_size(c.read_buffer_bytes)
-        .ws_max_message_size(c.max_message_bytes)
-        .ws_max_frame_size(c.max_message_bytes)
-        .transports([TransportType::Polling, TransportType::Websocket])
-        .build_svc();
-    let admit_hub = hub.clone();
-    io.ns(
-        "/",
-        start.with(move |socket: SocketRef, TryData(auth): TryData<Value>| {
-            let hub = admit_hub.clone();
-            async move { admit(hub, socket, auth.ok()).await }
-        }),
-    );
-    // Long-polling from a browser page is a cross-origin XHR when the page
-    // is served elsewhere: answer CORS for the origins the allowlist admits
-    // (the Origin check in front has refused the others already).
-    let origins = c.allowed_origins.clone();
-    let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::predicate(move |origin, parts| {
-            let host = parts
-                .headers
-                .get(axum::http::header::HOST)
-                .and_then(|h| h.to_str().ok());
-            origin
-                .to_str()
-                .is_ok_and(|o| crate::origin::allowed(o, host, &origins))
-        }))
-        .allow_credentials(true)
-        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-        .allow_headers([
-            axum::http::header::AUTHORIZATION,
-            axum::http::header::CONTENT_TYPE,
-        ]);
-    (
-        axum::Router::new()
-            .route_service("/socket.io/", svc)
-            .layer(cors),
-        io,
-    )
+/// A Socket.IO packet from a client (the text after the Engine.IO
+/// message type `4`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Packet<'a> {
+    /// `0[/nsp,][{auth}]`
+    Connect { nsp: &'a str, auth: &'a str },
+    /// `1[/nsp,]`
+    Disconnect { nsp: &'a str },
+    /// `2[/nsp,][id]["event", …]`: `args` is the JSON array.
+    Event {
+        nsp: &'a str,
+        id: Option<u64>,
+        args: &'a str,
+    },
+    /// `3[/nsp,]id[…]`: the answer to an ack the server asked for.
+    Ack { nsp: &'a str, id: u64 },
+    /// `4…`: only servers send it.
+    ConnectError,
+    /// `5…` / `6…`: binary events and acks, which Herald does not take.
+    Binary,
 }
 
-/// Lets the session start once socketioxide has sent the CONNECT answer
-/// (before that, emits are refused).
-#[derive(Clone)]
-struct Starter(Arc<Mutex<Option<oneshot::Sender<()>>>>);
-
-async fn start(socket: SocketRef) {
-    if let Some(Starter(tx)) = socket.extensions.get::<Starter>()
-        && let Some(tx) = tx.lock().expect("starter lock").take()
-    {
-        let _ = tx.send(());
-    }
-}
-
-/// Why a handshake was refused; socketioxide sends it as `connect_error`.
-struct Refused(String);
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .map(|t| t.trim().to_owned())
-}
-
-async fn admit(hub: Hub, socket: SocketRef, auth: Option<Value>) -> Result<(), Refused> {
-    let auth = auth.unwrap_or(Value::Null);
-    let token = match auth.get("token") {
-        Some(Value::String(t)) if !t.is_empty() => t.clone(),
-        _ => bearer(&socket.req_parts().headers)
-            .ok_or_else(|| Refused("UNAUTHORIZED: missing token (send it as auth.token)".into()))?,
+/// Decodes one Socket.IO packet, or says what is wrong with it.
+pub(crate) fn decode(text: &str) -> Result<Packet<'_>, &'static str> {
+    let mut chars = text.char_indices();
+    let kind = match chars.next() {
+        Some((_, c @ '0'..='6')) => c,
+        _ => return Err("unknown packet type"),
     };
-    let (principal, exp) = hub
-        .inner
-        .verifier
-        .verify(&token)
-        .map_err(|e| Refused(format!("UNAUTHORIZED: {e}")))?;
-    let registered = hub
-        .register(principal, Transport::SocketIo)
-        .map_err(|r| Refused(format!("{}: {}", r.code.as_str(), r.message)))?;
-    // Authenticated: the session no longer counts against the pending cap.
-    if let Some(ticket) = socket.req_parts().extensions.get::<Arc<Ticket>>() {
-        ticket.settle();
+    if matches!(kind, '5' | '6') {
+        return Ok(Packet::Binary);
     }
-    let conn = registered.conn.clone();
-    tracing::info!(
-        conn = conn.id,
-        user = %conn.principal.user_id.as_str(),
-        role = conn.principal.role.as_str(),
-        transport = "socketio",
-        "realtime connection opened"
-    );
-    let config = hub.config();
-    let (tx, rx) = mpsc::channel(config.rate_limit_burst as usize * 2 + 8);
-    socket.on_fallback(Inlet {
-        tx,
-        conn: conn.clone(),
-        bucket: Arc::new(Mutex::new(Bucket::new(
-            config.rate_limit_per_second,
-            config.rate_limit_burst,
-        ))),
-    });
-    let on_close = conn.clone();
-    socket.on_disconnect(move |reason: DisconnectReason| async move {
-        on_close.kill(match reason {
-            DisconnectReason::TransportClose | DisconnectReason::ClientNSDisconnect => {
-                CloseReason::ClientDisconnect
+    let mut rest = &text[1..];
+    let mut nsp = "/";
+    if rest.starts_with('/') {
+        match rest.find(',') {
+            Some(i) => {
+                nsp = &rest[..i];
+                rest = &rest[i + 1..];
             }
-            DisconnectReason::HeartbeatTimeout => CloseReason::Timeout,
-            DisconnectReason::ClosingServer => CloseReason::ServerRestart,
-            DisconnectReason::ServerNSDisconnect => CloseReason::ClientDisconnect,
-            _ => CloseReason::TransportError,
-        });
-    });
-    let (started, ready) = oneshot::channel();
-    socket
-        .extensions
-        .insert(Starter(Arc::new(Mutex::new(Some(started)))));
-    let resume = auth.get("resume").filter(|r| !r.is_null()).cloned();
-    let session = Session::new(
-        hub.clone(),
-        registered,
-        Link::SocketIo(socket),
-        rx,
-        exp,
-        None,
-    );
-    let handshake = config.ping_timeout();
-    tokio::spawn(async move {
-        if let Ok(Ok(())) = tokio::time::timeout(handshake, ready).await {
-            session.run(resume).await;
-        } else {
-            // socketioxide could not complete the handshake.
-            hub.unregister(&conn, CloseReason::TransportError);
+            None => {
+                nsp = rest;
+                rest = "";
+            }
         }
-    });
-    Ok(())
+    }
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let id = match digits {
+        0 => None,
+        _ => Some(
+            rest[..digits]
+                .parse::<u64>()
+                .map_err(|_| "ack id too large")?,
+        ),
+    };
+    rest = &rest[digits..];
+    match kind {
+        '0' => Ok(Packet::Connect { nsp, auth: rest }),
+        '1' => Ok(Packet::Disconnect { nsp }),
+        '2' => {
+            if !rest.starts_with('[') {
+                return Err("an event's payload is a JSON array");
+            }
+            Ok(Packet::Event {
+                nsp,
+                id,
+                args: rest,
+            })
+        }
+        '3' => Ok(Packet::Ack {
+            nsp,
+            id: id.ok_or("an ack needs an id")?,
+        }),
+        _ => Ok(Packet::ConnectError),
+    }
 }
 
-/// Takes every client event of one socket, inline and in order.
-#[derive(Clone)]
-struct Inlet {
-    tx: mpsc::Sender<Box<Inbound>>,
-    conn: Arc<Conn>,
-    bucket: Arc<Mutex<Bucket>>,
+/// `42["event",data]`: a server event, in an Engine.IO message packet.
+pub(crate) fn event_text<T: Serialize + ?Sized>(event: &str, data: &T) -> String {
+    let mut text = String::from("42[");
+    push_json(&mut text, event);
+    text.push(',');
+    push_json(&mut text, data);
+    text.push(']');
+    text
 }
 
-/// [`MessageHandler`]'s type parameter for [`Inlet`].
+/// `43id[data]`: the answer to a client's ack request.
+pub(crate) fn ack_text<T: Serialize + ?Sized>(id: u64, data: &T) -> String {
+    let mut text = format!("43{id}[");
+    push_json(&mut text, data);
+    text.push(']');
+    text
+}
+
+/// `42["name",data,{"offset":n}]`: an event from the stream, its payload
+/// spliced in as serialised once.
+pub(crate) fn delivery_text(d: &Delivery) -> String {
+    let mut text = String::with_capacity(d.data.get().len() + d.event.len() + 40);
+    text.push_str("42[");
+    push_json(&mut text, &d.event);
+    text.push(',');
+    text.push_str(d.data.get());
+    text.push_str(",{\"offset\":");
+    text.push_str(&d.offset.to_string());
+    text.push_str("}]");
+    text
+}
+
+/// `40{"sid":…}`: the answer to `CONNECT`.
+fn connect_text(sid: &str) -> String {
+    let mut text = String::from("40{\"sid\":");
+    push_json(&mut text, sid);
+    text.push('}');
+    text
+}
+
+/// `44[/nsp,]{"message":…}`: `CONNECT` refused.
+fn connect_error_text(nsp: &str, message: &str) -> String {
+    let mut text = String::from("44");
+    if nsp != "/" {
+        text.push_str(nsp);
+        text.push(',');
+    }
+    text.push_str("{\"message\":");
+    push_json(&mut text, message);
+    text.push('}');
+    text
+}
+
+/// `41`: the server disconnects the socket (the client does not reconnect
+/// by itself).
+const DISCONNECT: &str = "41";
+
+fn push_json<T: Serialize + ?Sized>(text: &mut String, value: &T) {
+    // Serialising into a String's bytes keeps them UTF-8.
+    let mut bytes = std::mem::take(text).into_bytes();
+    if serde_json::to_writer(&mut bytes, value).is_err() {
+        bytes.extend_from_slice(b"null");
+    }
+    *text = String::from_utf8(bytes).unwrap_or_default();
+}
+
+/// One Engine.IO session's Socket.IO state.
 #[derive(Debug)]
-struct InletMarker;
+pub(crate) struct Conversation {
+    state: State,
+    /// Socket.IO packets to write, in order, each an Engine.IO message.
+    pub out: Vec<Utf8Bytes>,
+}
 
-impl MessageHandler<LocalAdapter, InletMarker> for Inlet {
-    fn call(
-        &self,
-        s: Arc<Socket<LocalAdapter>>,
-        mut v: socketioxide::handler::Value,
-        ack: Option<i64>,
-    ) {
-        // A connection on its way out takes nothing more.
-        if self.conn.is_killed() {
-            return;
-        }
-        if !self.bucket.lock().expect("bucket lock").take() {
-            self.conn.kill(CloseReason::RateLimited);
-            return;
-        }
-        let event = Event::from_message_parts(&s, &mut v, &ack)
-            .map(|e| e.0)
-            .unwrap_or_default();
-        let data = match TryData::<Value>::from_message_parts(&s, &mut v, &ack) {
-            Ok(TryData(Ok(data))) => Ok(data),
-            _ => Err(Refusal::bad_request("the event's data is not JSON")),
-        };
-        let reply = match ack {
-            Some(_) => match AckSender::from_message_parts(&s, &mut v, &ack) {
-                Ok(sender) => Reply::SocketIo(sender),
-                Err(never) => match never {},
+#[derive(Debug)]
+enum State {
+    /// The Engine.IO session is open; no `CONNECT` yet.
+    Waiting {
+        /// A Bearer token from the handshake request, if any.
+        bearer: Option<Box<str>>,
+        /// The session's place among those pending authentication.
+        ticket: Option<Arc<Ticket>>,
+        /// When an unauthenticated session is closed.
+        deadline: Instant,
+    },
+    Live {
+        session: Box<Session>,
+        bucket: Bucket,
+    },
+    Closed,
+}
+
+impl Conversation {
+    pub fn new(hub: &Hub, bearer: Option<String>, ticket: Option<Arc<Ticket>>) -> Conversation {
+        Conversation {
+            state: State::Waiting {
+                bearer: bearer.map(String::into_boxed_str),
+                ticket,
+                deadline: Instant::now() + hub.config().connect_timeout(),
             },
-            None => Reply::None,
-        };
-        if self
-            .tx
-            .try_send(Box::new(Inbound { event, data, reply }))
-            .is_err()
-        {
-            self.conn.kill(CloseReason::RateLimited);
+            out: Vec::new(),
         }
+    }
+
+    /// What stays behind in a long-polling session's slot once the
+    /// conversation moved to a WebSocket.
+    pub fn moved() -> Conversation {
+        Conversation {
+            state: State::Closed,
+            out: Vec::new(),
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, State::Live { .. })
+    }
+
+    /// When something is due without any input: the connect timeout, or
+    /// the token's expiry.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Waiting { deadline, .. } => Some(*deadline),
+            State::Live { session, .. } => Some(session.expires),
+            State::Closed => None,
+        }
+    }
+
+    /// Why the conversation must end now, if it must: the connect timeout,
+    /// the hub's kill signal, the token's expiry.
+    pub fn due(&self) -> Option<CloseReason> {
+        match &self.state {
+            State::Waiting { deadline, .. } => {
+                (Instant::now() >= *deadline).then_some(CloseReason::Timeout)
+            }
+            State::Live { session, .. } => session.due(),
+            State::Closed => None,
+        }
+    }
+
+    /// Takes one Socket.IO packet. `Ok(Some(feed))` when the connection
+    /// just authenticated: the transport waits on the feed from now on.
+    pub async fn receive(&mut self, hub: &Hub, text: &str) -> Result<Option<Feed>, CloseReason> {
+        let packet = match decode(text) {
+            Ok(packet) => packet,
+            Err(why) => {
+                tracing::debug!(why, "socket.io packet refused");
+                return Err(CloseReason::TransportError);
+            }
+        };
+        match (&mut self.state, packet) {
+            (_, Packet::Binary) => {
+                self.emit_refusal(&Refusal::bad_request(
+                    "binary packets are not supported; send JSON",
+                ));
+                Err(CloseReason::TransportError)
+            }
+            (State::Waiting { .. }, Packet::Connect { nsp, auth }) => {
+                if nsp != "/" {
+                    self.push(connect_error_text(nsp, "Invalid namespace"));
+                    return Ok(None);
+                }
+                Ok(self.admit(hub, auth).await)
+            }
+            (State::Live { .. }, Packet::Connect { nsp, .. }) if nsp != "/" => {
+                self.push(connect_error_text(nsp, "Invalid namespace"));
+                Ok(None)
+            }
+            (State::Live { session, bucket }, Packet::Event { nsp: "/", id, args }) => {
+                if !bucket.take() {
+                    return Err(CloseReason::RateLimited);
+                }
+                session.handle(inbound(id, args)).await;
+                self.out.append(&mut session.out);
+                Ok(None)
+            }
+            (State::Live { .. }, Packet::Disconnect { nsp: "/" }) => {
+                Err(CloseReason::ClientDisconnect)
+            }
+            // Another namespace's traffic, a second CONNECT, acks the
+            // server never asked for: nothing to do.
+            (State::Live { .. }, _) => Ok(None),
+            (State::Waiting { .. }, Packet::Disconnect { .. }) => {
+                Err(CloseReason::ClientDisconnect)
+            }
+            (State::Waiting { .. }, _) => Err(CloseReason::TransportError),
+            (State::Closed, _) => Ok(None),
+        }
+    }
+
+    fn push(&mut self, text: String) {
+        self.out.push(text.into());
+    }
+
+    fn emit_refusal(&mut self, refusal: &Refusal) {
+        match &mut self.state {
+            State::Live { session, .. } => {
+                session.refuse(Reply::None, refusal);
+                self.out.append(&mut session.out);
+            }
+            _ => self.push(event_text("error", &refusal.to_error())),
+        }
+    }
+
+    /// `CONNECT`: token, registration, the answer, `connected` and the
+    /// handshake resume. A refusal is a `connect_error`; the session stays
+    /// open until the client tries again or the connect timeout.
+    async fn admit(&mut self, hub: &Hub, auth: &str) -> Option<Feed> {
+        let State::Waiting { bearer, ticket, .. } = &self.state else {
+            return None;
+        };
+        let auth: Value = serde_json::from_str(auth).unwrap_or(Value::Null);
+        let token = match auth.get("token") {
+            Some(Value::String(t)) if !t.is_empty() => Some(t.as_str()),
+            _ => bearer.as_deref(),
+        };
+        let Some(token) = token else {
+            self.push(connect_error_text(
+                "/",
+                "UNAUTHORIZED: missing token (send it as auth.token)",
+            ));
+            return None;
+        };
+        let (principal, exp) = match hub.inner.verifier.verify(token) {
+            Ok(who) => who,
+            Err(e) => {
+                self.push(connect_error_text("/", &format!("UNAUTHORIZED: {e}")));
+                return None;
+            }
+        };
+        let registered = match hub.register(principal, Transport::SocketIo) {
+            Ok(registered) => registered,
+            Err(r) => {
+                let message = format!("{}: {}", r.code.as_str(), r.message);
+                self.push(connect_error_text("/", &message));
+                return None;
+            }
+        };
+        // Authenticated: the session no longer counts against the pending cap.
+        if let Some(ticket) = ticket {
+            ticket.settle();
+        }
+        let conn = &registered.conn;
+        tracing::info!(
+            conn = conn.id,
+            user = %conn.principal.user_id.as_str(),
+            role = conn.principal.role.as_str(),
+            transport = "socketio",
+            "realtime connection opened"
+        );
+        let (mut session, feed) = Session::new(hub.clone(), registered, exp, Wire::SocketIo);
+        self.push(connect_text(&format!("{:032x}", rand::random::<u128>())));
+        let resume = auth.get("resume").filter(|r| !r.is_null()).cloned();
+        session.open(resume).await;
+        self.out.append(&mut session.out);
+        let config = hub.config();
+        self.state = State::Live {
+            session: Box::new(session),
+            bucket: Bucket::new(config.rate_limit_per_second, config.rate_limit_burst),
+        };
+        Some(feed)
+    }
+
+    /// Queues a live event.
+    pub fn deliver(&mut self, d: &Delivery) {
+        if let State::Live { session, .. } = &mut self.state {
+            session.deliver(d);
+            self.out.append(&mut session.out);
+        }
+    }
+
+    /// Ends the conversation: queues what the client is told (when it can
+    /// still be told anything) and takes the connection out of the hub.
+    pub fn finish(&mut self, reason: CloseReason) {
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Live { mut session, .. } => {
+                if !matches!(
+                    reason,
+                    CloseReason::ClientDisconnect | CloseReason::SlowConsumer
+                ) {
+                    session.say_goodbye(reason);
+                    self.out.append(&mut session.out);
+                }
+                // On restart (and when the client left) the transport just
+                // closes, so clients see a transport close and reconnect
+                // by themselves; otherwise the server disconnects the socket.
+                if !matches!(
+                    reason,
+                    CloseReason::ServerRestart | CloseReason::ClientDisconnect
+                ) {
+                    self.push(DISCONNECT.to_owned());
+                }
+                session.close(reason);
+            }
+            // Dropping the ticket takes the session out of the pending count.
+            State::Waiting { .. } | State::Closed => {}
+        }
+    }
+}
+
+/// An `EVENT` packet's array as a client message.
+fn inbound(id: Option<u64>, args: &str) -> Inbound {
+    let reply = id.map_or(Reply::None, Reply::SocketIo);
+    let parsed = serde_json::from_str::<Vec<Value>>(args);
+    let mut args = match parsed {
+        Ok(args) => args.into_iter(),
+        Err(_) => {
+            return Inbound {
+                event: String::new(),
+                data: Err(Refusal::bad_request("the event's data is not JSON")),
+                reply,
+            };
+        }
+    };
+    let Some(Value::String(event)) = args.next() else {
+        return Inbound {
+            event: String::new(),
+            data: Err(Refusal::bad_request(
+                "an event's first argument is its name",
+            )),
+            reply,
+        };
+    };
+    Inbound {
+        event,
+        data: Ok(args.next().unwrap_or(Value::Null)),
+        reply,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_decode() {
+        assert_eq!(decode("0"), Ok(Packet::Connect { nsp: "/", auth: "" }));
+        assert_eq!(
+            decode(r#"0{"token":"t"}"#),
+            Ok(Packet::Connect {
+                nsp: "/",
+                auth: r#"{"token":"t"}"#
+            })
+        );
+        assert_eq!(
+            decode(r#"0/admin,{"token":"t"}"#),
+            Ok(Packet::Connect {
+                nsp: "/admin",
+                auth: r#"{"token":"t"}"#
+            })
+        );
+        assert_eq!(decode("1"), Ok(Packet::Disconnect { nsp: "/" }));
+        assert_eq!(decode("1/admin,"), Ok(Packet::Disconnect { nsp: "/admin" }));
+        assert_eq!(
+            decode(r#"2["subscribe",{"type":"x"}]"#),
+            Ok(Packet::Event {
+                nsp: "/",
+                id: None,
+                args: r#"["subscribe",{"type":"x"}]"#
+            })
+        );
+        assert_eq!(
+            decode(r#"217["resume",{}]"#),
+            Ok(Packet::Event {
+                nsp: "/",
+                id: Some(17),
+                args: r#"["resume",{}]"#
+            })
+        );
+        assert_eq!(
+            decode(r#"2/admin,3["x"]"#),
+            Ok(Packet::Event {
+                nsp: "/admin",
+                id: Some(3),
+                args: r#"["x"]"#
+            })
+        );
+        assert_eq!(decode("34[]"), Ok(Packet::Ack { nsp: "/", id: 4 }));
+        assert_eq!(
+            decode(r#"51-["x",{"_placeholder":true,"num":0}]"#),
+            Ok(Packet::Binary)
+        );
+        assert_eq!(decode("61-0[]"), Ok(Packet::Binary));
+        for bad in [
+            "",
+            "7",
+            "x",
+            "2",
+            "2{}",
+            "3[]",
+            "299999999999999999999999[]",
+        ] {
+            assert!(decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn packets_encode() {
+        assert_eq!(
+            event_text("error", &serde_json::json!({"a": 1})),
+            r#"42["error",{"a":1}]"#
+        );
+        assert_eq!(
+            ack_text(12, &serde_json::json!({"ok": true})),
+            r#"4312[{"ok":true}]"#
+        );
+        assert_eq!(connect_text("abc"), r#"40{"sid":"abc"}"#);
+        assert_eq!(
+            connect_error_text("/", "UNAUTHORIZED: \"bad\""),
+            r#"44{"message":"UNAUTHORIZED: \"bad\""}"#
+        );
+        assert_eq!(
+            connect_error_text("/admin", "Invalid namespace"),
+            r#"44/admin,{"message":"Invalid namespace"}"#
+        );
+        let stored = crate::history::Stored {
+            event: "points_added".into(),
+            event_id: "e1".into(),
+            rooms: vec!["user:u".into()],
+            data: serde_json::value::to_raw_value(&serde_json::json!({"amount": 5})).unwrap(),
+        };
+        let d = Delivery::new(1234, stored);
+        assert_eq!(
+            &*d.socketio_text(),
+            r#"42["points_added",{"amount":5},{"offset":1234}]"#
+        );
+    }
+
+    #[test]
+    fn events_parse_or_say_why() {
+        let ok = inbound(Some(3), r#"["subscribe",{"type":"system_events"}]"#);
+        assert_eq!(ok.event, "subscribe");
+        assert_eq!(ok.reply, Reply::SocketIo(3));
+        assert_eq!(ok.data.unwrap()["type"], "system_events");
+        let bare = inbound(None, r#"["resume"]"#);
+        assert_eq!(bare.data.unwrap(), Value::Null);
+        assert!(inbound(None, "[1,2]").data.is_err());
+        assert!(inbound(None, "[nope").data.is_err());
     }
 }

@@ -23,22 +23,17 @@
 //! then lingers a moment, unread, so the close frame still arrives first.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
-use futures::stream::SplitStream;
 use herald_core::problem::Code;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
-use crate::hub::{Conn, Hub, Transport, now_ms};
+use crate::hub::{Hub, Transport};
 use crate::protocol::{CloseReason, Refusal};
-use crate::session::{Bucket, Inbound, Link, Reply, Session};
+use crate::session::{Inbound, Reply, WsSession};
 
 /// A problem+json answer before the upgrade: the server's error shape, its
 /// code, status and title from Herald's one table of codes.
@@ -121,7 +116,7 @@ pub(crate) fn hard_cap(max_message_bytes: usize) -> usize {
 
 /// How long a socket whose read failed on the hard cap stays open, unread,
 /// so the client can take the close frame before the reset.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `?offset=…&epoch=…` or `?lastEventId=…` as a resume request.
 fn handshake_resume(query: &HashMap<String, String>) -> Result<Option<Value>, String> {
@@ -163,99 +158,67 @@ async fn serve(
         transport = "ws",
         "realtime connection opened"
     );
-    let c = hub.config();
-    let (sink, stream) = socket.split();
-    let (tx, rx) = mpsc::channel(c.rate_limit_burst as usize * 2 + 8);
-    let heard = Arc::new(AtomicI64::new(now_ms()));
-    let reader = tokio::spawn(read(
-        stream,
-        tx,
-        conn,
-        Bucket::new(c.rate_limit_per_second, c.rate_limit_burst),
-        heard.clone(),
-        c.max_message_bytes,
-    ));
-    let grace = c.ping_timeout();
-    let reason = Session::new(hub, registered, Link::Ws(sink), rx, exp, Some(heard))
+    WsSession::new(hub, registered, socket, exp)
         .run(resume)
         .await;
-    // After a close frame, finish the closing handshake: the reader ends
-    // when the client answers it. Dropping the socket with unread input
-    // would reset the connection and could lose the close frame on the
-    // client's side. A client that left or stopped reading gets no wait.
-    let abort = reader.abort_handle();
-    let handshake = !matches!(
-        reason,
-        CloseReason::ClientDisconnect | CloseReason::TransportError | CloseReason::SlowConsumer
-    );
-    if !handshake || tokio::time::timeout(grace, reader).await.is_err() {
-        abort.abort();
-    }
 }
 
-/// Reads frames, enforces the rate limit, and hands messages to the session.
-async fn read(
-    mut stream: SplitStream<WebSocket>,
-    tx: mpsc::Sender<Box<Inbound>>,
-    conn: Arc<Conn>,
-    mut bucket: Bucket,
-    heard: Arc<AtomicI64>,
+/// What one read from the socket means for the session.
+#[derive(Debug)]
+pub(crate) enum Read {
+    /// A client message to answer.
+    Message(Inbound),
+    /// Nothing to do (a ping, a pong).
+    Nothing,
+    /// The connection ends; `linger` when the read failed on the hard cap
+    /// (see the module docs).
+    End { reason: CloseReason, linger: bool },
+}
+
+/// Interprets one read: frames larger than `max_message_bytes` end the
+/// connection with 1009, binary frames are refused, text frames parsed.
+pub(crate) fn interpret(
+    frame: Option<Result<Message, axum::Error>>,
     max_message_bytes: usize,
-) {
-    while let Some(frame) = stream.next().await {
-        heard.store(now_ms(), Ordering::Relaxed);
-        // Once the connection is being closed, input is read only to reach
-        // the client's close frame.
-        if conn.is_killed() {
-            match frame {
-                Ok(Message::Close(_)) | Err(_) => return,
-                Ok(_) => continue,
-            }
+) -> Read {
+    let end = |reason| Read::End {
+        reason,
+        linger: false,
+    };
+    let frame = match frame {
+        None | Some(Ok(Message::Close(_))) => return end(CloseReason::ClientDisconnect),
+        Some(Err(e)) if too_large(&e) => {
+            return Read::End {
+                reason: CloseReason::MessageTooLarge,
+                linger: true,
+            };
         }
-        let size = match &frame {
-            Ok(Message::Text(text)) => text.len(),
-            Ok(Message::Binary(bytes)) => bytes.len(),
-            _ => 0,
-        };
-        if size > max_message_bytes {
-            // Read whole: keep reading, as a closing connection does, up to
-            // the client's answer to the 1009.
-            conn.kill(CloseReason::MessageTooLarge);
-            continue;
-        }
-        let inbound = match frame {
-            Ok(Message::Text(text)) => parse(text.as_str()),
-            Ok(Message::Binary(_)) => Inbound {
-                event: String::new(),
-                data: Err(Refusal::bad_request(
-                    "binary frames are not supported; send JSON text frames",
-                )),
-                reply: Reply::None,
-            },
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Close(_)) => {
-                conn.kill(CloseReason::ClientDisconnect);
-                return;
-            }
-            Err(e) => {
-                if too_large(&e) {
-                    conn.kill(CloseReason::MessageTooLarge);
-                    tokio::time::sleep(LINGER).await;
-                } else {
-                    conn.kill(CloseReason::TransportError);
-                }
-                return;
-            }
-        };
-        if !bucket.take() || tx.try_send(Box::new(inbound)).is_err() {
-            conn.kill(CloseReason::RateLimited);
-        }
+        Some(Err(_)) => return end(CloseReason::TransportError),
+        Some(Ok(frame)) => frame,
+    };
+    let size = match &frame {
+        Message::Text(text) => text.len(),
+        Message::Binary(bytes) => bytes.len(),
+        _ => 0,
+    };
+    if size > max_message_bytes {
+        return end(CloseReason::MessageTooLarge);
     }
-    conn.kill(CloseReason::ClientDisconnect);
+    match frame {
+        Message::Text(text) => Read::Message(parse(text.as_str())),
+        Message::Binary(_) => Read::Message(Inbound {
+            event: String::new(),
+            data: Err(Refusal::bad_request(
+                "binary frames are not supported; send JSON text frames",
+            )),
+            reply: Reply::None,
+        }),
+        _ => Read::Nothing,
+    }
 }
 
 /// Whether a read failed on the size limit (tungstenite's capacity error).
-fn too_large(e: &axum::Error) -> bool {
+pub(crate) fn too_large(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(t) = err.downcast_ref::<tungstenite::Error>() {
