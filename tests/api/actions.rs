@@ -47,6 +47,28 @@ backend_tests! {
             .await;
         assert_eq!(theirs["duplicate"], false);
     }
+
+    async fn a_confirmation_the_database_cannot_hold_is_refused_not_retried(app) {
+        let guest = user("nul-guest");
+        let (mut ws, _) = Ws::connect(&app, &app.token(Role::Guest, &guest, None)).await;
+        // PostgreSQL cannot store NUL; SQLite would, and the relay would choke
+        // on it later. Both refuse it as bad input, naming the field.
+        let nul = ws
+            .request("action_confirm", json!({"actionId": "act\u{0}1", "action": "points_redeem", "amount": 1}))
+            .await;
+        assert_eq!(nul["error"]["code"], "BAD_REQUEST", "{nul}");
+        assert!(nul["error"]["message"].as_str().unwrap().contains("actionId"), "{nul}");
+        let huge = ws
+            .request("action_confirm", json!({"actionId": "act-2", "action": "points_redeem", "amount": 9_007_199_254_740_993_u64}))
+            .await;
+        assert_eq!(huge["error"]["code"], "BAD_REQUEST", "{huge}");
+        assert!(app.store.action(&guest, "act-2").await.unwrap().is_none());
+        // The connection is still good.
+        let ok = ws
+            .request("action_confirm", json!({"actionId": "act-3", "action": "points_redeem", "amount": 1}))
+            .await;
+        assert_eq!(ok["ok"], true, "{ok}");
+    }
 }
 
 /// One webhook request as the platform saw it.

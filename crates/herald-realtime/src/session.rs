@@ -369,6 +369,12 @@ impl Session {
             Ok(data) => data,
             Err(refusal) => return self.refuse(reply, &refusal),
         };
+        // The limits every REST body is held to (no NUL, integers within
+        // ±(2^53−1)): a value the database cannot store is refused here,
+        // not answered with a server error the client would retry forever.
+        if let Err(e) = herald_core::input::check_json(&data) {
+            return self.refuse(reply, &Refusal::bad_request(e.to_string()));
+        }
         match event.as_str() {
             "subscribe" => match self.subscribe(&data) {
                 Ok(room) => self.reply(reply, &json!({ "ok": true, "room": room })),
