@@ -161,3 +161,26 @@ async fn public_key_algorithms_are_pinned() {
         );
     }
 }
+
+#[tokio::test]
+async fn metrics_take_their_token_when_one_is_set() {
+    let app = herald_testkit::spawn_app_with(herald_testkit::Backend::Sqlite, |s| {
+        s.server.metrics_token = herald_server::config::Secret::new("scrape-me");
+    })
+    .await
+    .expect("sqlite always runs");
+    for token in ["", "scrape-you", &app.admin_token()] {
+        let res = app.get("/metrics", token).await;
+        assert_eq!(res.status(), 401, "{token:?}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized", "{body}");
+    }
+    let res = app.get("/metrics", "scrape-me").await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("herald_realtime_connections")
+    );
+}

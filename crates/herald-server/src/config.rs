@@ -64,6 +64,9 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Most events in one published array.
     pub max_batch: usize,
+    /// A bearer token `GET /metrics` requires; empty: open (scrape it on
+    /// a private network, not through the public balancer).
+    pub metrics_token: Secret,
 }
 
 /// How tokens are verified (contract §1).

@@ -3,11 +3,12 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use herald_core::Role;
 use prometheus::{Encoder, TextEncoder};
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
 use crate::problem::ApiError;
@@ -48,8 +49,30 @@ pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json
 }
 
 /// `GET /metrics`: Prometheus text exposition of this process's registry —
-/// the realtime gateway, the delivery workers and their providers.
-pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+/// the realtime gateway, the delivery workers and their providers. With
+/// `server.metrics_token` set, only for a scraper that sends it as a Bearer
+/// token (401 otherwise).
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let expected = &state.settings.server.metrics_token;
+    if !expected.is_empty() {
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .unwrap_or("");
+        // Compared as digests, so the time taken says nothing of the token.
+        if Sha256::digest(sent.trim().as_bytes()) != Sha256::digest(expected.expose().as_bytes()) {
+            return Err(ApiError::unauthorized(
+                "/metrics needs the metrics token (server.metrics_token) as a Bearer token",
+            ));
+        }
+    }
     let mut body = Vec::new();
     TextEncoder::new()
         .encode(&state.metrics.gather(), &mut body)

@@ -507,10 +507,13 @@ fn operation(path: &str, method: &str) -> Value {
                 Who::Anyone,
                 vec![],
                 None,
-                json!({ "200": {
-                    "description": "Prometheus text exposition, version 0.0.4.",
-                    "content": { "text/plain": { "schema": string() } }
-                } }),
+                json!({
+                    "200": {
+                        "description": "Prometheus text exposition, version 0.0.4.",
+                        "content": { "text/plain": { "schema": string() } }
+                    },
+                    "401": problem("`server.metrics_token` is set and the request did not send it as a Bearer token."),
+                }),
             ),
             _ => (
                 "This document",
