@@ -205,6 +205,14 @@ backend_tests! {
         e["data"]["newBalance"] = json!(MAX_SAFE_INTEGER);
         assert_eq!(app.publish(&e).await.status(), 202);
         assert_eq!(app.inbox(&token).await.len(), 1);
+        // A whole number spelled as a float is that integer (JSON has one
+        // number type; JavaScript writes 5.0 for 5).
+        let mut e = points_for(&guest, 10);
+        e["data"]["amount"] = json!(250.0);
+        assert_eq!(app.publish(&e).await.status(), 202);
+        let newest = app.inbox(&token).await[0].clone();
+        assert!(newest.to_string().contains("250"), "{newest}");
+        assert!(!newest.to_string().contains("250.0"), "{newest}");
     }
 
     async fn instants_and_amounts_are_bounded_by_the_catalog(app) {

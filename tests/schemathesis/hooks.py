@@ -3,9 +3,7 @@
 The document describes each field exactly; these hooks drop the generated
 requests that break a rule spanning two fields (the document's descriptions
 name each rule) or carry the opaque cursor of the admin's delivery list,
-which only the API itself can hand out; and they write integral numbers as
-integers: JSON Schema counts `5.0` as an integer, Herald reads an integer
-field only from an integer literal.
+which only the API itself can hand out.
 """
 
 from datetime import datetime
@@ -17,7 +15,7 @@ def _instant(value):
     """Epoch milliseconds of an RFC 3339 time or a number, as Herald reads it."""
     if value is None:
         return None
-    if isinstance(value, int):
+    if isinstance(value, (int, float)):
         return value
     text = str(value).strip()
     try:
@@ -50,17 +48,3 @@ def filter_case(ctx, case):
         return not isinstance(quiet, dict) or quiet.get("start") != quiet.get("end")
     return True
 
-
-def _integers(value):
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _integers(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_integers(item) for item in value]
-    return value
-
-
-@schemathesis.hook
-def map_body(ctx, body):
-    return _integers(body)

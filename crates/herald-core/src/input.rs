@@ -49,6 +49,27 @@ pub fn check_instant(field: &str, ms: i64) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Writes every whole number a document spells as a float (`5.0`, `1e3`)
+/// as the integer it is, within ±[`MAX_SAFE_INTEGER`]: JSON has one number
+/// type, JavaScript clients send `5.0` for 5, and JSON Schema counts it as
+/// an integer, so a field that takes an integer takes it too.
+pub fn whole_numbers_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() <= MAX_SAFE_INTEGER as f64
+            {
+                // Exact: a whole number of at most 2^53 − 1.
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
+}
+
 /// Walks a JSON document once and names the first value (as a path from
 /// the root: `data.restaurantName`, `[3].data.amount`) that breaks a rule
 /// of this module. Nothing is allocated unless something is wrong.
@@ -93,6 +114,18 @@ pub fn check_json(value: &Value) -> Result<(), ValidationError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn whole_floats_become_integers_and_others_stay() {
+        let mut doc =
+            serde_json::json!({"a": 5.0, "b": [1e3, 2.5, -0.0], "c": 1.0e300, "d": "5.0"});
+        super::whole_numbers_as_integers(&mut doc);
+        assert_eq!(
+            doc,
+            serde_json::json!({"a": 5, "b": [1000, 2.5, 0], "c": 1.0e300, "d": "5.0"})
+        );
+        assert!(doc["a"].is_i64());
+    }
+
     use serde_json::json;
 
     use super::*;

@@ -58,11 +58,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 /// Parses JSON bytes into `T` with field-named errors: the document is read
-/// once into a tree, checked against [`input::check_json`] in one walk, then
-/// deserialised, so the first offending field is named whatever `T` is.
+/// once into a tree, its whole numbers written as integers
+/// ([`input::whole_numbers_as_integers`]: `5.0` is 5), checked against
+/// [`input::check_json`] in one walk, then deserialised, so the first
+/// offending field is named whatever `T` is.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: Value = serde_json::from_slice(bytes)
+    let mut value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::new(Code::InvalidJson, e.to_string()))?;
+    input::whole_numbers_as_integers(&mut value);
     input::check_json(&value)?;
     Ok(from_value(value)?)
 }
