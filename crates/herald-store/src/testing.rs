@@ -46,3 +46,29 @@ impl TestDb {
         })
     }
 }
+
+/// Runs each `async fn name(db: TestDb)` of the calling module on a fresh
+/// SQLite and a fresh PostgreSQL database (skipped when PostgreSQL is
+/// unreachable and not required).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let backend = $crate::testing::Backend::Sqlite;
+                if let Some(db) = $crate::testing::TestDb::new(backend, 8).await {
+                    super::$name(db).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let backend = $crate::testing::Backend::Postgres;
+                if let Some(db) = $crate::testing::TestDb::new(backend, 8).await {
+                    super::$name(db).await;
+                }
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_backends;

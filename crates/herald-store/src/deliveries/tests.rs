@@ -15,29 +15,7 @@ use crate::directory::NewDevice;
 use crate::records::{
     ContactRecord, DeliveryStatus, DeviceKind, NewDelivery, NewEvent, NewNotification,
 };
-use crate::testing::{Backend, TestDb};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(db) = TestDb::new(Backend::Sqlite, 4).await {
-                    super::$name(db.store.clone()).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = TestDb::new(Backend::Postgres, 4).await {
-                    super::$name(db.store.clone()).await;
-                }
-            }
-        }
-    )*};
-}
+use crate::testing::{TestDb, on_both_backends};
 
 on_both_backends!(
     only_the_current_attempt_of_a_delivery_finishes,
@@ -102,7 +80,8 @@ fn sent() -> Finish {
     }
 }
 
-async fn only_the_current_attempt_of_a_delivery_finishes(store: Store) {
+async fn only_the_current_attempt_of_a_delivery_finishes(db: TestDb) {
+    let store = db.store.clone();
     // Attempt 1's lease runs out, attempt 2 claims the delivery, and both
     // finish in one write: only attempt 2 counts, with its trace alone.
     let (notification, delivery) = pending(&store, "guest-late").await;
@@ -155,7 +134,8 @@ async fn only_the_current_attempt_of_a_delivery_finishes(store: Store) {
     assert_eq!(record.trace.len(), 1);
 }
 
-async fn computed_columns_are_read_by_name(store: Store) {
+async fn computed_columns_are_read_by_name(db: TestDb) {
+    let store = db.store.clone();
     let guest = UserId("guest-1".into());
     pending(&store, guest.as_str()).await;
     assert_eq!(store.unread_count(&guest).await.unwrap(), 1);

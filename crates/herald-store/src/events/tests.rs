@@ -7,32 +7,8 @@ use tokio::sync::oneshot;
 
 use super::writer::{self, Queue, Request};
 use crate::records::{DeliveryStatus, Ingested, NewDelivery, NewEvent, NewNotification};
-use crate::testing::{Backend, TestDb};
+use crate::testing::{Backend, TestDb, on_both_backends};
 use crate::{Error, Store};
-
-/// Runs each `async fn name(db: TestDb)` on a fresh SQLite and a fresh
-/// PostgreSQL database (skipped when PostgreSQL is unreachable).
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(db) = TestDb::new(Backend::Sqlite, 8).await {
-                    super::$name(db).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = TestDb::new(Backend::Postgres, 8).await {
-                    super::$name(db).await;
-                }
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     duplicate_ids_in_one_batch,

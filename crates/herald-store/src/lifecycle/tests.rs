@@ -4,29 +4,7 @@ use herald_core::{ChannelKind, DeliveryId, EventId, EventKind, NotificationId, U
 
 use super::{PurgeStep, Retention};
 use crate::records::{DeliveryStatus, NewDelivery, NewEvent, NewNotification};
-use crate::testing::{Backend, TestDb};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(db) = TestDb::new(Backend::Sqlite, 8).await {
-                    super::$name(db).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = TestDb::new(Backend::Postgres, 8).await {
-                    super::$name(db).await;
-                }
-            }
-        }
-    )*};
-}
+use crate::testing::{TestDb, on_both_backends};
 
 on_both_backends!(
     a_purge_keeps_open_deliveries_and_referenced_events,

@@ -4,29 +4,7 @@ use sqlx::Row;
 use super::{Cursor, DeliveryFilter};
 use crate::Store;
 use crate::records::{DeliveryStatus, NewDelivery, NewEvent, NewNotification};
-use crate::testing::{Backend, TestDb};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(db) = TestDb::new(Backend::Sqlite, 4).await {
-                    super::$name(db.store.clone()).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = TestDb::new(Backend::Postgres, 4).await {
-                    super::$name(db.store.clone()).await;
-                }
-            }
-        }
-    )*};
-}
+use crate::testing::{TestDb, on_both_backends};
 
 on_both_backends!(
     redrive_lists_filter_and_page_without_overlap,
@@ -118,7 +96,8 @@ async fn ids(store: &Store, filter: &DeliveryFilter) -> Vec<DeliveryId> {
     items.into_iter().map(|d| d.id).collect()
 }
 
-async fn redrive_lists_filter_and_page_without_overlap(store: Store) {
+async fn redrive_lists_filter_and_page_without_overlap(db: TestDb) {
+    let store = db.store.clone();
     let (a, b) = ("guest-a", "guest-b");
     let rejected = Some("SMTP 550: mailbox_unavailable (rejected)");
     let a1 = delivery(&store, EventKind::PointsAdded, a, "failed", rejected, 1_000).await;
@@ -254,7 +233,8 @@ async fn redrive_lists_filter_and_page_without_overlap(store: Store) {
     );
 }
 
-async fn redrive_moves_failed_and_expired_once_and_traces_it(store: Store) {
+async fn redrive_moves_failed_and_expired_once_and_traces_it(db: TestDb) {
+    let store = db.store.clone();
     let failed = delivery(
         &store,
         EventKind::PointsAdded,
