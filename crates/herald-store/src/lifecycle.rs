@@ -406,46 +406,54 @@ impl Store {
                 ids.len()
             }
             PurgeStep::Events => {
-                let done = sqlx::query(
-                    "DELETE FROM events WHERE id IN (\
+                purged.events = self
+                    .delete_aged(
+                        "DELETE FROM events WHERE id IN (\
                        SELECT e.id FROM events e WHERE e.received_at < $1 \
                        AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.event_id = e.id) \
                        LIMIT $2)",
-                )
-                .bind(before)
-                .bind(limit)
-                .execute(&self.write)
-                .await?;
-                purged.events = done.rows_affected();
+                        before,
+                        limit,
+                    )
+                    .await?;
                 purged.events as usize
             }
             PurgeStep::ProviderEvents => {
-                let done = sqlx::query(
-                    "DELETE FROM provider_events WHERE (provider, event_id) IN (\
+                purged.provider_events = self
+                    .delete_aged(
+                        "DELETE FROM provider_events WHERE (provider, event_id) IN (\
                        SELECT provider, event_id FROM provider_events WHERE received_at < $1 LIMIT $2)",
-                )
-                .bind(before)
-                .bind(limit)
-                .execute(&self.write)
-                .await?;
-                purged.provider_events = done.rows_affected();
+                        before,
+                        limit,
+                    )
+                    .await?;
                 purged.provider_events as usize
             }
             PurgeStep::Actions => {
-                let done = sqlx::query(
-                    "DELETE FROM action_confirms WHERE (user_id, action_id) IN (\
+                purged.actions = self
+                    .delete_aged(
+                        "DELETE FROM action_confirms WHERE (user_id, action_id) IN (\
                        SELECT user_id, action_id FROM action_confirms \
                        WHERE status IN ('relayed', 'unrelayed', 'rejected') AND created_at < $1 LIMIT $2)",
-                )
-                .bind(before)
-                .bind(limit)
-                .execute(&self.write)
-                .await?;
-                purged.actions = done.rows_affected();
+                        before,
+                        limit,
+                    )
+                    .await?;
                 purged.actions as usize
             }
         };
         Ok((purged, picked as i64 >= limit))
+    }
+
+    /// Runs one purge batch's `DELETE` (its `$1` the cut-off time, its `$2`
+    /// the batch size); how many rows went.
+    async fn delete_aged(&self, sql: &'static str, before: i64, limit: i64) -> Result<u64> {
+        let done = sqlx::query(sql)
+            .bind(before)
+            .bind(limit)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// How many rows each of Herald's tables holds ([`TABLES`], in order):
