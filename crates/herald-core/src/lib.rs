@@ -37,4 +37,4 @@ pub use error::{Error, ValidationError};
 pub use ids::{DeliveryId, EventId, NotificationId, UserId};
 pub use preferences::{Locale, Preferences, QuietHours};
 pub use retry::Backoff;
-pub use routing::{Decision, Reason, RoutingTable};
+pub use routing::{Decision, Reason, RoutingTable, SharedRouting};

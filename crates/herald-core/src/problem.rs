@@ -56,6 +56,9 @@ codes! {
     IdempotencyConflict => "idempotency_conflict", 409, "Event id reused with a different payload";
     /// A re-drive of a delivery that is neither failed nor expired.
     NotRetryable => "not_retryable", 409, "Only failed and expired deliveries can be retried";
+    /// An `If-Match` that names a version other than the current one: someone
+    /// changed the resource since the caller read it.
+    PreconditionFailed => "precondition_failed", 412, "The resource changed since it was read";
     /// The body is larger than `server.max_body_bytes`.
     PayloadTooLarge => "payload_too_large", 413, "Payload too large";
     /// More events in one publish than `server.max_batch`.

@@ -28,33 +28,42 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Role;
 use crate::catalog::{EventKind, ValidatedEvent};
 use crate::channel::ChannelKind;
-use crate::error::Error;
+use crate::error::{Error, ValidationError};
 use crate::ids::UserId;
 use crate::preferences::{Contact, Preferences};
 
 /// The routing table Herald ships with: contract §4's defaults.
 pub const DEFAULT_ROUTING: &str = include_str!("../../../config/routing.toml");
 
-/// The compiled routing table. Built once at start; an invalid file fails
-/// the start with the event and key at fault.
+/// The compiled routing table. Built at start from the file, or from a
+/// JSON document of the same shape an admin stored over REST; either way
+/// an invalid table is refused with the event and key at fault.
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
     routes: HashMap<EventKind, EventRules>,
+    /// The table as it was written, every default filled in: what
+    /// `GET /v1/admin/routing` answers and an audit row records.
+    document: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The routing file's shape. TOML and JSON documents both parse into it,
+/// so both are checked by the same rules.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RoutingFile {
     events: BTreeMap<String, EventSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct EventSpec {
     #[serde(default)]
@@ -67,7 +76,7 @@ struct EventSpec {
     critical_when: BTreeMap<String, Vec<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct DeliverySpec {
     to: String,
@@ -186,11 +195,15 @@ impl Target {
 struct Condition(Vec<(String, Vec<String>)>);
 
 impl Condition {
-    fn parse(spec: &BTreeMap<String, Vec<String>>, kind: EventKind) -> Result<Condition, String> {
+    fn parse(
+        spec: &BTreeMap<String, Vec<String>>,
+        kind: EventKind,
+    ) -> Result<Condition, ValidationError> {
         for field in spec.keys() {
             if !kind.fields().contains(&field.as_str()) {
-                return Err(format!(
-                    "condition on `{field}`, which {kind} does not have"
+                return Err(ValidationError::new(
+                    field.as_str(),
+                    format!("condition on `{field}`, which {kind} does not have"),
                 ));
             }
         }
@@ -215,18 +228,44 @@ impl RoutingTable {
     /// route an event nowhere.
     pub fn from_toml(src: &str) -> Result<RoutingTable, Error> {
         let file: RoutingFile = toml::from_str(src).map_err(|e| Error::Routing(e.to_string()))?;
+        Self::compile_file(&file).map_err(|e| Error::Routing(e.to_string()))
+    }
+
+    /// Parses and checks a table given as JSON in the file's shape (what
+    /// [`RoutingTable::document`] returns), by the same rules as
+    /// [`RoutingTable::from_toml`]. The error names the field at fault as
+    /// a path from the document's root (`events.points_added.deliveries[0].to`).
+    pub fn from_json(document: serde_json::Value) -> Result<RoutingTable, ValidationError> {
+        let file: RoutingFile = serde_path_to_error::deserialize(document).map_err(|e| {
+            ValidationError::from_serde(&e.path().to_string(), e.inner().to_string())
+        })?;
+        Self::compile_file(&file)
+    }
+
+    fn compile_file(file: &RoutingFile) -> Result<RoutingTable, ValidationError> {
         let mut routes = HashMap::new();
-        for (name, spec) in file.events {
-            let kind = EventKind::parse(&name)
-                .ok_or_else(|| Error::Routing(format!("events.{name}: unknown event")))?;
-            let rules = compile(kind, &spec)
-                .map_err(|msg| Error::Routing(format!("events.{name}: {msg}")))?;
+        for (name, spec) in &file.events {
+            let at = format!("events.{name}");
+            let kind = EventKind::parse(name)
+                .ok_or_else(|| ValidationError::new(at.as_str(), "unknown event"))?;
+            let rules = compile(kind, spec).map_err(|e| e.within(&at))?;
             routes.insert(kind, rules);
         }
         if let Some(missing) = EventKind::ALL.iter().find(|k| !routes.contains_key(k)) {
-            return Err(Error::Routing(format!("events.{missing}: no entry")));
+            return Err(ValidationError::new(
+                format!("events.{missing}"),
+                "no entry: every event of the catalog needs one (an empty one is fine)",
+            ));
         }
-        Ok(RoutingTable { routes })
+        let document = serde_json::to_value(file).expect("a routing table serialises");
+        Ok(RoutingTable { routes, document })
+    }
+
+    /// The table in the file's shape, as JSON: `{"events": {name: {rooms,
+    /// inbox, deliveries, critical_when}}}`, every default filled in.
+    /// [`RoutingTable::from_json`] reads it back.
+    pub fn document(&self) -> &serde_json::Value {
+        &self.document
     }
 
     /// What the table says about `event`, before anyone's preferences.
@@ -261,29 +300,38 @@ impl RoutingTable {
     }
 }
 
-fn compile(kind: EventKind, spec: &EventSpec) -> Result<EventRules, String> {
+fn compile(kind: EventKind, spec: &EventSpec) -> Result<EventRules, ValidationError> {
+    let at = |field: String| move |message: String| ValidationError::new(field, message);
     let rooms = spec
         .rooms
         .iter()
-        .map(|r| Template::parse(r, kind))
+        .enumerate()
+        .map(|(i, r)| Template::parse(r, kind).map_err(at(format!("rooms[{i}]"))))
         .collect::<Result<_, _>>()?;
     let inbox = spec
         .inbox
         .iter()
-        .map(|t| Target::parse(t, kind))
+        .enumerate()
+        .map(|(i, t)| Target::parse(t, kind).map_err(at(format!("inbox[{i}]"))))
         .collect::<Result<_, _>>()?;
     let mut deliveries = Vec::new();
     for (i, d) in spec.deliveries.iter().enumerate() {
-        if let Some(c) = d.channels.iter().find(|c| !c.is_external()) {
-            return Err(format!(
-                "deliveries[{i}].channels: `{c}` is not a delivery channel (email, sms, push)"
+        if let Some((j, c)) = d
+            .channels
+            .iter()
+            .enumerate()
+            .find(|(_, c)| !c.is_external())
+        {
+            return Err(ValidationError::new(
+                format!("deliveries[{i}].channels[{j}]"),
+                format!("`{c}` is not a delivery channel (email, sms, push)"),
             ));
         }
         deliveries.push(DeliveryRule {
-            to: Target::parse(&d.to, kind).map_err(|e| format!("deliveries[{i}].to: {e}"))?,
+            to: Target::parse(&d.to, kind).map_err(at(format!("deliveries[{i}].to")))?,
             channels: d.channels.clone(),
             when: Condition::parse(&d.when, kind)
-                .map_err(|e| format!("deliveries[{i}].when: {e}"))?,
+                .map_err(|e| e.within(&format!("deliveries[{i}].when")))?,
             mandatory: d.mandatory,
         });
     }
@@ -292,7 +340,7 @@ fn compile(kind: EventKind, spec: &EventSpec) -> Result<EventRules, String> {
         inbox,
         deliveries,
         critical_when: Condition::parse(&spec.critical_when, kind)
-            .map_err(|e| format!("critical_when: {e}"))?,
+            .map_err(|e| e.within("critical_when"))?,
     })
 }
 
@@ -575,6 +623,37 @@ impl Route {
             .chain(self.deliveries.iter().map(|d| &d.to))
             .flat_map(|s| expand(s, members))
             .collect()
+    }
+}
+
+/// The running routing table, shared by everything that routes (ingest,
+/// the delivery workers) and replaced whole while they run: an admin's
+/// `PUT /v1/admin/routing` applies on every node without a restart.
+///
+/// A reader takes the table current at that moment and keeps it for the
+/// event at hand, so one event is routed by one table from start to end;
+/// the next event sees the replacement. Clones share the one slot.
+#[derive(Debug, Clone)]
+pub struct SharedRouting(Arc<ArcSwap<RoutingTable>>);
+
+impl SharedRouting {
+    pub fn new(table: Arc<RoutingTable>) -> SharedRouting {
+        SharedRouting(Arc::new(ArcSwap::new(table)))
+    }
+
+    /// The table in force now.
+    pub fn load(&self) -> Arc<RoutingTable> {
+        self.0.load_full()
+    }
+
+    /// Puts `table` in force for every clone.
+    pub fn replace(&self, table: Arc<RoutingTable>) {
+        self.0.store(table);
+    }
+
+    /// What the table in force says about `event` (see [`RoutingTable::route`]).
+    pub fn route(&self, event: &ValidatedEvent) -> Route {
+        self.0.load().route(event)
     }
 }
 

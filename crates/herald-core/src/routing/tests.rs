@@ -355,3 +355,103 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_json_document_reads_back_as_the_same_table() {
+    let table = RoutingTable::default_table();
+    let doc = table.document().clone();
+    assert_eq!(doc["events"]["points_added"]["inbox"], json!(["{guestId}"]));
+    // Every default is filled in, so the document shows what applies.
+    assert_eq!(
+        doc["events"]["points_added"]["deliveries"][0]["mandatory"],
+        json!(false)
+    );
+    let again = RoutingTable::from_json(doc.clone()).unwrap();
+    assert_eq!(again.document(), &doc);
+    for &kind in EventKind::ALL.iter() {
+        assert_eq!(
+            again.route(&event(kind)),
+            table.route(&event(kind)),
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn bad_json_tables_name_the_path_at_fault() {
+    let good = RoutingTable::default_table().document().clone();
+    let with = |path: &[&str], value: serde_json::Value| {
+        let mut doc = good.clone();
+        let mut at = &mut doc;
+        for key in &path[..path.len() - 1] {
+            at = match key.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[*key],
+            };
+        }
+        at[path[path.len() - 1]] = value;
+        doc
+    };
+    let cases = [
+        (
+            with(
+                &["events", "points_added", "deliveries", "0", "to"],
+                json!("role:owner"),
+            ),
+            "events.points_added.deliveries[0].to",
+        ),
+        (
+            with(
+                &["events", "points_added", "deliveries", "0", "channels"],
+                json!(["push", "in_app"]),
+            ),
+            "events.points_added.deliveries[0].channels[1]",
+        ),
+        (
+            with(
+                &["events", "points_added", "deliveries", "0", "channels"],
+                json!(["pigeon"]),
+            ),
+            "events.points_added.deliveries[0].channels[0]",
+        ),
+        (
+            with(
+                &["events", "points_added", "rooms"],
+                json!(["guest:{guestId}", "x:{nope}"]),
+            ),
+            "events.points_added.rooms[1]",
+        ),
+        (
+            with(
+                &["events", "system_alert", "critical_when"],
+                json!({"colour": ["red"]}),
+            ),
+            "events.system_alert.critical_when.colour",
+        ),
+        (
+            with(&["events", "points_added", "extra"], json!(1)),
+            "events.points_added.extra",
+        ),
+        (
+            with(&["events", "points_gained"], json!({})),
+            "events.points_gained",
+        ),
+        (json!({"events": {}}), "events.points_added"),
+        (json!({}), "events"),
+    ];
+    for (doc, path) in cases {
+        let err = RoutingTable::from_json(doc.clone()).unwrap_err();
+        assert_eq!(err.field, path, "{err}");
+    }
+}
+
+#[test]
+fn a_shared_table_is_replaced_for_every_clone() {
+    let shared = SharedRouting::new(Arc::new(RoutingTable::default_table()));
+    let reader = shared.clone();
+    let mut doc = RoutingTable::default_table().document().clone();
+    doc["events"]["points_added"]["rooms"] = json!(["extra:{guestId}"]);
+    shared.replace(Arc::new(RoutingTable::from_json(doc).unwrap()));
+    let rooms = reader.route(&event(EventKind::PointsAdded)).rooms;
+    assert_eq!(rooms, vec![format!("extra:{}", guest())]);
+}
