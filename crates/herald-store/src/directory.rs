@@ -8,8 +8,10 @@ use herald_core::ids::DeviceId;
 use herald_core::preferences::Contact;
 use herald_core::routing::{Profile, Selector};
 use herald_core::{Locale, Preferences, Role, UserId};
-use sqlx::{AssertSqlSafe, Row};
+use serde_json::Value;
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
+use crate::audit::{self, Actor, AuditKind, Change};
 use crate::records::{ContactRecord, Device, DeviceKind};
 use crate::{Error, Result, Store, now_ms, parse_named, placeholders};
 
@@ -29,22 +31,31 @@ impl Store {
         .bind(user.as_str())
         .fetch_optional(&self.read)
         .await?;
-        Ok(row.map(|r| ContactRecord {
-            contact: Contact {
-                email: r.email,
-                phone: r.phone,
-                locale: r.locale.as_deref().and_then(Locale::parse),
-                timezone: r.timezone,
-            },
-            role: r.role.as_deref().and_then(Role::parse),
-            restaurant_id: r.restaurant_id,
-        }))
+        Ok(row.map(ContactRow::record))
     }
 
     /// Replaces a user's contact record.
-    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn put_contact(&self, user: &UserId, record: &ContactRecord) -> Result<()> {
+        self.put_contact_by(user, record, None).await
+    }
+
+    /// Replaces a user's contact record; with `by`, an admin or a service
+    /// changing someone else's, audited in the same transaction with the
+    /// record before and after.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
+    pub async fn put_contact_by(
+        &self,
+        user: &UserId,
+        record: &ContactRecord,
+        by: Option<&Actor>,
+    ) -> Result<()> {
         let c = &record.contact;
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let before = match by {
+            Some(_) => contact_in(&mut tx, user).await?,
+            None => None,
+        };
         sqlx::query(
             "INSERT INTO contacts (user_id, email, phone, locale, timezone, role, restaurant_id, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -58,9 +69,22 @@ impl Store {
         .bind(c.timezone.clone())
         .bind(record.role.map(|r| r.as_str()))
         .bind(record.restaurant_id.clone())
-        .bind(now_ms())
-        .execute(&self.write)
+        .bind(now)
+        .execute(&mut *tx)
         .await?;
+        if let Some(actor) = by {
+            let before = before.map(|b| to_json(&b));
+            let after = to_json(record);
+            let change = Change {
+                target: Some(user),
+                kind: AuditKind::Contact,
+                action: "update",
+                before: before.as_ref(),
+                after: Some(&after),
+            };
+            audit::record(&mut tx, actor, change, now).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -95,18 +119,61 @@ impl Store {
         }
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
     pub async fn put_preferences(&self, user: &UserId, prefs: &Preferences) -> Result<()> {
+        self.put_preferences_by(user, prefs, None, None).await
+    }
+
+    /// Replaces a user's preferences and, when given, the locale of their
+    /// contact details, in one transaction. With `by` (an admin changing
+    /// someone else's) the change is audited in it too, before and after
+    /// as `GET …/preferences` shows them (the document and the locale).
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
+    pub async fn put_preferences_by(
+        &self,
+        user: &UserId,
+        prefs: &Preferences,
+        locale: Option<Locale>,
+        by: Option<&Actor>,
+    ) -> Result<()> {
         let doc = serde_json::to_string(prefs).expect("preferences serialise");
+        let now = now_ms();
+        let mut tx = self.write.begin().await?;
+        let before = match by {
+            Some(_) => Some(preferences_view_in(&mut tx, user).await?),
+            None => None,
+        };
         sqlx::query(
             "INSERT INTO preferences (user_id, document, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (user_id) DO UPDATE SET document = $2, updated_at = $3",
         )
         .bind(user.as_str())
         .bind(doc)
-        .bind(now_ms())
-        .execute(&self.write)
+        .bind(now)
+        .execute(&mut *tx)
         .await?;
+        if let Some(locale) = locale {
+            sqlx::query(
+                "INSERT INTO contacts (user_id, locale, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (user_id) DO UPDATE SET locale = $2, updated_at = $3",
+            )
+            .bind(user.as_str())
+            .bind(locale.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(actor) = by {
+            let after = preferences_view_in(&mut tx, user).await?;
+            let change = Change {
+                target: Some(user),
+                kind: AuditKind::Preferences,
+                action: "update",
+                before: before.as_ref(),
+                after: Some(&after),
+            };
+            audit::record(&mut tx, actor, change, now).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -142,11 +209,7 @@ impl Store {
                 let subscription: Option<String> = r.try_get("subscription")?;
                 let device = Device {
                     id: parse_named(&r, "id")?,
-                    kind: match kind.as_str() {
-                        "fcm" => DeviceKind::Fcm,
-                        "webpush" => DeviceKind::Webpush,
-                        other => return Err(Error::Corrupt(format!("device kind `{other}`"))),
-                    },
+                    kind: device_kind(&kind)?,
                     token: r.try_get("token")?,
                     subscription: subscription
                         .map(|s| serde_json::from_str(&s))
@@ -164,15 +227,49 @@ impl Store {
 
     /// Registers a device; registering the same token again returns the
     /// existing device (with its subscription refreshed).
+    pub async fn add_device(&self, user: &UserId, device: &NewDevice) -> Result<(Device, bool)> {
+        self.add_device_by(user, device, None).await
+    }
+
+    /// As [`Store::add_device`]; with `by` (an admin or a service adding
+    /// someone else's device) audited in the same transaction, the device
+    /// masked ([`audit::mask_device`]): `add` for a new device, `update`
+    /// for a token registered already.
     #[tracing::instrument(
         level = "debug",
         skip_all,
         fields(user = %user, kind = device.kind.as_str())
     )]
-    pub async fn add_device(&self, user: &UserId, device: &NewDevice) -> Result<(Device, bool)> {
+    pub async fn add_device_by(
+        &self,
+        user: &UserId,
+        device: &NewDevice,
+        by: Option<&Actor>,
+    ) -> Result<(Device, bool)> {
         let now = now_ms();
         let id = DeviceId::new();
         let subscription = device.subscription.as_ref().map(|s| s.to_string());
+        let mut tx = self.write.begin().await?;
+        let before = match by {
+            Some(_) => sqlx::query(
+                "SELECT id, kind, created_at FROM devices WHERE user_id = $1 AND token = $2",
+            )
+            .bind(user.as_str())
+            .bind(device.token.clone())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| -> Result<Device> {
+                Ok(Device {
+                    id: parse_named(&r, "id")?,
+                    kind: device_kind(&r.try_get::<String, _>("kind")?)?,
+                    token: device.token.clone(),
+                    subscription: None,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .transpose()?,
+            None => None,
+        };
         let row = sqlx::query(
             "INSERT INTO devices (id, user_id, kind, token, subscription, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -185,29 +282,80 @@ impl Store {
         .bind(device.token.clone())
         .bind(subscription)
         .bind(now)
-        .fetch_one(&self.write)
+        .fetch_one(&mut *tx)
         .await?;
         let stored: DeviceId = parse_named(&row, "id")?;
-        Ok((
-            Device {
-                id: stored,
-                kind: device.kind,
-                token: device.token.clone(),
-                subscription: device.subscription.clone(),
-                created_at: row.try_get("created_at")?,
-            },
-            stored == id,
-        ))
+        let added = Device {
+            id: stored,
+            kind: device.kind,
+            token: device.token.clone(),
+            subscription: device.subscription.clone(),
+            created_at: row.try_get("created_at")?,
+        };
+        let created = stored == id;
+        if let Some(actor) = by {
+            let before = before.as_ref().map(audit::mask_device);
+            let after = audit::mask_device(&added);
+            let change = Change {
+                target: Some(user),
+                kind: AuditKind::Devices,
+                action: if created { "add" } else { "update" },
+                before: before.as_ref(),
+                after: Some(&after),
+            };
+            audit::record(&mut tx, actor, change, now).await?;
+        }
+        tx.commit().await?;
+        Ok((added, created))
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(user = %user, device = %id))]
     pub async fn delete_device(&self, user: &UserId, id: DeviceId) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM devices WHERE id = $1 AND user_id = $2")
-            .bind(id.to_string())
-            .bind(user.as_str())
-            .execute(&self.write)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.delete_device_by(user, id, None).await
+    }
+
+    /// Removes a device; with `by` (an admin or a service removing someone
+    /// else's) audited in the same transaction, the device masked. `false`
+    /// when there was no such device (nothing is audited then).
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user, device = %id))]
+    pub async fn delete_device_by(
+        &self,
+        user: &UserId,
+        id: DeviceId,
+        by: Option<&Actor>,
+    ) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let gone = sqlx::query(
+            "DELETE FROM devices WHERE id = $1 AND user_id = $2 \
+             RETURNING id, kind, token, created_at",
+        )
+        .bind(id.to_string())
+        .bind(user.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = gone else {
+            tx.commit().await?;
+            return Ok(false);
+        };
+        if let Some(actor) = by {
+            let device = Device {
+                id: parse_named(&row, "id")?,
+                kind: device_kind(&row.try_get::<String, _>("kind")?)?,
+                token: row.try_get("token")?,
+                subscription: None,
+                created_at: row.try_get("created_at")?,
+            };
+            let before = audit::mask_device(&device);
+            let change = Change {
+                target: Some(user),
+                kind: AuditKind::Devices,
+                action: "remove",
+                before: Some(&before),
+                after: None,
+            };
+            audit::record(&mut tx, actor, change, now_ms()).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Removes the device a provider reported gone (an unregistered FCM
@@ -335,6 +483,21 @@ struct ContactRow {
     restaurant_id: Option<String>,
 }
 
+impl ContactRow {
+    fn record(self) -> ContactRecord {
+        ContactRecord {
+            contact: Contact {
+                email: self.email,
+                phone: self.phone,
+                locale: self.locale.as_deref().and_then(Locale::parse),
+                timezone: self.timezone,
+            },
+            role: self.role.as_deref().and_then(Role::parse),
+            restaurant_id: self.restaurant_id,
+        }
+    }
+}
+
 /// A user as [`Store::profiles`] reads them; the union's column names are
 /// its first branch's.
 #[derive(Debug, sqlx::FromRow)]
@@ -346,6 +509,52 @@ struct ProfileRow {
     timezone: Option<String>,
     document: Option<String>,
     devices: i64,
+}
+
+fn device_kind(kind: &str) -> Result<DeviceKind> {
+    match kind {
+        "fcm" => Ok(DeviceKind::Fcm),
+        "webpush" => Ok(DeviceKind::Webpush),
+        other => Err(Error::Corrupt(format!("device kind `{other}`"))),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("records serialise")
+}
+
+/// A contact record read inside a transaction.
+async fn contact_in(tx: &mut Transaction<'_, Any>, user: &UserId) -> Result<Option<ContactRecord>> {
+    let row = sqlx::query_as::<_, ContactRow>(
+        "SELECT email, phone, locale, timezone, role, restaurant_id FROM contacts WHERE user_id = $1",
+    )
+    .bind(user.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(ContactRow::record))
+}
+
+/// A user's preferences as `GET …/preferences` shows them (the document,
+/// defaults when never set, and the locale), read inside a transaction.
+async fn preferences_view_in(tx: &mut Transaction<'_, Any>, user: &UserId) -> Result<Value> {
+    let doc = sqlx::query("SELECT document FROM preferences WHERE user_id = $1")
+        .bind(user.as_str())
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get::<String, _>("document"))
+        .transpose()?;
+    let prefs = doc
+        .as_deref()
+        .map(parse_preferences)
+        .transpose()?
+        .unwrap_or_default();
+    let locale = contact_in(tx, user)
+        .await?
+        .and_then(|c| c.contact.locale)
+        .map(Locale::as_str);
+    let mut view = to_json(&prefs);
+    view["locale"] = Value::from(locale);
+    Ok(view)
 }
 
 fn parse_preferences(doc: &str) -> Result<Preferences> {

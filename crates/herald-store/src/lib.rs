@@ -11,6 +11,8 @@
 //! | [`realtime`] | the realtime log (events by offset and room) and its epochs: what a resume falls back on when Redis lost its history |
 //! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
 //! | [`lifecycle`] | retention purges in small batches; a user's erase and export |
+//! | [`audit`] | the admin audit log: changes to someone else's preferences, contact, devices, and to routing; written in the change's transaction |
+//! | [`routing`] | the routing table's stored versions (replaced over REST), by compare-and-set |
 //! | `scratch` | throwaway PostgreSQL databases for tests; only with the `testing` feature, outside the production API |
 //!
 //! One [`Store`] speaks to SQLite (the embedded default) or PostgreSQL,
@@ -31,6 +33,7 @@
 //! lanes stop when the last clone of the store is dropped.
 
 pub mod actions;
+pub mod audit;
 pub mod deliveries;
 pub mod directory;
 pub mod events;
@@ -39,6 +42,7 @@ pub mod lifecycle;
 pub mod realtime;
 pub mod records;
 pub mod redrive;
+pub mod routing;
 #[cfg(any(test, feature = "testing"))]
 pub mod scratch;
 #[cfg(test)]

@@ -24,7 +24,8 @@
 //! - a provider's status report `deliveries` after it arrived;
 //! - an `action_confirm` record `actions` after it was made, once relayed,
 //!   refused by the platform for good (`rejected`) or recorded with no
-//!   webhook to relay to; a pending one never.
+//!   webhook to relay to; a pending one never;
+//! - an audit row ([`crate::audit`]) `audit` after it was written.
 //!
 //! Inbox counters (each user's last sequence number) are never purged, so a
 //! sequence number is never handed out twice; unread counts are counted
@@ -35,11 +36,14 @@
 //! deliveries (rows deleted, not anonymised), traces and provider reports,
 //! the events only their entries referred to, their `action_confirm`
 //! records, their inbox counter, and the realtime log's rows for their
-//! rooms (`user:{id}`, `guest:{id}`). Inbox entries go in batches as a purge
+//! rooms (`user:{id}`, `guest:{id}`); and it empties the values (`before`,
+//! `after`) of the audit rows about them, keeping who changed what kind of
+//! record when. Inbox entries go in batches as a purge
 //! does; the rest in one last transaction. An erase that stops half way is
 //! finished by asking again: the user is still known until the end.
 //!
-//! **Export.** [`Store::export_user`] gathers the same records, as JSON.
+//! **Export.** [`Store::export_user`] gathers the same records, as JSON,
+//! with the audit rows about the user.
 
 use std::time::Duration;
 
@@ -64,6 +68,8 @@ pub struct Retention {
     /// Finished deliveries, and provider status reports.
     pub deliveries: Option<i64>,
     pub actions: Option<i64>,
+    /// Audit rows, from when they were written.
+    pub audit: Option<i64>,
 }
 
 /// One step of a purge: a kind of record and the rule that picks it.
@@ -75,18 +81,20 @@ pub enum PurgeStep {
     Events,
     ProviderEvents,
     Actions,
+    Audit,
 }
 
 impl PurgeStep {
     /// In the order a purge runs them: deliveries first (they hold inbox
     /// entries), events after the entries (which hold them).
-    pub const ALL: [PurgeStep; 6] = [
+    pub const ALL: [PurgeStep; 7] = [
         PurgeStep::Deliveries,
         PurgeStep::InboxRead,
         PurgeStep::InboxUnread,
         PurgeStep::Events,
         PurgeStep::ProviderEvents,
         PurgeStep::Actions,
+        PurgeStep::Audit,
     ];
 
     /// How long this step's records are kept.
@@ -97,6 +105,7 @@ impl PurgeStep {
             PurgeStep::InboxUnread => retention.inbox_unread,
             PurgeStep::Events => retention.events,
             PurgeStep::Actions => retention.actions,
+            PurgeStep::Audit => retention.audit,
         }
     }
 }
@@ -114,11 +123,12 @@ pub struct Purged {
     pub delivery_trace: u64,
     pub provider_events: u64,
     pub actions: u64,
+    pub audit: u64,
 }
 
 impl Purged {
     /// Each kind with its count, named as the metric labels them.
-    pub fn by_kind(&self) -> [(&'static str, u64); 7] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 8] {
         [
             ("inbox_read", self.inbox_read),
             ("inbox_unread", self.inbox_unread),
@@ -127,6 +137,7 @@ impl Purged {
             ("delivery_trace", self.delivery_trace),
             ("provider_events", self.provider_events),
             ("actions", self.actions),
+            ("audit", self.audit),
         ]
     }
 
@@ -142,6 +153,7 @@ impl Purged {
         self.delivery_trace += other.delivery_trace;
         self.provider_events += other.provider_events;
         self.actions += other.actions;
+        self.audit += other.audit;
     }
 }
 
@@ -162,6 +174,9 @@ pub struct Erased {
     pub inbox_counter: u64,
     /// Realtime log entries sent to this user's rooms alone.
     pub realtime_log: u64,
+    /// Audit rows about this user whose values were emptied (the rows
+    /// stay: who changed what kind of record, when).
+    pub audit: u64,
 }
 
 /// An erase's outcome: the counts, and the deliveries it deleted (their
@@ -186,6 +201,8 @@ pub struct UserExport {
     pub notifications: Vec<ExportedNotification>,
     pub deliveries: Vec<ExportedDelivery>,
     pub actions: Vec<ExportedAction>,
+    /// Changes admins and services made to the user's data, newest first.
+    pub audit: Vec<crate::audit::AuditEntry>,
 }
 
 /// An inbox entry as an export shows it: its event's payload included.
@@ -280,7 +297,7 @@ pub struct ExportedAction {
 }
 
 /// Every table Herald keeps, for [`Store::table_counts`].
-pub const TABLES: [&str; 13] = [
+pub const TABLES: [&str; 15] = [
     "events",
     "inbox_counters",
     "notifications",
@@ -294,6 +311,8 @@ pub const TABLES: [&str; 13] = [
     "realtime_log",
     "realtime_log_rooms",
     "realtime_epochs",
+    "audit_log",
+    "routing_versions",
 ];
 
 /// Most rows one `IN (…)` list names: well within both databases' limits
@@ -440,6 +459,17 @@ impl Store {
                     )
                     .await?;
                 purged.actions as usize
+            }
+            PurgeStep::Audit => {
+                purged.audit = self
+                    .delete_aged(
+                        "DELETE FROM audit_log WHERE id IN (\
+                       SELECT id FROM audit_log WHERE at < $1 LIMIT $2)",
+                        before,
+                        limit,
+                    )
+                    .await?;
+                purged.audit as usize
             }
         };
         Ok((purged, picked as i64 >= limit))
@@ -593,6 +623,7 @@ impl Store {
             .await?
             .rows_affected();
         }
+        out.erased.audit = crate::audit::erase_in(&mut tx, user, crate::now_ms()).await?;
         tx.commit().await?;
         Ok(Some(out))
     }
@@ -647,6 +678,7 @@ impl Store {
             notifications,
             deliveries,
             actions,
+            audit: self.audit_of(user).await?,
         }))
     }
 }

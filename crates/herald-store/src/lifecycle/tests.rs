@@ -80,6 +80,7 @@ async fn a_purge_keeps_open_deliveries_and_referenced_events(db: TestDb) {
         events: Some(30 * DAY),
         deliveries: Some(5 * DAY),
         actions: Some(DAY),
+        audit: None,
     };
     // Day 10: only the deliveries are old enough (and not the open one).
     let p = store
