@@ -236,6 +236,12 @@ impl RoutingTable {
     /// [`RoutingTable::from_toml`]. The error names the field at fault as
     /// a path from the document's root (`events.points_added.deliveries[0].to`).
     pub fn from_json(document: serde_json::Value) -> Result<RoutingTable, ValidationError> {
+        if !document.is_object() {
+            return Err(ValidationError::new(
+                "",
+                "a routing table is an object: {\"events\": {…}}",
+            ));
+        }
         let file: RoutingFile = serde_path_to_error::deserialize(document).map_err(|e| {
             ValidationError::from_serde(&e.path().to_string(), e.inner().to_string())
         })?;

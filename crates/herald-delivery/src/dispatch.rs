@@ -24,7 +24,7 @@ use herald_core::realtime::{Broadcast, RealtimeEvent};
 use herald_core::routing::{Decision, Profile};
 use herald_core::{
     ChannelError, ChannelKind, DeliveryId, EventId, EventKind, Reason, RenderedMessage,
-    RoutingTable, UserId, ValidatedEvent,
+    SharedRouting, UserId, ValidatedEvent,
 };
 use herald_store::deliveries::{Claimed, Finish, Finished, TraceStep};
 use herald_store::{Device, DeviceKind, Store};
@@ -107,7 +107,8 @@ impl Outcome {
 #[derive(Debug)]
 pub struct Dispatcher {
     pub store: Store,
-    pub routing: Arc<RoutingTable>,
+    /// The table in force; replaced whole when an admin changes it.
+    pub routing: SharedRouting,
     pub templates: Arc<Templates>,
     pub channels: Channels,
     pub retry: RetrySettings,

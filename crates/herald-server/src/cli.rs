@@ -18,6 +18,7 @@ use crate::config::{ConfigError, Settings};
 use crate::delivery::{Components, DeliveryRuntime};
 use crate::lifecycle::Purger;
 use crate::redrive::{self, FilterInput};
+use crate::routing::LiveRouting;
 use crate::startup::load_policy;
 use crate::{Application, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -207,12 +208,14 @@ async fn worker(settings: Settings) -> anyhow::Result<()> {
     )
     .await?;
     store.migrate().await?;
+    // The worker follows routing changes made over REST, as every node does.
+    let routing = LiveRouting::start(store.clone(), routing, settings.routing.file.clone()).await?;
     // A worker serves no /metrics: its registry is only counted into.
     let metrics = prometheus::Registry::new();
     let runtime = DeliveryRuntime::build(
         &settings,
         store.clone(),
-        routing,
+        routing.shared(),
         templates,
         &Components::default(),
         &metrics,
@@ -234,8 +237,14 @@ async fn worker(settings: Settings) -> anyhow::Result<()> {
         &metrics,
     );
     let purging = tokio::spawn(purger.run(stop.clone()));
+    let following = tokio::spawn(
+        routing
+            .clone()
+            .follow(settings.routing.poll_interval(), stop.clone()),
+    );
     runtime.run(stop).await?;
     let _ = purging.await;
+    let _ = following.await;
     store.close().await;
     Ok(())
 }

@@ -101,7 +101,17 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingSettings {
+    /// The routing table when none was stored over REST (the default).
     pub file: PathBuf,
+    /// How often each process looks for a routing table stored over REST
+    /// by another node, in milliseconds.
+    pub poll_interval_ms: u64,
+}
+
+impl RoutingSettings {
+    pub fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.poll_interval_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,6 +343,8 @@ pub struct RetentionSettings {
     pub deliveries: String,
     /// `action_confirm` records once relayed.
     pub actions: String,
+    /// Rows of the admin audit log, from when they were written.
+    pub audit: String,
     /// Files of the development outbox (`channels.outbox_dir`).
     pub outbox_files: String,
     /// How often a process purges; `"off"`: never (another process or
@@ -486,6 +498,7 @@ impl Settings {
             events: keep("events", &r.events)?,
             deliveries: keep("deliveries", &r.deliveries)?,
             actions: keep("actions", &r.actions)?,
+            audit: keep("audit", &r.audit)?,
             outbox_files: keep("outbox_files", &r.outbox_files)?,
             interval: keep("purge_interval", &r.purge_interval)?,
             batch_size: r.batch_size,
@@ -514,6 +527,12 @@ impl Settings {
             return Err(ConfigError::new(
                 "server.max_body_bytes",
                 "must be at least 1024",
+            ));
+        }
+        if self.routing.poll_interval_ms == 0 {
+            return Err(ConfigError::new(
+                "routing.poll_interval_ms",
+                "must be at least 1",
             ));
         }
         if self.server.max_batch == 0 {

@@ -13,7 +13,7 @@ use herald_channels::{
 };
 use herald_core::Channel;
 use herald_core::realtime::Broadcast;
-use herald_core::{ChannelKind, RoutingTable};
+use herald_core::{ChannelKind, SharedRouting};
 use herald_delivery::providers::{BreakerSettings, Limiter, ProviderMetrics, RateLimit};
 use herald_delivery::{
     Channels, Clock, DeliveryMetrics, Dispatcher, ProviderChain, Queue, Sweeper, Templates,
@@ -277,7 +277,7 @@ impl DeliveryRuntime {
     pub async fn build(
         settings: &Settings,
         store: Store,
-        routing: Arc<RoutingTable>,
+        routing: SharedRouting,
         templates: Arc<Templates>,
         components: &Components,
         metrics: &prometheus::Registry,

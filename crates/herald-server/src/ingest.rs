@@ -17,7 +17,7 @@ use std::sync::Arc;
 use herald_core::ids::MAX_KEY_LEN;
 use herald_core::routing::{Decision, Route, Selector};
 use herald_core::{
-    ChannelKind, DeliveryId, EventId, Locale, NotificationId, RoutingTable, ValidatedEvent,
+    ChannelKind, DeliveryId, EventId, Locale, NotificationId, SharedRouting, ValidatedEvent,
     ValidationError,
 };
 use herald_delivery::{Clock, InboxText, Queue, Templates};
@@ -44,7 +44,8 @@ struct Envelope {
 #[derive(Debug, Clone)]
 pub struct Publisher {
     store: Store,
-    routing: Arc<RoutingTable>,
+    /// The table in force; replaced whole when an admin changes it.
+    routing: SharedRouting,
     templates: Arc<Templates>,
     queue: Queue,
     clock: Arc<dyn Clock>,
@@ -63,7 +64,7 @@ struct Prepared {
 impl Publisher {
     pub fn new(
         store: Store,
-        routing: Arc<RoutingTable>,
+        routing: SharedRouting,
         templates: Arc<Templates>,
         queue: Queue,
         clock: Arc<dyn Clock>,

@@ -11,6 +11,7 @@
 //! | [`delivery`] | the queue, transports, workers and sweeper of a process |
 //! | [`lifecycle`] | the retention purge job (`[retention]`, metrics, outbox files) and a user's erase |
 //! | [`redrive`] | re-driving failed deliveries: filters, cursors and bounds shared by REST and CLI |
+//! | [`routing`] | the routing table a process runs on: the file, or the newest stored over REST, followed by polling |
 //! | [`routes`] | the handlers of contract §7 |
 //! | [`startup`] | `Application::build` / `run_until`, the router |
 //! | [`telemetry`] | logging |
@@ -26,6 +27,7 @@ pub mod lifecycle;
 pub mod problem;
 pub mod redrive;
 pub mod routes;
+pub mod routing;
 pub mod startup;
 pub mod telemetry;
 

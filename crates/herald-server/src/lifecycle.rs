@@ -56,6 +56,7 @@ pub struct PurgePolicy {
     pub events: Option<Duration>,
     pub deliveries: Option<Duration>,
     pub actions: Option<Duration>,
+    pub audit: Option<Duration>,
     pub outbox_files: Option<Duration>,
     pub interval: Option<Duration>,
     pub batch_size: u32,
@@ -72,6 +73,7 @@ impl PurgePolicy {
             events: ms(self.events),
             deliveries: ms(self.deliveries),
             actions: ms(self.actions),
+            audit: ms(self.audit),
         }
     }
 }

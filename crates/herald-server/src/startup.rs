@@ -30,8 +30,10 @@ use crate::ingest::Publisher;
 use crate::lifecycle::Purger;
 use crate::problem::ApiError;
 use crate::routes::{
-    admin, deliveries, demo, events, health, inbox, openapi, privacy, users, webhooks,
+    admin, admin_routing, audit, deliveries, demo, events, health, inbox, openapi, privacy, users,
+    webhooks,
 };
+use crate::routing::LiveRouting;
 
 /// How long a transport may take to answer `check` (at start, on `/readyz`).
 pub const CHANNEL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -52,6 +54,8 @@ pub struct AppState {
     /// This process's metrics: the gateway's, the delivery workers' and
     /// the providers', for `/metrics`.
     pub metrics: prometheus::Registry,
+    /// The routing table in force, replaceable over REST.
+    pub routing: LiveRouting,
 }
 
 /// A built, bound, not yet serving Herald.
@@ -86,6 +90,8 @@ impl Application {
         )
         .await?;
         store.migrate().await?;
+        let routing =
+            LiveRouting::start(store.clone(), routing, settings.routing.file.clone()).await?;
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .await
             .map_err(|e| {
@@ -115,7 +121,7 @@ impl Application {
         let delivery = DeliveryRuntime::build(
             &settings,
             store.clone(),
-            routing.clone(),
+            routing.shared(),
             templates.clone(),
             &components,
             &metrics,
@@ -128,7 +134,7 @@ impl Application {
         }
         let publisher = Publisher::new(
             store.clone(),
-            routing,
+            routing.shared(),
             templates,
             delivery.queue.clone(),
             delivery.dispatcher.clock.clone(),
@@ -152,6 +158,7 @@ impl Application {
                 realtime,
                 delivery: delivery.clone(),
                 metrics,
+                routing,
             },
             delivery,
             purger,
@@ -194,6 +201,12 @@ impl Application {
             .workers_in_serve
             .then(|| tokio::spawn(self.delivery.run(stop.clone())));
         let purging = tokio::spawn(self.purger.run(stop.clone()));
+        let following = tokio::spawn(
+            self.state
+                .routing
+                .clone()
+                .follow(self.state.settings.routing.poll_interval(), stop.clone()),
+        );
         let realtime = self.state.realtime.clone();
         let grace = self.state.settings.realtime.shutdown_grace();
         let app = router(self.state);
@@ -210,6 +223,7 @@ impl Application {
         .await;
         stop.cancel();
         let _ = purging.await;
+        let _ = following.await;
         if let Some(workers) = workers {
             match workers.await {
                 Ok(result) => result?,
@@ -262,6 +276,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user}/export", get(privacy::export))
         .route("/v1/admin/stats", get(admin::stats))
         .route("/v1/admin/deliveries", get(deliveries::list))
+        .route("/v1/admin/audit", get(audit::list))
+        .route(
+            "/v1/admin/routing",
+            get(admin_routing::get).put(admin_routing::put).delete(admin_routing::revert),
+        )
         .route("/v1/admin/deliveries/retry", post(deliveries::retry_many))
         .route("/v1/admin/deliveries/{id}/retry", post(deliveries::retry_one))
         .route("/v1/webhooks/twilio", post(webhooks::twilio))

@@ -438,6 +438,7 @@ fn bad_json_tables_name_the_path_at_fault() {
         ),
         (json!({"events": {}}), "events.points_added"),
         (json!({}), "events"),
+        (json!([1, 2]), ""),
     ];
     for (doc, path) in cases {
         let err = RoutingTable::from_json(doc.clone()).unwrap_err();

@@ -2,6 +2,8 @@
 //! for providers reporting delivery status.
 
 pub mod admin;
+pub mod admin_routing;
+pub mod audit;
 pub mod deliveries;
 pub mod demo;
 pub mod events;

@@ -3,6 +3,10 @@
 //! Preferences are the user's or an admin's to read and change. Contact
 //! details and devices may also be set by a `service` (the platform
 //! registering a phone number or an app's FCM token).
+//!
+//! A change an admin or a service makes to another user's data is audited
+//! (`GET /v1/admin/audit`) in the transaction that makes it; a user's own
+//! change is not.
 
 use axum::Json;
 use axum::extract::State;
@@ -19,6 +23,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiPath, from_value};
 use crate::problem::ApiError;
+use crate::routes::audit::auditor;
 use crate::startup::AppState;
 
 const MAX_TOKEN: usize = 4_096;
@@ -44,6 +49,7 @@ pub async fn put_preferences(
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_self_or_admin(&user)?;
+    let by = auditor(&caller, &user);
     let user = UserId(user);
     let mut body = body;
     let locale = match body.remove("locale") {
@@ -58,12 +64,10 @@ pub async fn put_preferences(
     };
     let prefs: Preferences = from_value(Value::Object(body))?;
     prefs.validate()?;
-    state.store.put_preferences(&user, &prefs).await?;
-    if let Some(locale) = locale {
-        let mut record = state.store.contact(&user).await?.unwrap_or_default();
-        record.contact.locale = Some(locale);
-        state.store.put_contact(&user, &record).await?;
-    }
+    state
+        .store
+        .put_preferences_by(&user, &prefs, locale, by.as_ref())
+        .await?;
     preferences_view(&state, &user).await.map(Json)
 }
 
@@ -127,6 +131,7 @@ pub async fn put_contact(
     ApiJson(body): ApiJson<ContactBody>,
 ) -> Result<Json<ContactRecord>, ApiError> {
     caller.require_self_or_operator(&user)?;
+    let by = auditor(&caller, &user);
     let me = &caller.0;
     let operator = matches!(me.role, Role::Service | Role::Admin);
     if !operator && (body.role.is_some() || body.restaurant_id.is_some()) {
@@ -169,7 +174,10 @@ pub async fn put_contact(
         role,
         restaurant_id,
     };
-    state.store.put_contact(&user, &record).await?;
+    state
+        .store
+        .put_contact_by(&user, &record, by.as_ref())
+        .await?;
     Ok(Json(record))
 }
 
@@ -260,7 +268,11 @@ pub async fn add_device(
             }
         }
     };
-    let (device, created) = state.store.add_device(&UserId(user), &device).await?;
+    let by = auditor(&caller, &user);
+    let (device, created) = state
+        .store
+        .add_device_by(&UserId(user), &device, by.as_ref())
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -279,7 +291,12 @@ pub async fn delete_device(
     caller.require_self_or_operator(&user)?;
     let no_such = || ApiError::not_found("no such device");
     let id: DeviceId = id.parse().map_err(|_| no_such())?;
-    if state.store.delete_device(&UserId(user), id).await? {
+    let by = auditor(&caller, &user);
+    if state
+        .store
+        .delete_device_by(&UserId(user), id, by.as_ref())
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(no_such())

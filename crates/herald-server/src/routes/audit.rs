@@ -1,0 +1,126 @@
+//! The admin audit log over REST (`GET /v1/admin/audit`), and who counts
+//! as an auditable actor.
+//!
+//! The rows are written by the store in the transaction of each change
+//! ([`herald_store::audit`]); the handlers that make the changes decide
+//! whether a change is audited with [`auditor`]: an admin or a service
+//! changing another user's data is, a user changing their own is not.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::State;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use herald_core::{Role, ValidationError};
+use herald_store::audit::{Actor, AuditCursor, AuditEntry, AuditFilter, AuditKind};
+use serde::Serialize;
+
+use crate::auth::Caller;
+use crate::extract::ApiQuery;
+use crate::problem::ApiError;
+use crate::redrive::{DEFAULT_LIMIT, MAX_LIMIT, parse_time};
+use crate::startup::AppState;
+
+/// The caller as an audit row names them.
+pub fn actor(caller: &Caller) -> Actor {
+    Actor::new(caller.0.user_id.as_str(), caller.0.role.as_str())
+}
+
+/// The actor to audit a change of `user`'s data under: an admin or a
+/// service acting on someone else's; `None` for a user's own change.
+pub fn auditor(caller: &Caller, user: &str) -> Option<Actor> {
+    let me = &caller.0;
+    (matches!(me.role, Role::Admin | Role::Service) && me.user_id.as_str() != user)
+        .then(|| actor(caller))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    items: Vec<AuditEntry>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/admin/audit?actor=&target=&kind=&from=&to=&cursor=&limit=`:
+/// newest first. `actor` is a token subject, `target` a user id, `kind`
+/// one of `preferences`, `contact`, `devices`, `routing`; `from` and `to`
+/// bound the time (RFC 3339, or epoch milliseconds). Admins only.
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
+) -> Result<Json<Page>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let mut filter = AuditFilter::default();
+    let (mut cursor, mut limit) = (None, DEFAULT_LIMIT);
+    for (key, value) in params {
+        let value = value.trim().to_owned();
+        if value.is_empty() {
+            continue;
+        }
+        match key.as_str() {
+            "actor" => filter.actor = Some(value),
+            "target" => filter.target = Some(value),
+            "kind" => {
+                filter.kind = Some(AuditKind::parse(&value).ok_or_else(|| {
+                    ValidationError::new(
+                        "kind",
+                        format!(
+                            "`{value}` is not a kind of change (preferences, contact, devices, routing)"
+                        ),
+                    )
+                })?);
+            }
+            "from" => filter.from = Some(parse_time("from", &value)?),
+            "to" => filter.to = Some(parse_time("to", &value)?),
+            "cursor" => cursor = Some(decode_cursor(&value)?),
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=MAX_LIMIT).contains(l))
+                    .ok_or_else(|| {
+                        ValidationError::new("limit", format!("must be 1 to {MAX_LIMIT}"))
+                    })?;
+            }
+            _ => {
+                return Err(
+                    ValidationError::new(key, "is not a query parameter of this endpoint").into(),
+                );
+            }
+        }
+    }
+    if let (Some(from), Some(to)) = (filter.from, filter.to)
+        && from > to
+    {
+        return Err(ValidationError::new("to", "is before `from`").into());
+    }
+    let (items, next) = state
+        .store
+        .list_audit(&filter, cursor.as_ref(), limit)
+        .await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: next.as_ref().map(encode_cursor),
+    }))
+}
+
+fn encode_cursor(cursor: &AuditCursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", cursor.at, cursor.id))
+}
+
+fn decode_cursor(text: &str) -> Result<AuditCursor, ValidationError> {
+    let bad = || ValidationError::new("cursor", "is not a cursor this API returned");
+    let raw = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let (at, id) = raw.split_once(':').ok_or_else(bad)?;
+    let at = at.parse().map_err(|_| bad())?;
+    let id: uuid::Uuid = id.parse().map_err(|_| bad())?;
+    Ok(AuditCursor {
+        at,
+        id: id.to_string(),
+    })
+}
