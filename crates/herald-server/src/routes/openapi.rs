@@ -24,6 +24,7 @@ use axum::extract::State;
 use herald_core::catalog::introspect::{self, text_schema};
 use herald_core::ids::MAX_KEY_LEN;
 use herald_core::{ChannelKind, EventKind, Locale, Role};
+use herald_store::audit::AuditKind;
 use herald_store::redrive::{DELIVERY_STATES, RETRYABLE_STATES};
 use serde_json::{Map, Value, json};
 
@@ -53,6 +54,10 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/admin/deliveries", "get"),
     ("/v1/admin/deliveries/retry", "post"),
     ("/v1/admin/deliveries/{id}/retry", "post"),
+    ("/v1/admin/audit", "get"),
+    ("/v1/admin/routing", "get"),
+    ("/v1/admin/routing", "put"),
+    ("/v1/admin/routing", "delete"),
     ("/healthz", "get"),
     ("/readyz", "get"),
     ("/metrics", "get"),
@@ -174,6 +179,7 @@ const REQUEST_SCHEMAS: &[&str] = &[
     "Contact",
     "NewDevice",
     "RedriveRequest",
+    "RoutingTable",
 ];
 
 fn problem(description: &str) -> Value {
@@ -412,7 +418,7 @@ fn operation(path: &str, method: &str) -> Value {
                 json!({ "204": { "description": "Removed." } }),
             ),
             ("/v1/users/{user}", _) => (
-                "Erase a user: contact, preferences, devices, inbox, deliveries, action records, outbox files (irreversible)",
+                "Erase a user: contact, preferences, devices, inbox, deliveries, action records, outbox files, and the values of the audit rows about them (irreversible)",
                 Who::ServiceOrAdmin,
                 vec![user()],
                 None,
@@ -426,8 +432,8 @@ fn operation(path: &str, method: &str) -> Value {
                 Who::SelfOrOperator,
                 vec![user()],
                 None,
-                json!({ "200": ok("Contact, preferences as set, devices, every inbox entry, deliveries, action records.", object(
-                    &["userId", "contact", "preferences", "devices", "notifications", "deliveries", "actions"],
+                json!({ "200": ok("Contact, preferences as set, devices, every inbox entry, deliveries, action records, and the audit rows about the user.", object(
+                    &["userId", "contact", "preferences", "devices", "notifications", "deliveries", "actions", "audit"],
                     json!({
                         "userId": string(),
                         "contact": nullable(schema_ref("ContactRecord")),
@@ -435,7 +441,8 @@ fn operation(path: &str, method: &str) -> Value {
                         "devices": { "type": "array", "items": schema_ref("Device") },
                         "notifications": { "type": "array", "items": { "type": "object" } },
                         "deliveries": { "type": "array", "items": { "type": "object" } },
-                        "actions": { "type": "array", "items": { "type": "object" } }
+                        "actions": { "type": "array", "items": { "type": "object" } },
+                        "audit": { "type": "array", "items": schema_ref("AuditEntry") }
                     }),
                 )) }),
             ),
@@ -485,6 +492,44 @@ fn operation(path: &str, method: &str) -> Value {
                     }),
                 )
             }
+            ("/v1/admin/audit", _) => (
+                "Changes admins and services made to others' preferences, contact and devices, and to routing; newest first",
+                Who::Admin,
+                audit_query(),
+                None,
+                json!({ "200": ok("A page, newest first.", object(&["items", "nextCursor"], json!({
+                    "items": { "type": "array", "items": schema_ref("AuditEntry") },
+                    "nextCursor": nullable(string())
+                }))) }),
+            ),
+            ("/v1/admin/routing", "get") => (
+                "The routing table in force, in the routing file's shape, with its version (the `ETag`) and source",
+                Who::Admin,
+                vec![],
+                None,
+                json!({ "200": routing_answer("The table in force on this node.") }),
+            ),
+            ("/v1/admin/routing", "put") => (
+                "Replace the routing table on every node, without a restart; checked by the routing file's rules",
+                Who::Admin,
+                vec![if_match()],
+                Some(json!({ "required": true, "content": json_body(schema_ref("RoutingTable")) })),
+                json!({
+                    "200": routing_answer("Stored as a new version, audited, and in force."),
+                    "412": problem("`precondition_failed`: `If-Match` names another version than the newest; nothing changed."),
+                    "422": problem("`validation_failed`: the table breaks a rule of the routing file; `field` is the path at fault (`events.points_added.deliveries[0].to`). Nothing changed."),
+                }),
+            ),
+            ("/v1/admin/routing", "delete") => (
+                "Go back to the routing file (`routing.file`) on every node",
+                Who::Admin,
+                vec![if_match()],
+                None,
+                json!({
+                    "200": routing_answer("The file is in force, as a new version (unchanged when it was already)."),
+                    "412": problem("`precondition_failed`: `If-Match` names another version than the newest; nothing changed."),
+                }),
+            ),
             ("/healthz", _) => (
                 "The process is up",
                 Who::Anyone,
@@ -593,6 +638,97 @@ fn delivery_filter_query() -> Vec<Value> {
             json!({ "type": "integer", "minimum": 1, "maximum": MAX_DELIVERY_PAGE, "default": crate::redrive::DEFAULT_LIMIT }),
         ),
     ]
+}
+
+/// The filter of the audit log, as query parameters.
+fn audit_query() -> Vec<Value> {
+    vec![
+        query("actor", "The token subject that made the change.", string()),
+        query("target", "The user whose data changed.", string()),
+        query(
+            "kind",
+            "What changed.",
+            json!({ "type": "string", "enum": AuditKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>() }),
+        ),
+        query(
+            "from",
+            "At or after: RFC 3339 or epoch milliseconds.",
+            instant(),
+        ),
+        query(
+            "to",
+            "At or before: RFC 3339 or epoch milliseconds; not before `from` (422 naming `to`).",
+            instant(),
+        ),
+        query(
+            "cursor",
+            "`nextCursor` of the previous page, as it was returned; any other value is 422 naming `cursor`.",
+            json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]+$" }),
+        ),
+        query(
+            "limit",
+            "Page size.",
+            json!({ "type": "integer", "minimum": 1, "maximum": MAX_DELIVERY_PAGE, "default": crate::redrive::DEFAULT_LIMIT }),
+        ),
+    ]
+}
+
+/// `If-Match` on the routing table's changes.
+fn if_match() -> Value {
+    json!({
+        "name": "If-Match",
+        "in": "header",
+        "required": false,
+        "description": "The `ETag` (version) of the table as read: the change is made only if it is still the newest (412 otherwise). `*` or none: whatever is newest.",
+        "schema": string(),
+    })
+}
+
+/// The answer of the routing table's operations, with its `ETag`.
+fn routing_answer(description: &str) -> Value {
+    let mut answer = ok(description, schema_ref("RoutingView"));
+    answer["headers"] = json!({ "ETag": {
+        "description": "The version, quoted: send it back in `If-Match`.",
+        "schema": string(),
+    } });
+    answer
+}
+
+/// The routing file's shape, as JSON (`PUT /v1/admin/routing`).
+fn routing_table() -> Value {
+    let channels: Vec<&str> = ChannelKind::ALL.iter().map(|c| c.as_str()).collect();
+    let condition = json!({
+        "type": "object",
+        "description": "Payload field → the values it must have (every field listed must match).",
+        "additionalProperties": { "type": "array", "items": string() },
+    });
+    let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+    let mut table = closed(
+        &["events"],
+        json!({
+            "events": {
+                "type": "object",
+                "description": "Every event of the catalog, each with an entry (an empty one is fine).",
+                "required": names,
+                "propertyNames": event_names(true),
+                "additionalProperties": closed(&[], json!({
+                    "rooms": { "type": "array", "items": string(), "description": "Realtime rooms; `{field}` is a payload field." },
+                    "inbox": { "type": "array", "items": string(), "description": "Who gets an inbox entry: `{field}`, `role:NAME`, `staff:{field}`." },
+                    "deliveries": { "type": "array", "items": closed(&["to", "channels"], json!({
+                        "to": string(),
+                        "channels": { "type": "array", "items": { "type": "string", "enum": channels }, "description": "email, sms, push." },
+                        "when": condition,
+                        "mandatory": { "type": "boolean" },
+                    })) },
+                    "critical_when": condition,
+                })),
+            },
+        }),
+    );
+    table["description"] = json!(
+        "A routing table, in the shape of `config/routing.toml`: checked by the file's rules (fields, roles and channels must exist)."
+    );
+    table
 }
 
 /// An instant: RFC 3339, or epoch milliseconds.
@@ -797,6 +933,31 @@ fn schemas() -> Value {
             }),
         ),
         "RedriveRequest": redrive_request(),
+        "RoutingTable": routing_table(),
+        "RoutingView": object(&["version", "etag", "source", "file", "updatedBy", "updatedAt", "table"], json!({
+            "version": { "type": "integer", "minimum": 0, "description": "0: the routing file, nothing ever stored." },
+            "etag": string(),
+            "source": { "type": "string", "enum": ["file", "api"] },
+            "file": { "type": "string", "description": "The routing file this node falls back on." },
+            "updatedBy": nullable(schema_ref("Actor")),
+            "updatedAt": nullable(millis()),
+            "table": schema_ref("RoutingTable"),
+        })),
+        "Actor": object(&["subject", "role"], json!({
+            "subject": string(),
+            "role": { "type": "string", "enum": Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>() },
+        })),
+        "AuditEntry": object(&["id", "at", "actor", "target", "kind", "action", "before", "after", "erasedAt"], json!({
+            "id": uuid(),
+            "at": millis(),
+            "actor": schema_ref("Actor"),
+            "target": nullable(json!({ "type": "string", "description": "The user whose data changed; null for routing." })),
+            "kind": { "type": "string", "enum": AuditKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>() },
+            "action": { "type": "string", "enum": ["update", "add", "remove", "replace", "revert"] },
+            "before": { "description": "The record before (null: none); device tokens masked. Null once the target was erased." },
+            "after": { "description": "The record after (null: removed); device tokens masked. Null once the target was erased." },
+            "erasedAt": nullable(millis()),
+        })),
         "RedriveReport": object(&["requeued", "alreadyQueued", "notRetryable", "unknown"], json!({
             "requeued": { "type": "array", "items": uuid() },
             "alreadyQueued": { "type": "array", "items": uuid() },
