@@ -2,6 +2,7 @@
 //! 0, each scenario on SQLite and on PostgreSQL.
 
 mod actions;
+mod audit;
 mod auth;
 mod balancer;
 mod browser;
@@ -17,6 +18,7 @@ mod ingest;
 mod lifecycle;
 mod realtime;
 mod redrive;
+mod routing_api;
 mod socketio;
 mod transports;
 mod users;
