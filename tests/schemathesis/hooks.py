@@ -2,8 +2,8 @@
 
 The document describes each field exactly; these hooks drop the generated
 requests that break a rule spanning two fields (the document's descriptions
-name each rule) or carry the opaque cursor of the admin's delivery list,
-which only the API itself can hand out.
+name each rule) or carry what only the API itself can hand out: the opaque
+cursors of the admin's lists, and the routing table's version in If-Match.
 """
 
 from datetime import datetime
@@ -38,8 +38,11 @@ def filter_case(ctx, case):
     label = f"{case.method.upper()} {case.path}"
     query = case.query or {}
     body = case.body if isinstance(case.body, dict) else {}
-    if label == "GET /v1/admin/deliveries":
+    if label in ("GET /v1/admin/deliveries", "GET /v1/admin/audit"):
         return "cursor" not in query and _ordered(query)
+    if label in ("PUT /v1/admin/routing", "DELETE /v1/admin/routing"):
+        headers = case.headers or {}
+        return headers.get("If-Match", "*") == "*"
     if label == "POST /v1/admin/deliveries/retry":
         window = body.get("filter")
         return not isinstance(window, dict) or _ordered(window)

@@ -694,39 +694,61 @@ fn routing_answer(description: &str) -> Value {
     answer
 }
 
-/// The routing file's shape, as JSON (`PUT /v1/admin/routing`).
+/// The routing file's shape, as JSON (`PUT /v1/admin/routing`): every
+/// event of the catalog with its own entry, whose `{field}` placeholders,
+/// recipients and conditions may name only that event's payload fields,
+/// as the file's rules require.
 fn routing_table() -> Value {
-    let channels: Vec<&str> = ChannelKind::ALL.iter().map(|c| c.as_str()).collect();
-    let condition = json!({
-        "type": "object",
-        "description": "Payload field → the values it must have (every field listed must match).",
-        "additionalProperties": { "type": "array", "items": string() },
-    });
-    let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
-    let mut table = closed(
-        &["events"],
-        json!({
-            "events": {
-                "type": "object",
-                "description": "Every event of the catalog, each with an entry (an empty one is fine).",
-                "required": names,
-                "propertyNames": event_names(true),
-                "additionalProperties": closed(&[], json!({
-                    "rooms": { "type": "array", "items": string(), "description": "Realtime rooms; `{field}` is a payload field." },
-                    "inbox": { "type": "array", "items": string(), "description": "Who gets an inbox entry: `{field}`, `role:NAME`, `staff:{field}`." },
+    let roles: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+    let mut events = Map::new();
+    for kind in EventKind::ALL.iter().copied() {
+        let fields = kind.fields().join("|");
+        // Text whose every `{…}` names one of the event's fields.
+        // No NUL, as in every string Herald reads.
+        let template = format!("([^{{\\x00]|\\{{({fields})\\}})*");
+        let text = |pattern: String, description: &str| json!({ "type": "string", "pattern": pattern, "description": description });
+        let room = text(
+            format!("^{template}$"),
+            "A realtime room; `{field}` is a payload field.",
+        );
+        let recipient = text(
+            format!(
+                "^(role:({})|staff:{template}|\\{{({fields})\\}}{template})$",
+                roles.join("|")
+            ),
+            "`{field}` (the user a payload field names), `role:NAME` or `staff:{field}`.",
+        );
+        let condition = json!({
+            "type": "object",
+            "description": "Payload field → the values it must have (every field listed must match).",
+            "propertyNames": { "enum": kind.fields() },
+            "additionalProperties": { "type": "array", "items": string() },
+        });
+        events.insert(
+            kind.as_str().to_owned(),
+            closed(
+                &[],
+                json!({
+                    "rooms": { "type": "array", "items": room },
+                    "inbox": { "type": "array", "items": recipient.clone() },
                     "deliveries": { "type": "array", "items": closed(&["to", "channels"], json!({
-                        "to": string(),
-                        "channels": { "type": "array", "items": { "type": "string", "enum": channels }, "description": "email, sms, push." },
-                        "when": condition,
+                        "to": recipient,
+                        "channels": { "type": "array", "items": external_channels() },
+                        "when": condition.clone(),
                         "mandatory": { "type": "boolean" },
                     })) },
                     "critical_when": condition,
-                })),
-            },
-        }),
-    );
+                }),
+            ),
+        );
+    }
+    let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+    let mut all = closed(&names, Value::Object(events));
+    all["description"] =
+        json!("Every event of the catalog, each with an entry (an empty one is fine).");
+    let mut table = closed(&["events"], json!({ "events": all }));
     table["description"] = json!(
-        "A routing table, in the shape of `config/routing.toml`: checked by the file's rules (fields, roles and channels must exist)."
+        "A routing table, in the shape of `config/routing.toml`, checked by the file's rules."
     );
     table
 }
