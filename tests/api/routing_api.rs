@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use herald_core::{EventKind, Role};
+use herald_server::routing::LiveRouting;
 use herald_store::scratch::ScratchDatabase;
 use herald_testkit::{Backend, eventually, spawn_app_with};
 use reqwest::Method;
@@ -175,6 +176,78 @@ backend_tests! {
             }
         }
         assert_eq!(problem(app.get("/v1/admin/routing", "").await).await.0, 401);
+    }
+}
+
+/// What a `herald worker` process runs: its own [`LiveRouting`] on the
+/// shared database, following changes; its delivery workers route by
+/// `shared()`. A table put over REST reaches it without a restart.
+async fn a_worker_process_follows_routing_changes(app: TestApp) {
+    let file = std::sync::Arc::new(herald_core::RoutingTable::default_table());
+    let worker = LiveRouting::start(app.store.clone(), file, "config/routing.toml".into())
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let following = tokio::spawn(
+        worker
+            .clone()
+            .follow(Duration::from_millis(20), stop.clone()),
+    );
+    let routes = worker.shared();
+    let event = herald_core::ValidatedEvent::parse_kind(
+        EventKind::PointsAdded,
+        EventKind::PointsAdded.example(),
+    )
+    .unwrap();
+    let channels = |r: &herald_core::routing::Route| {
+        r.deliveries
+            .iter()
+            .map(|d| d.channel.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(channels(&routes.route(&event)), ["push"]);
+
+    let (file, etag) = routing(&app).await;
+    assert_eq!(
+        change(&app, Some(&with_email(&file["table"])), Some(&etag))
+            .await
+            .status(),
+        200
+    );
+    eventually(
+        "the worker routes by version 1",
+        Duration::from_secs(10),
+        || async { (channels(&routes.route(&event)) == ["push", "email"]).then_some(()) },
+    )
+    .await;
+    assert_eq!(worker.current().version, 1);
+    assert_eq!(change(&app, None, None).await.status(), 200);
+    eventually(
+        "the worker is back on the file",
+        Duration::from_secs(10),
+        || async { (channels(&routes.route(&event)) == ["push"]).then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    following.await.unwrap();
+}
+
+mod a_worker_process_follows_routing_changes {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let app = herald_testkit::spawn_app(Backend::Sqlite)
+            .await
+            .expect("sqlite always runs");
+        super::a_worker_process_follows_routing_changes(app).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if let Some(app) = herald_testkit::spawn_app(Backend::Postgres).await {
+            super::a_worker_process_follows_routing_changes(app).await;
+        }
     }
 }
 
