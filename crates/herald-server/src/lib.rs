@@ -13,7 +13,8 @@
 //! | [`redrive`] | re-driving failed deliveries: filters, cursors and bounds shared by REST and CLI |
 //! | [`routes`] | the handlers of contract §7 |
 //! | [`startup`] | `Application::build` / `run_until`, the router |
-//! | [`telemetry`] | logging |
+//! | [`telemetry`] | logs with request, event and delivery ids; OTLP traces; the request id |
+//! | [`worker`] | `herald worker`: delivery workers without the API, and its `/metrics` listener |
 //! | [`cli`] | the `herald` commands: `serve`, `worker`, `migrate`, `token`, `deliveries`, `purge` |
 
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod redrive;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;
+pub mod worker;
 
 pub use config::Settings;
 pub use startup::{AppState, Application};
