@@ -15,6 +15,7 @@ mod hardening;
 mod inbox;
 mod ingest;
 mod lifecycle;
+mod observability;
 mod realtime;
 mod redrive;
 mod socketio;
