@@ -385,9 +385,9 @@ fn json_logs_follow_an_event_by_its_ids_and_keep_secrets_out() {
 
 /// One publish that brings its caller's `traceparent` is one trace at the
 /// collector: the request, the publish and its ingest (with the event id),
-/// routing, persisting and enqueueing, then — across the queue — the delivery attempt (a child of
-/// the publish, with the delivery and event ids, linked to the worker's
-/// batch), its render and the provider's send.
+/// routing, persisting and enqueueing, then — across the queue — the
+/// delivery attempt (a child of ingest, with the delivery and event ids),
+/// its render and the provider's send.
 #[test]
 fn a_published_event_is_one_trace_from_the_request_to_the_provider() {
     let collector = Collector::default();
@@ -469,6 +469,10 @@ fn a_published_event_is_one_trace_from_the_request_to_the_provider() {
                 let all = [HTTP, "publish", "ingest", "delivery_attempt"]
                     .iter()
                     .all(|name| spans.iter().any(|s| s.name == *name));
+                if !(sent && all) {
+                    // Shown if it never comes.
+                    eprintln!("at the collector so far: {:?}", names(&spans));
+                }
                 (sent && all).then_some(spans)
             },
         )
@@ -508,7 +512,6 @@ fn a_published_event_is_one_trace_from_the_request_to_the_provider() {
         assert_eq!(attribute(attempt, "outcome").as_deref(), Some("sent"));
         let delivery_id = attribute(attempt, "delivery_id").expect("the delivery's id");
         assert!(uuid::Uuid::parse_str(&delivery_id).is_ok(), "{delivery_id}");
-        assert_eq!(attempt.links.len(), 1, "linked to the worker's batch");
         assert_eq!(named("render").parent_span_id, attempt.span_id);
         let send = spans
             .iter()
