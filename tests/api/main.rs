@@ -16,6 +16,7 @@ mod hardening;
 mod inbox;
 mod ingest;
 mod lifecycle;
+mod observability;
 mod realtime;
 mod redrive;
 mod routing_api;

@@ -30,6 +30,7 @@ use herald_store::deliveries::{Claimed, Finish, Finished, TraceStep};
 use herald_store::{Device, DeviceKind, Store};
 use serde_json::json;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::metrics::DeliveryMetrics;
@@ -176,21 +177,39 @@ impl Dispatcher {
             .map(|c| c.recipient.clone())
             .collect();
         let devices = self.store.devices_of(&push).await?;
+        let batch = tracing::Span::current();
         let attempts = claimed.into_iter().map(|claim| {
             let context = Context {
                 profile: profiles.get(&claim.recipient),
                 devices: devices.get(&claim.recipient).map_or(&[], Vec::as_slice),
             };
+            // Every line of the attempt carries the delivery, its event,
+            // channel and attempt, and the provider that answered last
+            // once there is one; never an address. In a trace, the attempt
+            // continues the publish that made it.
+            let span = tracing::info_span!(
+                "delivery_attempt",
+                delivery_id = %claim.id,
+                event_id = %claim.event_id,
+                channel = %claim.channel,
+                attempt = claim.attempt,
+                provider = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            if let Some(traceparent) = &claim.traceparent {
+                crate::tracecontext::continue_trace(&span, traceparent, &batch);
+            }
             async move {
                 let id = claim.id;
                 match self.run(claim, context).await {
                     Ok(outcome) => Some((id, outcome)),
                     Err(e) => {
-                        tracing::warn!(delivery = %id, error = %e, "attempt stopped; its lease will hand it back");
+                        tracing::warn!(error = %e, "attempt stopped; its lease will hand it back");
                         None
                     }
                 }
             }
+            .instrument(span)
         });
         Ok(join_all(attempts).await.into_iter().flatten().collect())
     }
@@ -217,19 +236,8 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// One claimed delivery: attempt, record, follow up. Every line it
-    /// logs carries the delivery, its channel and attempt, and the provider
-    /// that answered last once there is one; never an address.
-    #[tracing::instrument(
-        name = "delivery_attempt",
-        skip_all,
-        fields(
-            delivery = %claim.id,
-            channel = %claim.channel,
-            attempt = claim.attempt,
-            provider = tracing::field::Empty,
-        )
-    )]
+    /// One claimed delivery: attempt, record, follow up; inside its
+    /// `delivery_attempt` span.
     async fn run(&self, claim: Claimed, context: Context<'_>) -> Result<Outcome, Error> {
         let _permit = self
             .sends
@@ -273,6 +281,8 @@ impl Dispatcher {
         }
         self.metrics
             .record(&claim.channel, &outcome, started.elapsed());
+        tracing::Span::current().record("outcome", outcome.label());
+        tracing::info!("delivery attempt recorded");
         self.after(&claim, &outcome).await;
         Ok(outcome)
     }
@@ -379,9 +389,11 @@ impl Dispatcher {
             .contact
             .locale
             .unwrap_or(self.templates.default_locale());
-        let rendered = self
-            .templates
-            .render(claim.kind, channel, locale, &event.data)
+        let rendered = tracing::info_span!("render", locale = %locale)
+            .in_scope(|| {
+                self.templates
+                    .render(claim.kind, channel, locale, &event.data)
+            })
             .map_err(|e| ChannelError::permanent(e.to_string()))?;
         if channel == ChannelKind::Sms {
             let s = sms::segments(&rendered.text);
@@ -549,7 +561,7 @@ impl Dispatcher {
             }
             Outcome::Released => {
                 if let Err(e) = self.queue.enqueue(&[claim.id]).await {
-                    tracing::warn!(error = %e, delivery = %claim.id, "could not enqueue a released delivery; the sweeper will");
+                    tracing::warn!(error = %e, "could not enqueue a released delivery; the sweeper will");
                 }
                 return;
             }
@@ -594,7 +606,7 @@ impl Dispatcher {
         // The row already says when; if the queue is unreachable the
         // sweeper finds the delivery once it falls due.
         if let Err(e) = self.queue.schedule(id, at, self.clock.now()).await {
-            tracing::warn!(error = %e, delivery = %id, "could not schedule the next attempt; the sweeper will");
+            tracing::warn!(error = %e, delivery_id = %id, "could not schedule the next attempt; the sweeper will");
         }
     }
 }

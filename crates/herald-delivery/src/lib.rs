@@ -11,6 +11,7 @@
 //! | [`sms`] | SMS segment counting (GSM-7 / UCS-2) |
 //! | [`metrics`] | delivery outcomes as Prometheus metrics |
 //! | [`clock`] | injectable time |
+//! | [`tracecontext`] | the W3C traceparent that carries a publish's trace across the queue |
 //!
 //! The database is the source of truth: ingest writes each delivery in the
 //! same transaction as its event, the queue only carries ids, and every
@@ -27,6 +28,7 @@ pub mod retry;
 pub mod sms;
 pub mod sweeper;
 pub mod templates;
+pub mod tracecontext;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatch::{Channels, Dispatcher, Outcome};

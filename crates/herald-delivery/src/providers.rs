@@ -36,6 +36,7 @@ use herald_core::{Channel, ChannelError, ChannelKind, RenderedMessage};
 use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use redis::aio::ConnectionManager;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 // ---------------------------------------------------------------------------
 // Circuit breaker
@@ -878,7 +879,25 @@ impl ProviderChain {
                     });
                 }
             }
-            let result = provider.channel.send(message).await;
+            let span = tracing::info_span!(
+                "provider_send",
+                provider = name,
+                outcome = tracing::field::Empty,
+            );
+            let result = provider
+                .channel
+                .send(message)
+                .instrument(span.clone())
+                .await;
+            span.record(
+                "outcome",
+                match &result {
+                    Ok(_) => "sent",
+                    Err(ChannelError::Transient { .. }) => "transient",
+                    Err(ChannelError::Permanent { .. }) => "permanent",
+                    Err(ChannelError::Gone { .. }) => "gone",
+                },
+            );
             guard.armed = false;
             answered = Some(name);
             let error = match result {

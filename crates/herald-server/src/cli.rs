@@ -15,13 +15,11 @@ use herald_store::redrive::{AdminDelivery, RedriveReport};
 
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
-use crate::delivery::{Components, DeliveryRuntime};
+use crate::delivery::Components;
 use crate::lifecycle::Purger;
 use crate::redrive::{self, FilterInput};
-use crate::routing::LiveRouting;
-use crate::startup::load_policy;
+use crate::worker::Worker;
 use crate::{Application, telemetry};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -176,7 +174,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(mut settings: Settings) -> anyhow::Result<()> {
-    telemetry::init(&settings.log);
+    let _telemetry = telemetry::start(&settings)?;
     let dev_secret = settings.ensure_dev_secret()?;
     if dev_secret {
         tracing::warn!(
@@ -197,55 +195,12 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn worker(settings: Settings) -> anyhow::Result<()> {
-    telemetry::init(&settings.log);
-    if settings.delivery.queue_url.expose().starts_with("sqlite:") {
-        tracing::warn!("a SQLite queue serves one node: run `herald worker` against a Redis queue");
+    let _telemetry = telemetry::start(&settings)?;
+    let worker = Worker::build(settings, Components::default()).await?;
+    if let Some(addr) = worker.metrics_addr() {
+        tracing::info!(%addr, "worker metrics at /metrics");
     }
-    let (routing, templates) = load_policy(&settings)?;
-    let store = Store::connect(
-        settings.database.url.expose(),
-        settings.database.max_connections,
-    )
-    .await?;
-    store.migrate().await?;
-    // The worker follows routing changes made over REST, as every node does.
-    let routing = LiveRouting::start(store.clone(), routing, settings.routing.file.clone()).await?;
-    // A worker serves no /metrics: its registry is only counted into.
-    let metrics = prometheus::Registry::new();
-    let runtime = DeliveryRuntime::build(
-        &settings,
-        store.clone(),
-        routing.shared(),
-        templates,
-        &Components::default(),
-        &metrics,
-    )
-    .await?;
-    let stop = CancellationToken::new();
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            shutdown_signal().await;
-            stop.cancel();
-        }
-    });
-    let purger = Purger::new(
-        store.clone(),
-        settings.retention()?,
-        settings.channels.outbox_dir.clone(),
-        runtime.dispatcher.clock.clone(),
-        &metrics,
-    );
-    let purging = tokio::spawn(purger.run(stop.clone()));
-    let following = tokio::spawn(
-        routing
-            .clone()
-            .follow(settings.routing.poll_interval(), stop.clone()),
-    );
-    runtime.run(stop).await?;
-    let _ = purging.await;
-    let _ = following.await;
-    store.close().await;
+    worker.run_until(shutdown_signal()).await?;
     Ok(())
 }
 

@@ -45,6 +45,10 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub channels: ChannelSettings,
     pub log: LogSettings,
+    /// OTLP traces (`[telemetry]`).
+    pub telemetry: TelemetrySettings,
+    /// `herald worker`'s own HTTP listener (`[worker]`).
+    pub worker: WorkerSettings,
     /// How long records are kept, and the purge that enforces it.
     pub retention: RetentionSettings,
     /// The realtime gateway (Socket.IO, `/ws`, resume, Redis bus).
@@ -363,6 +367,40 @@ pub struct LogSettings {
     pub filter: String,
 }
 
+/// Traces exported over OTLP/HTTP (protobuf) to a collector (`[telemetry]`).
+/// Off (no exporter, no OpenTelemetry layer) while `otlp_endpoint` is empty.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's base URL (`http://collector:4318`); Herald posts to
+    /// `{otlp_endpoint}/v1/traces`, as `OTEL_EXPORTER_OTLP_ENDPOINT` would.
+    pub otlp_endpoint: String,
+    /// `service.name` of every span.
+    pub service_name: String,
+    /// The share of new traces kept, 0.0 to 1.0. A trace started upstream
+    /// (an incoming `traceparent`) follows its sampled flag instead.
+    pub sample_ratio: f64,
+    /// How long one export may take, in milliseconds.
+    pub export_timeout_ms: u64,
+}
+
+impl TelemetrySettings {
+    pub fn enabled(&self) -> bool {
+        !self.otlp_endpoint.trim().is_empty()
+    }
+}
+
+/// `herald worker`'s HTTP listener: `/metrics` and `/healthz` (`[worker]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Serve `/metrics` and `/healthz` from `herald worker`.
+    pub metrics: bool,
+    pub metrics_host: String,
+    /// 0 picks a free port (tests).
+    pub metrics_port: u16,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -537,6 +575,34 @@ impl Settings {
         }
         if self.server.max_batch == 0 {
             return Err(ConfigError::new("server.max_batch", "must be at least 1"));
+        }
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return Err(ConfigError::new(
+                "telemetry.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if t.enabled() {
+            let endpoint = t.otlp_endpoint.trim();
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    "telemetry.otlp_endpoint",
+                    "must be an http:// or https:// URL (OTLP/HTTP), or empty for off",
+                ));
+            }
+            if t.service_name.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "telemetry.service_name",
+                    "must not be empty",
+                ));
+            }
+            if t.export_timeout_ms == 0 {
+                return Err(ConfigError::new(
+                    "telemetry.export_timeout_ms",
+                    "must be at least 1",
+                ));
+            }
         }
         if self.database.max_connections == 0 {
             return Err(ConfigError::new(

@@ -25,6 +25,7 @@ use herald_realtime::{Hub, Outgoing};
 use herald_store::{DeliveryStatus, Ingested, NewDelivery, NewEvent, NewNotification, Store};
 use serde::Deserialize;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::extract::from_value;
 use crate::problem::ApiError;
@@ -90,6 +91,7 @@ impl Publisher {
     /// `batch` says whether the caller sent an array, so errors read `[3].data.amount`
     /// rather than `data.amount`.
     #[tracing::instrument(
+        name = "ingest",
         skip_all,
         fields(events = items.len(), batch, event_id = tracing::field::Empty, event = tracing::field::Empty)
     )]
@@ -120,6 +122,60 @@ impl Publisher {
             }
         }
 
+        // Deliveries continue this span's trace (when traces are on).
+        let traceparent = herald_delivery::tracecontext::traceparent(&tracing::Span::current());
+        let (events, outgoing) = self
+            .plan(prepared, now, traceparent)
+            .instrument(tracing::info_span!("route"))
+            .await?;
+        let persisted = self
+            .store
+            .ingest(&events)
+            .instrument(tracing::info_span!("persist"))
+            .await;
+        let outcomes = persisted.map_err(|err| match err {
+            herald_store::Error::IdempotencyConflict { index, .. } => {
+                let field = if batch {
+                    format!("[{index}].id")
+                } else {
+                    "id".to_owned()
+                };
+                ApiError::from(err).field(field)
+            }
+            other => other.into(),
+        })?;
+        if let Some(hub) = &self.fanout {
+            let accepted: Vec<Outgoing> = outcomes
+                .iter()
+                .zip(outgoing)
+                .filter(|(outcome, _)| matches!(outcome, Ingested::Accepted(_)))
+                .map(|(_, out)| out)
+                .collect();
+            hub.publish(accepted).await;
+        }
+        self.enqueue(&events, &outcomes)
+            .instrument(tracing::info_span!("enqueue"))
+            .await;
+        let accepted = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ingested::Accepted(_)))
+            .count();
+        tracing::info!(
+            accepted,
+            duplicates = outcomes.len() - accepted,
+            "published"
+        );
+        Ok(outcomes)
+    }
+
+    /// Routes, plans and renders prepared events into what the store
+    /// writes, and what the hub fans out once they are written.
+    async fn plan(
+        &self,
+        prepared: Vec<Prepared>,
+        now: chrono::DateTime<chrono::Utc>,
+        traceparent: Option<String>,
+    ) -> Result<(Vec<NewEvent>, Vec<Outgoing>), ApiError> {
         self.fill_contacts(&prepared).await?;
         let groups: Vec<Selector> = prepared
             .iter()
@@ -187,31 +243,11 @@ impl Publisher {
                 payload: Value::Object(p.event.data).to_string(),
                 hash: p.event.hash,
                 received_at: now.timestamp_millis(),
+                traceparent: traceparent.clone(),
                 notifications,
             });
         }
-        let outcomes = self.store.ingest(&events).await.map_err(|err| match err {
-            herald_store::Error::IdempotencyConflict { index, .. } => {
-                let field = if batch {
-                    format!("[{index}].id")
-                } else {
-                    "id".to_owned()
-                };
-                ApiError::from(err).field(field)
-            }
-            other => other.into(),
-        })?;
-        if let Some(hub) = &self.fanout {
-            let accepted: Vec<Outgoing> = outcomes
-                .iter()
-                .zip(outgoing)
-                .filter(|(outcome, _)| matches!(outcome, Ingested::Accepted(_)))
-                .map(|(_, out)| out)
-                .collect();
-            hub.publish(accepted).await;
-        }
-        self.enqueue(&events, &outcomes).await;
-        Ok(outcomes)
+        Ok((events, outgoing))
     }
 
     /// `guest_registered` names the guest's email: it becomes their
@@ -263,7 +299,7 @@ impl Publisher {
         for (id, at) in later {
             let at = chrono::DateTime::from_timestamp_millis(at).unwrap_or(now);
             if let Err(e) = self.queue.schedule(id, at, now).await {
-                tracing::warn!(error = %e, delivery = %id, "could not schedule; the sweeper will");
+                tracing::warn!(error = %e, delivery_id = %id, "could not schedule; the sweeper will");
             }
         }
     }

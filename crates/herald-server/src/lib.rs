@@ -14,7 +14,8 @@
 //! | [`routing`] | the routing table a process runs on: the file, or the newest stored over REST, followed by polling |
 //! | [`routes`] | the handlers of contract §7 |
 //! | [`startup`] | `Application::build` / `run_until`, the router |
-//! | [`telemetry`] | logging |
+//! | [`telemetry`] | logs with request, event and delivery ids; OTLP traces; the request id |
+//! | [`worker`] | `herald worker`: delivery workers without the API, and its `/metrics` listener |
 //! | [`cli`] | the `herald` commands: `serve`, `worker`, `migrate`, `token`, `deliveries`, `purge` |
 
 pub mod auth;
@@ -30,6 +31,7 @@ pub mod routes;
 pub mod routing;
 pub mod startup;
 pub mod telemetry;
+pub mod worker;
 
 pub use config::Settings;
 pub use startup::{AppState, Application};

@@ -256,22 +256,35 @@ fn load_routing(settings: &Settings) -> Result<RoutingTable, ConfigError> {
 /// The HTTP surface of contract §7, and the realtime endpoints of §3.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.server.max_body_bytes;
+    let traces = state.settings.telemetry.enabled();
     let realtime = state.realtime.router();
     Router::new()
         .route("/v1/events", post(events::publish))
         .route("/v1/notifications", get(inbox::list))
         .route("/v1/notifications/unread-count", get(inbox::unread_count))
         .route("/v1/notifications/read-all", post(inbox::read_all))
-        .route("/v1/notifications/{id}", get(inbox::get_one).delete(inbox::delete))
+        .route(
+            "/v1/notifications/{id}",
+            get(inbox::get_one).delete(inbox::delete),
+        )
         .route("/v1/notifications/{id}/read", post(inbox::read))
         .route("/v1/notifications/{id}/deliveries", get(inbox::deliveries))
         .route(
             "/v1/users/{user}/preferences",
             get(users::get_preferences).put(users::put_preferences),
         )
-        .route("/v1/users/{user}/contact", get(users::get_contact).put(users::put_contact))
-        .route("/v1/users/{user}/devices", get(users::list_devices).post(users::add_device))
-        .route("/v1/users/{user}/devices/{id}", delete(users::delete_device))
+        .route(
+            "/v1/users/{user}/contact",
+            get(users::get_contact).put(users::put_contact),
+        )
+        .route(
+            "/v1/users/{user}/devices",
+            get(users::list_devices).post(users::add_device),
+        )
+        .route(
+            "/v1/users/{user}/devices/{id}",
+            delete(users::delete_device),
+        )
         .route("/v1/users/{user}", delete(privacy::erase))
         .route("/v1/users/{user}/export", get(privacy::export))
         .route("/v1/admin/stats", get(admin::stats))
@@ -282,7 +295,10 @@ pub fn router(state: AppState) -> Router {
             get(admin_routing::get).put(admin_routing::put).delete(admin_routing::revert),
         )
         .route("/v1/admin/deliveries/retry", post(deliveries::retry_many))
-        .route("/v1/admin/deliveries/{id}/retry", post(deliveries::retry_one))
+        .route(
+            "/v1/admin/deliveries/{id}/retry",
+            post(deliveries::retry_one),
+        )
         .route("/v1/webhooks/twilio", post(webhooks::twilio))
         .route("/v1/webhooks/sendgrid", post(webhooks::sendgrid))
         .route("/demo", get(demo::page))
@@ -300,10 +316,10 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(
-            // The path only: query strings may carry tokens.
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(move |req: &Request<_>| crate::telemetry::http_span(req, traces)),
         )
+        // Outermost, so the `http` span finds the request id in place.
+        .layer(axum::middleware::from_fn(crate::telemetry::request_id))
         .with_state(state)
 }

@@ -57,6 +57,8 @@ pub struct Claimed {
     pub redriven_at: Option<i64>,
     /// Until when the claim holds (epoch ms).
     pub lease_until: i64,
+    /// The W3C `traceparent` of the publish that made it, if traced.
+    pub traceparent: Option<String>,
 }
 
 /// How an attempt ended.
@@ -227,11 +229,11 @@ impl Store {
             rows.iter().map(|r| r.notification_id.as_str()).collect();
         notifications.sort_unstable();
         notifications.dedup();
-        let mut context: HashMap<String, (EventId, EventKind, serde_json::Value)> =
-            HashMap::with_capacity(notifications.len());
+        type Context = (EventId, EventKind, serde_json::Value, Option<String>);
+        let mut context: HashMap<String, Context> = HashMap::with_capacity(notifications.len());
         for chunk in notifications.chunks(500) {
             let sql = format!(
-                "SELECT n.id AS notification_id, n.event_id, n.kind, e.payload \
+                "SELECT n.id AS notification_id, n.event_id, n.kind, e.payload, e.traceparent \
                  FROM notifications n JOIN events e ON e.id = n.event_id \
                  WHERE n.id IN ({})",
                 placeholders(1, chunk.len())
@@ -249,13 +251,14 @@ impl Store {
                         crate::events::kind(&row.try_get::<String, _>("kind")?)?,
                         serde_json::from_str(&payload)
                             .map_err(|e| Error::Corrupt(format!("event payload: {e}")))?,
+                        row.try_get("traceparent")?,
                     ),
                 );
             }
         }
         rows.into_iter()
             .map(|r| {
-                let (event_id, kind, payload) =
+                let (event_id, kind, payload, traceparent) =
                     context.get(&r.notification_id).cloned().ok_or_else(|| {
                         Error::Corrupt(format!("notification {} has no event", r.notification_id))
                     })?;
@@ -272,6 +275,7 @@ impl Store {
                     created_at: r.created_at,
                     redriven_at: r.redriven_at,
                     lease_until: r.lease_until,
+                    traceparent,
                 })
             })
             .collect()

@@ -202,7 +202,8 @@ struct Table {
 }
 
 const EVENTS: Table = Table {
-    insert: "INSERT INTO events (id, idempotency_key, kind, payload, payload_hash, received_at)",
+    insert: "INSERT INTO events \
+             (id, idempotency_key, kind, payload, payload_hash, received_at, traceparent)",
     columns: &[
         Column::Text,
         Column::Text,
@@ -210,6 +211,7 @@ const EVENTS: Table = Table {
         Column::Text,
         Column::Text,
         Column::Int,
+        Column::Text,
     ],
 };
 
@@ -352,7 +354,8 @@ async fn insert_events(
                     .bind(ev.kind.as_str())
                     .bind(ev.payload.as_str())
                     .bind(ev.hash.as_str())
-                    .bind(ev.received_at);
+                    .bind(ev.received_at)
+                    .bind(ev.traceparent.as_deref());
             }
             query
         });

@@ -41,6 +41,9 @@ pub struct NewEvent {
     pub payload: String,
     pub hash: String,
     pub received_at: i64,
+    /// The W3C `traceparent` of the publish, when traces are on: delivery
+    /// attempts continue its trace.
+    pub traceparent: Option<String>,
     pub notifications: Vec<NewNotification>,
 }
 

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
+use crate::config::Secret;
 use crate::problem::ApiError;
 use crate::startup::AppState;
 
@@ -56,8 +57,22 @@ pub async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let expected = &state.settings.server.metrics_token;
-    if !expected.is_empty() {
+    exposition(
+        &state.metrics,
+        &state.settings.server.metrics_token,
+        &headers,
+    )
+}
+
+/// The Prometheus text of `registry`, for a caller that sent `token` (any
+/// caller when it is empty). `herald serve` and `herald worker` answer
+/// `/metrics` with it.
+pub fn exposition(
+    registry: &prometheus::Registry,
+    token: &Secret,
+    headers: &HeaderMap,
+) -> Result<impl IntoResponse + use<>, ApiError> {
+    if !token.is_empty() {
         let sent = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -67,7 +82,7 @@ pub async fn metrics(
             })
             .unwrap_or("");
         // Compared as digests, so the time taken says nothing of the token.
-        if Sha256::digest(sent.trim().as_bytes()) != Sha256::digest(expected.expose().as_bytes()) {
+        if Sha256::digest(sent.trim().as_bytes()) != Sha256::digest(token.expose().as_bytes()) {
             return Err(ApiError::unauthorized(
                 "/metrics needs the metrics token (server.metrics_token) as a Bearer token",
             ));
@@ -75,7 +90,7 @@ pub async fn metrics(
     }
     let mut body = Vec::new();
     TextEncoder::new()
-        .encode(&state.metrics.gather(), &mut body)
+        .encode(&registry.gather(), &mut body)
         .map_err(ApiError::internal)?;
     Ok((
         [(

@@ -134,7 +134,7 @@ fn build() -> Value {
         "info": {
             "title": "Herald",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Notification dispatcher: publish domain events; Herald writes inboxes, fans out over Socket.IO (/socket.io/) and WebSocket (/ws), and delivers email, SMS and push per routing and preferences.\n\nEvery `/v1` call takes `Authorization: Bearer <JWT>`: claims `sub` (the user id; `id` accepted too), `role` (admin, restaurant, cashier, guest or service), `restaurantId` (restaurant and cashier), and `exp`. Each operation says which roles may call it (also as `x-herald-roles`); another role is 403.\n\nErrors are application/problem+json with a stable `code` and the `field` at fault. JSON integers beyond ±(2^53−1) and strings holding NUL are refused. A dependency that is down answers 503 with `Retry-After`.",
+            "description": "Notification dispatcher: publish domain events; Herald writes inboxes, fans out over Socket.IO (/socket.io/) and WebSocket (/ws), and delivers email, SMS and push per routing and preferences.\n\nEvery `/v1` call takes `Authorization: Bearer <JWT>`: claims `sub` (the user id; `id` accepted too), `role` (admin, restaurant, cashier, guest or service), `restaurantId` (restaurant and cashier), and `exp`. Each operation says which roles may call it (also as `x-herald-roles`); another role is 403.\n\nErrors are application/problem+json with a stable `code` and the `field` at fault. JSON integers beyond ±(2^53−1) and strings holding NUL are refused. A dependency that is down answers 503 with `Retry-After`.\n\nEvery response carries `X-Request-Id`: the request's own when it sent a plain token (up to 128 characters), else a new UUID; Herald's log lines of that request carry it.",
         },
         "security": [{ "bearer": [] }],
         "paths": paths,
@@ -217,6 +217,10 @@ fn query(name: &str, description: &str, schema: Value) -> Value {
     param
 }
 
+fn header(name: &str, description: &str) -> Value {
+    json!({ "name": name, "in": "header", "required": false, "description": description, "schema": { "type": "string" } })
+}
+
 fn string() -> Value {
     json!({ "type": "string" })
 }
@@ -275,7 +279,16 @@ fn operation(path: &str, method: &str) -> Value {
             ("/v1/events", _) => (
                 "Publish one event or an array of up to `server.max_batch`; `id` is the idempotency key",
                 Who::ServiceOrAdmin,
-                vec![],
+                vec![
+                    header(
+                        "traceparent",
+                        "A W3C trace context: with traces on (`telemetry.otlp_endpoint`), the publish and every delivery it makes join the caller's trace. A malformed one is ignored.",
+                    ),
+                    header(
+                        "X-Request-Id",
+                        "Tags every log line of the request; echoed in the response. Up to 128 of `A-Z a-z 0-9 - _ . : = + / @`; anything else is replaced by a new UUID.",
+                    ),
+                ],
                 Some(json!({
                     "required": true,
                     "content": { "application/json": {

@@ -20,12 +20,22 @@ use crate::testing::{TestDb, on_both_backends};
 on_both_backends!(
     only_the_current_attempt_of_a_delivery_finishes,
     computed_columns_are_read_by_name,
+    a_claim_carries_the_traceparent_of_its_publish,
 );
 
 const AT: i64 = 1_764_000_000_000;
 
 /// Ingests an event for `recipient` with one pending email delivery.
 async fn pending(store: &Store, recipient: &str) -> (NotificationId, DeliveryId) {
+    pending_traced(store, recipient, None).await
+}
+
+/// As [`pending`], the event published under `traceparent`.
+async fn pending_traced(
+    store: &Store,
+    recipient: &str,
+    traceparent: Option<&str>,
+) -> (NotificationId, DeliveryId) {
     let id = EventId::new();
     let mut payload = EventKind::PointsAdded.example();
     payload["guestId"] = recipient.into();
@@ -38,6 +48,7 @@ async fn pending(store: &Store, recipient: &str) -> (NotificationId, DeliveryId)
             hash: id.to_string(),
             payload: payload.to_string(),
             received_at: AT,
+            traceparent: traceparent.map(str::to_owned),
             notifications: vec![NewNotification {
                 id: notification,
                 recipient: UserId(recipient.to_owned()),
@@ -78,6 +89,21 @@ fn sent() -> Finish {
         provider: Some("smtp".into()),
         provider_message_id: None,
     }
+}
+
+async fn a_claim_carries_the_traceparent_of_its_publish(db: TestDb) {
+    let store = db.store.clone();
+    let traced = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (_, with) = pending_traced(&store, "guest-traced", Some(traced)).await;
+    let (_, without) = pending(&store, "guest-untraced").await;
+    let mut claimed = store
+        .claim_deliveries(&[with, without], AT, 60_000)
+        .await
+        .unwrap();
+    claimed.sort_by_key(|c| c.id != with);
+    assert_eq!(claimed[0].id, with);
+    assert_eq!(claimed[0].traceparent.as_deref(), Some(traced));
+    assert_eq!(claimed[1].traceparent, None);
 }
 
 async fn only_the_current_attempt_of_a_delivery_finishes(db: TestDb) {

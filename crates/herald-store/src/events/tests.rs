@@ -35,6 +35,7 @@ fn points_added(id: EventId, amount: i64, recipient: &str) -> NewEvent {
         hash: format!("{:x}-{}", payload.len(), amount),
         payload,
         received_at: 1_764_000_000_000,
+        traceparent: None,
         notifications: vec![NewNotification {
             id: NotificationId::new(),
             recipient: UserId(recipient.to_owned()),

@@ -27,6 +27,7 @@ fn event(recipient: Option<&str>, status: DeliveryStatus) -> NewEvent {
         hash: id.to_string(),
         payload,
         received_at: T0,
+        traceparent: None,
         notifications: recipient
             .map(|r| NewNotification {
                 id: NotificationId::new(),

@@ -43,6 +43,7 @@ async fn delivery(
             hash: id.to_string(),
             payload,
             received_at: 1_764_000_000_000,
+            traceparent: None,
             notifications: vec![NewNotification {
                 id: notification,
                 recipient: UserId(recipient.to_owned()),
