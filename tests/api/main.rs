@@ -7,6 +7,7 @@ mod balancer;
 mod browser;
 mod catalog;
 mod cluster;
+mod cors;
 mod delivery;
 mod dispatch;
 mod engineio;

@@ -280,6 +280,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::cors::api,
+        ))
         .layer(
             // The path only: query strings may carry tokens.
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
