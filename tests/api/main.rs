@@ -16,6 +16,7 @@ mod hardening;
 mod inbox;
 mod ingest;
 mod lifecycle;
+mod readsync;
 mod realtime;
 mod redrive;
 mod socketio;
