@@ -6,6 +6,7 @@ mod auth;
 mod balancer;
 mod browser;
 mod catalog;
+mod clients;
 mod cluster;
 mod cors;
 mod delivery;

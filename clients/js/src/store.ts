@@ -79,6 +79,7 @@ export class NotificationStore {
   private syncing: Promise<void> | undefined;
   private syncAgain = false;
   private loadingMore: Promise<void> | undefined;
+  private stopped = false;
 
   constructor(options: StoreOptions) {
     this.rest = options.rest;
@@ -109,6 +110,7 @@ export class NotificationStore {
 
   /** Follows the socket and loads the first page. */
   async start(): Promise<void> {
+    this.stopped = false;
     const rt = this.realtime;
     if (rt && this.detach.length === 0) {
       this.detach.push(
@@ -130,6 +132,7 @@ export class NotificationStore {
 
   /** Stops following the socket (the socket itself is the caller's). */
   stop(): void {
+    this.stopped = true;
     for (const off of this.detach.splice(0)) off();
     for (const timer of this.timers.values()) clearTimeout(timer);
     this.timers.clear();
@@ -215,7 +218,7 @@ export class NotificationStore {
     } catch (e) {
       const error = asHeraldError(e);
       // Already gone elsewhere: the change stands.
-      if (error.code !== "not_found") {
+      if (error.code !== "not_found" && !this.stopped) {
         this.set({ error });
         await this.reload().catch(() => undefined);
       }

@@ -333,7 +333,7 @@ fn operation(path: &str, method: &str) -> Value {
                 Who::Caller,
                 vec![],
                 None,
-                json!({ "200": ok("How many entries this marked.", object(&["updated"], json!({ "updated": integer(0, i64::MAX) }))) }),
+                json!({ "200": ok("How many entries this marked. When any, every socket of the user hears `notifications_read {all: true}` (see `x-herald-realtime`).", object(&["updated"], json!({ "updated": integer(0, i64::MAX) }))) }),
             ),
             ("/v1/notifications/{id}", "get") => (
                 "One inbox entry",
@@ -347,14 +347,14 @@ fn operation(path: &str, method: &str) -> Value {
                 Who::Caller,
                 vec![id("notification")],
                 None,
-                json!({ "204": { "description": "Deleted; it is 404 from now on." } }),
+                json!({ "204": { "description": "Deleted; it is 404 from now on. Every socket of the user hears `notification_deleted` (see `x-herald-realtime`)." } }),
             ),
             ("/v1/notifications/{id}/read", _) => (
                 "Mark an inbox entry read (idempotent)",
                 Who::Caller,
                 vec![id("notification")],
                 None,
-                json!({ "200": ok("The entry, read.", schema_ref("Notification")) }),
+                json!({ "200": ok("The entry, read. Every socket of the user hears `notifications_read` (see `x-herald-realtime`).", schema_ref("Notification")) }),
             ),
             ("/v1/notifications/{id}/deliveries", _) => (
                 "Delivery status of each channel, with the decision's reason and the trace",
