@@ -106,7 +106,8 @@ fn cors(hub: &Hub) -> tower_http::cors::CorsLayer {
                 .to_str()
                 .is_ok_and(|o| crate::origin::allowed(o, host, &origins))
         }))
-        .allow_credentials(true)
+        // `*` admits any page; credentials stay with listed origins.
+        .allow_credentials(!crate::origin::any_origin(&hub.config().allowed_origins))
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
 }

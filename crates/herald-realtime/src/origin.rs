@@ -1,4 +1,6 @@
-//! The Origin allowlist for both realtime endpoints.
+//! The Origin allowlist for both realtime endpoints, and the one origin
+//! policy the REST API's CORS answers from too (`herald-server`'s `cors`):
+//! a page allowed to open a socket may read the inbox, and no other.
 //!
 //! A browser sends `Origin` with every WebSocket upgrade and cross-origin
 //! request; a page on another site must not open a socket that rides on
@@ -38,8 +40,10 @@ pub(crate) async fn check(State(hub): State<Hub>, request: Request, next: Next) 
     next.run(request).await
 }
 
-pub(crate) fn allowed(origin: &str, host: Option<&str>, list: &[String]) -> bool {
-    if list.iter().any(|o| o == "*") {
+/// Whether a page at `origin` may talk to Herald, for a request sent to
+/// `host` (its `Host` header), under `realtime.allowed_origins` (`list`).
+pub fn allowed(origin: &str, host: Option<&str>, list: &[String]) -> bool {
+    if any_origin(list) {
         return true;
     }
     if list.is_empty() {
@@ -47,6 +51,12 @@ pub(crate) fn allowed(origin: &str, host: Option<&str>, list: &[String]) -> bool
         return origin_host.is_some() && origin_host == host;
     }
     list.iter().any(|o| o == origin)
+}
+
+/// Whether `list` admits any origin (`*`): then no answer may carry
+/// credentials, as browsers refuse `*` with them anyway.
+pub fn any_origin(list: &[String]) -> bool {
+    list.iter().any(|o| o == "*")
 }
 
 #[cfg(test)]

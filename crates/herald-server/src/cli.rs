@@ -1,6 +1,7 @@
 //! The `herald` commands. `main` parses and calls [`run`]; the work is here.
 //! `herald deliveries` re-drives through [`crate::redrive`], as the REST API does;
-//! `herald purge` runs one pass of [`crate::lifecycle::Purger`].
+//! `herald purge` runs one pass of [`crate::lifecycle::Purger`]; `herald
+//! openapi` prints [`crate::routes::openapi::spec`].
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the OpenAPI document `GET /openapi.json` serves, without a
+    /// server (the TypeScript client's types are generated from it).
+    Openapi,
     /// List and re-drive failed and expired deliveries.
     Deliveries {
         #[command(subcommand)]
@@ -146,6 +150,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let result = deliveries(&store, &queue, command, &mut std::io::stdout().lock()).await;
             store.close().await;
             result
+        }
+        Command::Openapi => {
+            let doc = crate::routes::openapi::spec(settings.server.max_batch);
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(())
         }
         Command::Token {
             role,

@@ -6,6 +6,7 @@
 //! | [`config`] | layered, typed settings; secrets that never print |
 //! | [`auth`] | token verification and minting; the `Caller` extractor |
 //! | [`problem`] | every HTTP error as `application/problem+json`, its code from `herald_core::problem::Code`; store errors mapped once (unreachable → 503) |
+//! | [`cors`] | CORS for `/v1/…`, from the realtime allowlist (`realtime.allowed_origins`) |
 //! | [`extract`] | JSON bodies, paths and queries with field-named errors; the limits of `herald_core::input` checked once |
 //! | [`ingest`] | publishing: envelopes → routed, planned, rendered, stored, enqueued |
 //! | [`delivery`] | the queue, transports, workers and sweeper of a process |
@@ -16,11 +17,12 @@
 //! | [`startup`] | `Application::build` / `run_until`, the router |
 //! | [`telemetry`] | logs with request, event and delivery ids; OTLP traces; the request id |
 //! | [`worker`] | `herald worker`: delivery workers without the API, and its `/metrics` listener |
-//! | [`cli`] | the `herald` commands: `serve`, `worker`, `migrate`, `token`, `deliveries`, `purge` |
+//! | [`cli`] | the `herald` commands: `serve`, `worker`, `migrate`, `token`, `deliveries`, `purge`, `openapi` |
 
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod delivery;
 pub mod extract;
 pub mod ingest;

@@ -315,6 +315,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::cors::api,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(move |req: &Request<_>| crate::telemetry::http_span(req, traces)),

@@ -1,11 +1,21 @@
 //! The caller's own notification centre.
+//!
+//! **Read state follows the user.** Marking an entry read, marking all read
+//! and deleting one are announced to the user's own room (`user:{id}`, which
+//! every socket of theirs joins on connect) on every node, through the hub
+//! as any event goes: [`NOTIFICATIONS_READ`] and [`NOTIFICATION_DELETED`],
+//! each with the unread count after the change. Another tab or device
+//! clears the entry at once; one that was away gets them on resume, in
+//! order, like any event. They are not catalog events: never in an inbox,
+//! never delivered by email, SMS or push.
 
 use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use herald_core::{NotificationId, Role, ValidationError};
+use herald_core::{NotificationId, Role, UserId, ValidationError};
+use herald_realtime::Outgoing;
 use herald_store::inbox::InboxQuery;
 use herald_store::{DeliveryRecord, Notification};
 use serde::Serialize;
@@ -15,6 +25,12 @@ use crate::auth::Caller;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::problem::ApiError;
 use crate::startup::AppState;
+
+/// `{ids, all, unreadCount}`: these entries (or, with `all`, every one)
+/// are read now.
+pub const NOTIFICATIONS_READ: &str = "notifications_read";
+/// `{id, unreadCount}`: this entry is gone from the inbox.
+pub const NOTIFICATION_DELETED: &str = "notification_deleted";
 
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
@@ -119,7 +135,15 @@ pub async fn read(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Notification>, ApiError> {
     let id = notification_id(&id)?;
-    found(state.store.mark_read(&me.user_id, id).await?)
+    let entry = found(state.store.mark_read(&me.user_id, id).await?)?;
+    announce(
+        &state,
+        &me.user_id,
+        NOTIFICATIONS_READ,
+        [("ids", json!([id])), ("all", json!(false))],
+    )
+    .await?;
+    Ok(entry)
 }
 
 /// `POST /v1/notifications/read-all`.
@@ -129,6 +153,15 @@ pub async fn read_all(
     Caller(me): Caller,
 ) -> Result<Json<Value>, ApiError> {
     let updated = state.store.mark_all_read(&me.user_id).await?;
+    if updated > 0 {
+        announce(
+            &state,
+            &me.user_id,
+            NOTIFICATIONS_READ,
+            [("ids", json!([])), ("all", json!(true))],
+        )
+        .await?;
+    }
     Ok(Json(json!({ "updated": updated })))
 }
 
@@ -141,6 +174,13 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let id = notification_id(&id)?;
     if state.store.delete_notification(&me.user_id, id).await? {
+        announce(
+            &state,
+            &me.user_id,
+            NOTIFICATION_DELETED,
+            [("id", json!(id))],
+        )
+        .await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(no_such_notification())
@@ -164,6 +204,32 @@ pub async fn deliveries(
         }
         _ => Err(no_such_notification()),
     }
+}
+
+/// Tells every socket of `user` what changed, with the unread count after
+/// it. Called once the change is committed; the hub numbers it, keeps it
+/// for resume and fans it out on every node (a bus that is down is the
+/// hub's to log: the change itself is durable either way).
+async fn announce<const N: usize>(
+    state: &AppState,
+    user: &UserId,
+    event: &str,
+    fields: [(&str, Value); N],
+) -> Result<(), ApiError> {
+    let unread = state.store.unread_count(user).await?;
+    let mut data: serde_json::Map<String, Value> =
+        fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    data.insert("unreadCount".to_owned(), json!(unread));
+    state
+        .realtime
+        .publish(vec![Outgoing {
+            event: event.to_owned(),
+            event_id: uuid::Uuid::new_v4().to_string(),
+            rooms: vec![format!("user:{}", user.as_str())],
+            data,
+        }])
+        .await;
+    Ok(())
 }
 
 fn notification_id(raw: &str) -> Result<NotificationId, ApiError> {

@@ -71,11 +71,17 @@ const MAX_DEVICE_TEXT: usize = 4_096;
 
 /// The document, with this server's batch limit (`server.max_batch`).
 pub async fn document(State(state): State<AppState>) -> Json<Value> {
+    Json(spec(state.settings.server.max_batch))
+}
+
+/// The document for a server whose `server.max_batch` is `max_batch`
+/// (`herald openapi` prints it).
+pub fn spec(max_batch: usize) -> Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     let mut doc = DOC.get_or_init(build).clone();
     doc["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
-        [1]["maxItems"] = json!(state.settings.server.max_batch);
-    Json(doc)
+        [1]["maxItems"] = json!(max_batch);
+    doc
 }
 
 /// Who may call an operation (contract §7), as the handlers check it.
@@ -149,6 +155,7 @@ fn build() -> Value {
             }
         }
     });
+    realtime(&mut doc);
     introspect::bound_numbers(&mut doc);
     // NUL is refused in what a client sends; answers are described as
     // they are (a problem's `detail` may quote a refused value).
@@ -345,7 +352,7 @@ fn operation(path: &str, method: &str) -> Value {
                 Who::Caller,
                 vec![],
                 None,
-                json!({ "200": ok("How many entries this marked.", object(&["updated"], json!({ "updated": integer(0, i64::MAX) }))) }),
+                json!({ "200": ok("How many entries this marked. When any, every socket of the user hears `notifications_read {all: true}` (see `x-herald-realtime`).", object(&["updated"], json!({ "updated": integer(0, i64::MAX) }))) }),
             ),
             ("/v1/notifications/{id}", "get") => (
                 "One inbox entry",
@@ -359,14 +366,14 @@ fn operation(path: &str, method: &str) -> Value {
                 Who::Caller,
                 vec![id("notification")],
                 None,
-                json!({ "204": { "description": "Deleted; it is 404 from now on." } }),
+                json!({ "204": { "description": "Deleted; it is 404 from now on. Every socket of the user hears `notification_deleted` (see `x-herald-realtime`)." } }),
             ),
             ("/v1/notifications/{id}/read", _) => (
                 "Mark an inbox entry read (idempotent)",
                 Who::Caller,
                 vec![id("notification")],
                 None,
-                json!({ "200": ok("The entry, read.", schema_ref("Notification")) }),
+                json!({ "200": ok("The entry, read. Every socket of the user hears `notifications_read` (see `x-herald-realtime`).", schema_ref("Notification")) }),
             ),
             ("/v1/notifications/{id}/deliveries", _) => (
                 "Delivery status of each channel, with the decision's reason and the trace",
@@ -601,6 +608,120 @@ fn operation(path: &str, method: &str) -> Value {
         op["requestBody"] = body;
     }
     op
+}
+
+/// What sockets receive (`/socket.io/` and `/ws`), beside the REST paths:
+/// `x-herald-realtime.events` maps each server-to-client event name to its
+/// payload's schema — every catalog event (its payload plus `eventId`), the
+/// connection's own events, and the read-state announcements of
+/// `routes::inbox`. The TypeScript client's types are generated from it.
+fn realtime(doc: &mut Value) {
+    use crate::routes::inbox::{NOTIFICATION_DELETED, NOTIFICATIONS_READ};
+    let schemas = &mut doc["components"]["schemas"];
+    let unread = json!({ "type": "integer", "minimum": 0, "description": "The user's unread count after the change." });
+    let own = [
+        (
+            "connected",
+            "On connect: who the token names, and the stream position to resume from.",
+            object(
+                &["userId", "role", "timestamp", "serverId", "offset", "epoch"],
+                json!({
+                    "userId": string(),
+                    "role": roles(),
+                    "timestamp": millis(),
+                    "serverId": string(),
+                    "offset": integer(0, i64::MAX),
+                    "epoch": nullable(string()),
+                }),
+            ),
+        ),
+        (
+            "resumed",
+            "The answer to a resume request: `recovered` true when every missed event was replayed, in order; false (with `reason` and `rooms`) when the client should refetch its inbox.",
+            object(
+                &["recovered", "replayed", "offset", "epoch"],
+                json!({
+                    "recovered": { "type": "boolean" },
+                    "replayed": integer(0, i64::MAX),
+                    "reason": { "type": "string", "enum": ["too_old", "epoch_changed", "unknown_event", "unknown_offset", "unauthorized", "history_unavailable"] },
+                    "offset": integer(0, i64::MAX),
+                    "epoch": string(),
+                    "rooms": { "type": "array", "items": string() },
+                }),
+            ),
+        ),
+        (
+            "error",
+            "A refused message or a close's reason.",
+            object(
+                &["code", "message", "timestamp"],
+                json!({
+                    "code": { "type": "string", "enum": ["UNAUTHORIZED", "NOT_FOUND", "SERVER_ERROR", "RATE_LIMITED", "INVALID_SUBSCRIPTION", "BAD_REQUEST"] },
+                    "message": string(),
+                    "timestamp": millis(),
+                }),
+            ),
+        ),
+        (
+            "disconnected",
+            "Before a server-initiated close: reconnect after `reconnectDelay` milliseconds.",
+            object(
+                &["reason", "reconnectDelay"],
+                json!({
+                    "reason": { "type": "string", "enum": ["client_disconnect", "server_restart", "timeout"] },
+                    "reconnectDelay": integer(0, i64::MAX),
+                }),
+            ),
+        ),
+        (
+            NOTIFICATIONS_READ,
+            "To the user's own room (`user:{id}`) when they mark entries read on any device: `ids` (one entry), or `all` (every entry they had).",
+            object(
+                &["ids", "all", "unreadCount", "eventId"],
+                json!({
+                    "ids": { "type": "array", "items": uuid() },
+                    "all": { "type": "boolean" },
+                    "unreadCount": unread,
+                    "eventId": uuid(),
+                }),
+            ),
+        ),
+        (
+            NOTIFICATION_DELETED,
+            "To the user's own room (`user:{id}`) when they delete an entry on any device.",
+            object(
+                &["id", "unreadCount", "eventId"],
+                json!({
+                    "id": uuid(),
+                    "unreadCount": unread,
+                    "eventId": uuid(),
+                }),
+            ),
+        ),
+    ];
+    let mut events = Map::new();
+    for kind in EventKind::ALL.iter().copied() {
+        events.insert(
+            kind.as_str().to_owned(),
+            json!({
+                "description": "A catalog event: its payload, as published, plus `eventId`. The second argument (Socket.IO) or the frame (`/ws`) carries its `offset`.",
+                "payload": schema_ref(&payload_schema(kind)),
+                "eventId": true,
+            }),
+        );
+    }
+    for (name, description, schema) in own {
+        let component = format!("realtime.{name}");
+        schemas[&component] = schema;
+        events.insert(
+            name.to_owned(),
+            json!({ "description": description, "payload": schema_ref(&component) }),
+        );
+    }
+    doc["x-herald-realtime"] = json!({
+        "description": "Server-to-client events on Socket.IO (`/socket.io/`) and the JSON WebSocket (`/ws`).",
+        "events": events,
+    });
 }
 
 /// The filter of the admin's delivery list, as query parameters.
