@@ -56,6 +56,8 @@ codes! {
     IdempotencyConflict => "idempotency_conflict", 409, "Event id reused with a different payload";
     /// A re-drive of a delivery that is neither failed nor expired.
     NotRetryable => "not_retryable", 409, "Only failed and expired deliveries can be retried";
+    /// An unsubscribe link past its time (a forged one is `forbidden`).
+    LinkExpired => "link_expired", 410, "This link has expired";
     /// The body is larger than `server.max_body_bytes`.
     PayloadTooLarge => "payload_too_large", 413, "Payload too large";
     /// More events in one publish than `server.max_batch`.

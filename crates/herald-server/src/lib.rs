@@ -10,6 +10,7 @@
 //! | [`ingest`] | publishing: envelopes → routed, planned, rendered, stored, enqueued |
 //! | [`delivery`] | the queue, transports, workers and sweeper of a process |
 //! | [`lifecycle`] | the retention purge job (`[retention]`, metrics, outbox files) and a user's erase |
+//! | [`schedule`] | scheduled sends: their release at `sendAt` (inbox, realtime), once across nodes; scheduling, cancel and unsubscribe metrics |
 //! | [`redrive`] | re-driving failed deliveries: filters, cursors and bounds shared by REST and CLI |
 //! | [`routes`] | the handlers of contract §7 |
 //! | [`startup`] | `Application::build` / `run_until`, the router |
@@ -26,6 +27,7 @@ pub mod lifecycle;
 pub mod problem;
 pub mod redrive;
 pub mod routes;
+pub mod schedule;
 pub mod startup;
 pub mod telemetry;
 

@@ -30,8 +30,9 @@ use crate::ingest::Publisher;
 use crate::lifecycle::Purger;
 use crate::problem::ApiError;
 use crate::routes::{
-    admin, deliveries, demo, events, health, inbox, openapi, privacy, users, webhooks,
+    admin, deliveries, demo, events, health, inbox, openapi, privacy, unsubscribe, users, webhooks,
 };
+use crate::schedule::Releaser;
 
 /// How long a transport may take to answer `check` (at start, on `/readyz`).
 pub const CHANNEL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -52,6 +53,8 @@ pub struct AppState {
     /// This process's metrics: the gateway's, the delivery workers' and
     /// the providers', for `/metrics`.
     pub metrics: prometheus::Registry,
+    /// Scheduling, cancellation and unsubscribe counters.
+    pub scheduling: Arc<crate::schedule::SchedulingMetrics>,
 }
 
 /// A built, bound, not yet serving Herald.
@@ -62,6 +65,8 @@ pub struct Application {
     delivery: DeliveryRuntime,
     /// The retention purge, run beside the server (`[retention]`).
     purger: Purger,
+    /// Releases scheduled events at their `sendAt`, beside the server.
+    releaser: Releaser,
 }
 
 impl Application {
@@ -126,6 +131,15 @@ impl Application {
                 tracing::error!(channel = %kind, error = %e, "transport not working; its deliveries will wait and retry");
             }
         }
+        let scheduling = Arc::new(crate::schedule::SchedulingMetrics::new(&metrics));
+        let send_at = crate::ingest::SendAtLimits {
+            past_tolerance: chrono::Duration::seconds(
+                i64::try_from(settings.scheduling.past_tolerance_seconds).unwrap_or(i64::MAX),
+            ),
+            max_ahead: chrono::Duration::days(
+                i64::try_from(settings.scheduling.max_ahead_days).unwrap_or(3_650),
+            ),
+        };
         let publisher = Publisher::new(
             store.clone(),
             routing,
@@ -133,7 +147,15 @@ impl Application {
             delivery.queue.clone(),
             delivery.dispatcher.clock.clone(),
         )
-        .with_fanout(realtime.clone());
+        .with_fanout(realtime.clone())
+        .with_scheduling(send_at, scheduling.clone());
+        let releaser = Releaser {
+            store: store.clone(),
+            hub: realtime.clone(),
+            clock: delivery.dispatcher.clock.clone(),
+            batch: settings.scheduling.release_batch,
+            metrics: scheduling.clone(),
+        };
         let purger = Purger::new(
             store.clone(),
             settings.retention()?,
@@ -152,9 +174,11 @@ impl Application {
                 realtime,
                 delivery: delivery.clone(),
                 metrics,
+                scheduling,
             },
             delivery,
             purger,
+            releaser,
         })
     }
 
@@ -176,6 +200,10 @@ impl Application {
         &self.purger
     }
 
+    pub fn releaser(&self) -> &Releaser {
+        &self.releaser
+    }
+
     /// Serves until `shutdown` resolves; then tells realtime clients to
     /// reconnect (with jittered delays), finishes in-flight requests, stops
     /// the delivery workers (if `delivery.workers_in_serve`) and the
@@ -194,6 +222,9 @@ impl Application {
             .workers_in_serve
             .then(|| tokio::spawn(self.delivery.run(stop.clone())));
         let purging = tokio::spawn(self.purger.run(stop.clone()));
+        let release_every =
+            std::time::Duration::from_millis(self.state.settings.scheduling.release_interval_ms);
+        let releasing = tokio::spawn(self.releaser.run(release_every, stop.clone()));
         let realtime = self.state.realtime.clone();
         let grace = self.state.settings.realtime.shutdown_grace();
         let app = router(self.state);
@@ -210,6 +241,7 @@ impl Application {
         .await;
         stop.cancel();
         let _ = purging.await;
+        let _ = releasing.await;
         if let Some(workers) = workers {
             match workers.await {
                 Ok(result) => result?,
@@ -245,6 +277,8 @@ pub fn router(state: AppState) -> Router {
     let realtime = state.realtime.router();
     Router::new()
         .route("/v1/events", post(events::publish))
+        .route("/v1/events/{id}/cancel", post(events::cancel))
+        .route("/u/{token}", get(unsubscribe::page).post(unsubscribe::one_click))
         .route("/v1/notifications", get(inbox::list))
         .route("/v1/notifications/unread-count", get(inbox::unread_count))
         .route("/v1/notifications/read-all", post(inbox::read_all))

@@ -9,6 +9,7 @@
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
 //! | [`redrive`] | the admin's list of failed and expired deliveries; re-drive by compare-and-set, traced |
 //! | [`realtime`] | the realtime log (events by offset and room) and its epochs: what a resume falls back on when Redis lost its history |
+//! | [`scheduling`] | scheduled events (`sendAt`): their release, once across nodes; cancelling an event's (or an inbox entry's) open deliveries |
 //! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
 //! | [`lifecycle`] | retention purges in small batches; a user's erase and export |
 //! | `scratch` | throwaway PostgreSQL databases for tests; only with the `testing` feature, outside the production API |
@@ -39,6 +40,7 @@ pub mod lifecycle;
 pub mod realtime;
 pub mod records;
 pub mod redrive;
+pub mod scheduling;
 #[cfg(any(test, feature = "testing"))]
 pub mod scratch;
 #[cfg(test)]

@@ -37,6 +37,7 @@ async fn pending(store: &Store, recipient: &str) -> (NotificationId, DeliveryId)
             kind: EventKind::PointsAdded,
             hash: id.to_string(),
             payload: payload.to_string(),
+            schedule: None,
             received_at: AT,
             notifications: vec![NewNotification {
                 id: notification,
