@@ -17,8 +17,10 @@ mod ingest;
 mod lifecycle;
 mod realtime;
 mod redrive;
+mod scheduled;
 mod socketio;
 mod transports;
+mod unsubscribe;
 mod users;
 mod ws;
 

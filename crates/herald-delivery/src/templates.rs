@@ -207,8 +207,11 @@ impl Templates {
                     Locale::En => "\n\n—\nDon't want these emails? Unsubscribe: ",
                 });
                 rendered.text.push_str(url);
+                // minijinja escapes `/` in what it prints (`&#x2f;`), and
+                // the URL has no other character it escapes.
                 if let Some(html) = &mut rendered.html
                     && !html.contains(url)
+                    && !html.contains(&url.replace('/', "&#x2f;"))
                 {
                     let footer = self.builtin(
                         UNSUBSCRIBE_HTML,
