@@ -479,7 +479,9 @@ async fn insert_notifications(
                         (true, None) => IN_INBOX_YES,
                         (true, Some(_)) => IN_INBOX_SCHEDULED,
                     })
-                    .bind(ev.received_at);
+                    // A scheduled entry is as old as its `sendAt`: the
+                    // retention of unread entries counts from there.
+                    .bind(due_from(ev));
             }
             query
         });
