@@ -23,8 +23,10 @@ mod readsync;
 mod realtime;
 mod redrive;
 mod routing_api;
+mod scheduled;
 mod socketio;
 mod transports;
+mod unsubscribe;
 mod users;
 mod ws;
 

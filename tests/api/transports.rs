@@ -307,6 +307,7 @@ async fn smtp_replies_are_classified_by_their_class() {
         html: None,
         data: json!({}),
         idempotency_key: "d-1".into(),
+        list_unsubscribe: None,
     };
     let err = smtp.send(&message("gone@example.com")).await.unwrap_err();
     assert!(matches!(err, ChannelError::Permanent { .. }), "{err:?}");

@@ -365,6 +365,7 @@ mod tests {
             html: None,
             data: json!({"event": "points_added", "eventId": "e-1", "attempt": 2, "none": null}),
             idempotency_key: "d-9".into(),
+            list_unsubscribe: None,
         }
     }
 

@@ -230,6 +230,7 @@ mod tests {
             html: Some("<p>Вы получили «Бесплатный кофе».</p>".into()),
             data: json!({"event": "points_redeemed"}),
             idempotency_key: "d-1".into(),
+            list_unsubscribe: None,
         }
     }
 

@@ -96,13 +96,21 @@ impl SendGrid {
         if let Some(name) = &self.from.name {
             from["name"] = json!(name);
         }
-        Ok(json!({
+        let mut body = json!({
             "personalizations": [{"to": [{"email": to.email.to_string()}]}],
             "from": from,
             "subject": message.subject.clone().unwrap_or_default(),
             "content": content,
             "custom_args": {DELIVERY_ARG: message.idempotency_key},
-        }))
+        });
+        // SendGrid passes `headers` through to the message as they are.
+        if let Some(url) = &message.list_unsubscribe {
+            body["headers"] = json!({
+                crate::email::LIST_UNSUBSCRIBE: format!("<{url}>"),
+                crate::email::LIST_UNSUBSCRIBE_POST: crate::email::ONE_CLICK,
+            });
+        }
+        Ok(body)
     }
 }
 
@@ -240,6 +248,7 @@ mod tests {
             html: Some("<p>Вы получили «Бесплатный кофе».</p>".into()),
             data: json!({}),
             idempotency_key: "d-42".into(),
+            list_unsubscribe: None,
         }
     }
 
@@ -431,5 +440,44 @@ mod tests {
         bad.api_key = "k".into();
         assert_eq!(SendGrid::new(&bad).unwrap_err().key, "base_url");
         assert!(!format!("{:?}", config("http://x")).contains("SG.test-key"));
+    }
+}
+
+#[cfg(test)]
+mod unsubscribe_tests {
+    use super::*;
+    use herald_core::channel::Address;
+
+    #[test]
+    fn an_unsubscribe_link_travels_as_both_headers() {
+        let sendgrid = SendGrid::new(&SendGridConfig {
+            base_url: "https://api.sendgrid.com".to_owned(),
+            api_key: "SG.test-key".to_owned(),
+            from: "Herald <no-reply@herald.test>".to_owned(),
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        })
+        .unwrap();
+        let mut message = RenderedMessage {
+            channel: ChannelKind::Email,
+            to: Address::Email {
+                email: "anna@example.com".to_owned(),
+            },
+            subject: Some("s".into()),
+            text: "t".into(),
+            html: None,
+            data: json!({}),
+            idempotency_key: "d-42".into(),
+            list_unsubscribe: None,
+        };
+        assert!(sendgrid.body(&message).unwrap().get("headers").is_none());
+        message.list_unsubscribe = Some("https://herald.test/u/abc".into());
+        assert_eq!(
+            sendgrid.body(&message).unwrap()["headers"],
+            json!({
+                "List-Unsubscribe": "<https://herald.test/u/abc>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            })
+        );
     }
 }

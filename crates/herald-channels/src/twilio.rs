@@ -267,6 +267,7 @@ mod tests {
             html: None,
             data: json!({}),
             idempotency_key: "d-7".into(),
+            list_unsubscribe: None,
         }
     }
 

@@ -229,6 +229,7 @@ mod tests {
             html: None,
             data: json!({"event": "points_added"}),
             idempotency_key: "d-3".into(),
+            list_unsubscribe: None,
         }
     }
 

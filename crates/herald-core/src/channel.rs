@@ -125,6 +125,11 @@ pub struct RenderedMessage {
     pub data: serde_json::Value,
     /// Stable per delivery, so a provider that supports it can dedupe retries.
     pub idempotency_key: String,
+    /// For an email: the one-click unsubscribe URL, sent as
+    /// `List-Unsubscribe` with `List-Unsubscribe-Post` (RFC 8058). `None`
+    /// for mandatory messages and for other channels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_unsubscribe: Option<String>,
 }
 
 /// What a provider said when it accepted a message.

@@ -15,6 +15,7 @@
 //! | [`input`] | limits every input obeys whatever its shape: no NUL in text, integers JavaScript reads exactly, instants up to year 9999 |
 //! | [`problem`] | the table of HTTP error codes ([`problem::Code`]), with their statuses and titles |
 //! | [`realtime`] | the [`realtime::Broadcast`] seam through which events reach live sockets |
+//! | [`unsubscribe`] | signed, expiring one-click unsubscribe tokens: one recipient × category × channel |
 //! | [`retry`] | the one backoff policy of every retry (exponential, full jitter, optional attempt limit) and `Retry-After` |
 //! | [`error`] | the crate's error type |
 
@@ -29,6 +30,7 @@ pub mod problem;
 pub mod realtime;
 pub mod retry;
 pub mod routing;
+pub mod unsubscribe;
 
 pub use auth::Role;
 pub use catalog::{EventKind, ValidatedEvent};

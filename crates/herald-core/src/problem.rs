@@ -59,6 +59,8 @@ codes! {
     /// An `If-Match` that names a version other than the current one: someone
     /// changed the resource since the caller read it.
     PreconditionFailed => "precondition_failed", 412, "The resource changed since it was read";
+    /// An unsubscribe link past its time (a forged one is `forbidden`).
+    LinkExpired => "link_expired", 410, "This link has expired";
     /// The body is larger than `server.max_body_bytes`.
     PayloadTooLarge => "payload_too_large", 413, "Payload too large";
     /// More events in one publish than `server.max_batch`.

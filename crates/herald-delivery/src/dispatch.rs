@@ -78,6 +78,11 @@ pub enum Outcome {
     Expired {
         reason: String,
     },
+    /// Its event (or inbox entry) was cancelled while it was claimed; seen
+    /// before sending.
+    Cancelled {
+        reason: String,
+    },
     /// Claimed but not attempted: too little of its lease was left when
     /// its turn came. Handed back, due now.
     Released,
@@ -98,6 +103,7 @@ impl Outcome {
             Outcome::Postponed { .. } => "postponed",
             Outcome::Failed { .. } => "failed",
             Outcome::Expired { .. } => "expired",
+            Outcome::Cancelled { .. } => "cancelled",
             Outcome::Released => "released",
             Outcome::LeaseLost => "lease_lost",
         }
@@ -125,6 +131,8 @@ pub struct Dispatcher {
     pub metrics: Arc<DeliveryMetrics>,
     /// Sends in flight in this process, at most.
     pub sends: Arc<Semaphore>,
+    /// The unsubscribe links of emails and SMS; none: messages carry none.
+    pub unsubscribe: Option<crate::unsubscribe::Links>,
 }
 
 /// What an attempt went through: the provider chain's steps and the
@@ -321,6 +329,9 @@ impl Dispatcher {
             Outcome::Expired { reason } => Finish::Expired {
                 reason: reason.clone(),
             },
+            Outcome::Cancelled { reason } => Finish::Cancelled {
+                reason: reason.clone(),
+            },
             Outcome::Released => Finish::Release {
                 at: self.clock.now().timestamp_millis(),
             },
@@ -389,12 +400,33 @@ impl Dispatcher {
             .contact
             .locale
             .unwrap_or(self.templates.default_locale());
+        // Mandatory messages carry no way out.
+        let unsubscribe = match (&self.unsubscribe, scheduled) {
+            (_, Reason::Mandatory) | (None, _) => None,
+            (Some(links), _) => links.url(
+                &claim.recipient,
+                claim.kind.category(),
+                channel,
+                claim.id,
+                now,
+            ),
+        };
         let rendered = tracing::info_span!("render", locale = %locale)
             .in_scope(|| {
-                self.templates
-                    .render(claim.kind, channel, locale, &event.data)
+                self.templates.render_with(
+                    claim.kind,
+                    channel,
+                    locale,
+                    &event.data,
+                    unsubscribe.as_deref(),
+                )
             })
             .map_err(|e| ChannelError::permanent(e.to_string()))?;
+        // A cancel may have come since the claim: look once more, last
+        // thing before the message leaves.
+        if let Some(reason) = self.store.cancel_requested(claim.id).await? {
+            return Ok(Outcome::Cancelled { reason });
+        }
         if channel == ChannelKind::Sms {
             let s = sms::segments(&rendered.text);
             tracing::debug!(encoding = ?s.encoding, segments = s.count, "sms");
@@ -421,6 +453,9 @@ impl Dispatcher {
                 } else {
                     claim.id.to_string()
                 },
+                list_unsubscribe: (channel == ChannelKind::Email)
+                    .then(|| unsubscribe.clone())
+                    .flatten(),
             };
             match chain.send(&message).await {
                 Ok(ok) => {
@@ -673,7 +708,8 @@ fn detail(outcome: &Outcome) -> Option<String> {
     match outcome {
         Outcome::Suppressed { reason }
         | Outcome::Failed { reason, .. }
-        | Outcome::Expired { reason } => Some(reason.clone()),
+        | Outcome::Expired { reason }
+        | Outcome::Cancelled { reason } => Some(reason.clone()),
         Outcome::Retrying { next, reason, .. }
         | Outcome::Postponed {
             until: next,

@@ -8,6 +8,7 @@
 //! | [`retry`] | the `[delivery.retry]` settings, per channel, of the backoff policy in `herald_core::retry` |
 //! | [`sweeper`] | re-enqueues what the queue lost and what dead workers left; purges finished jobs |
 //! | [`templates`] | localized message templates, rendered with minijinja |
+//! | [`unsubscribe`] | the signed unsubscribe link of each email and SMS that is not mandatory |
 //! | [`sms`] | SMS segment counting (GSM-7 / UCS-2) |
 //! | [`metrics`] | delivery outcomes as Prometheus metrics |
 //! | [`clock`] | injectable time |
@@ -29,6 +30,7 @@ pub mod sms;
 pub mod sweeper;
 pub mod templates;
 pub mod tracecontext;
+pub mod unsubscribe;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatch::{Channels, Dispatcher, Outcome};

@@ -1242,6 +1242,7 @@ mod tests {
             html: None,
             data: serde_json::Value::Null,
             idempotency_key: "d-1".into(),
+            list_unsubscribe: None,
         }
     }
 

@@ -69,6 +69,10 @@ const INBOX_EMAIL_HTML: &str = "_builtin/inbox_email.html";
 /// paragraph of its text (split on blank lines).
 const PARAGRAPHS_HTML: &str = "_builtin/paragraphs.html";
 
+/// The unsubscribe footer of an HTML part whose template did not print
+/// `unsubscribe_url` itself.
+const UNSUBSCRIBE_HTML: &str = "_builtin/unsubscribe.html";
+
 /// The compiled templates of every locale.
 #[derive(Debug)]
 pub struct Templates {
@@ -95,6 +99,12 @@ impl Templates {
             (
                 PARAGRAPHS_HTML,
                 "{% for p in paragraphs %}<p>{{ p }}</p>{% endfor %}",
+            ),
+            (
+                UNSUBSCRIBE_HTML,
+                "<p style=\"font-size:12px;color:#71717a\">{% if locale == \"ru\" %}Не хотите получать такие письма? \
+                 <a href=\"{{ unsubscribe_url }}\">Отписаться</a>{% else %}Don't want these emails? \
+                 <a href=\"{{ unsubscribe_url }}\">Unsubscribe</a>{% endif %}</p>",
             ),
         ] {
             env.add_template(name, source)
@@ -170,6 +180,69 @@ impl Templates {
         locale: Locale,
         data: &Map<String, Json>,
     ) -> Result<Rendered, Error> {
+        self.render_with(kind, channel, locale, data, None)
+    }
+
+    /// As [`Templates::render`], with the recipient's unsubscribe link
+    /// (`None` for a mandatory message): an email shows it in both parts
+    /// (the layout's footer prints `unsubscribe_url`; an HTML part without
+    /// it gets a built-in footer), an SMS ends with a short hint, push
+    /// carries none.
+    pub fn render_with(
+        &self,
+        kind: EventKind,
+        channel: ChannelKind,
+        locale: Locale,
+        data: &Map<String, Json>,
+        unsubscribe: Option<&str>,
+    ) -> Result<Rendered, Error> {
+        let mut rendered = self.render_plain(kind, channel, locale, data, unsubscribe)?;
+        let Some(url) = unsubscribe else {
+            return Ok(rendered);
+        };
+        match channel {
+            ChannelKind::Email => {
+                rendered.text.push_str(match locale {
+                    Locale::Ru => "\n\n—\nНе хотите получать такие письма? Отписаться: ",
+                    Locale::En => "\n\n—\nDon't want these emails? Unsubscribe: ",
+                });
+                rendered.text.push_str(url);
+                // minijinja escapes `/` in what it prints (`&#x2f;`), and
+                // the URL has no other character it escapes.
+                if let Some(html) = &mut rendered.html
+                    && !html.contains(url)
+                    && !html.contains(&url.replace('/', "&#x2f;"))
+                {
+                    let footer = self.builtin(
+                        UNSUBSCRIBE_HTML,
+                        minijinja::context! { locale => locale.as_str(), unsubscribe_url => url },
+                    )?;
+                    match html.rfind("</body>") {
+                        Some(at) => html.insert_str(at, &footer),
+                        None => html.push_str(&footer),
+                    }
+                }
+            }
+            ChannelKind::Sms => {
+                rendered.text.push_str(match locale {
+                    Locale::Ru => " Отписаться: ",
+                    Locale::En => " Unsubscribe: ",
+                });
+                rendered.text.push_str(url);
+            }
+            _ => {}
+        }
+        Ok(rendered)
+    }
+
+    fn render_plain(
+        &self,
+        kind: EventKind,
+        channel: ChannelKind,
+        locale: Locale,
+        data: &Map<String, Json>,
+        unsubscribe: Option<&str>,
+    ) -> Result<Rendered, Error> {
         let own = self.has(locale, kind, channel) || self.has(self.default_locale, kind, channel);
         if !own {
             let inbox = self.render_inbox(kind, locale, data)?;
@@ -198,7 +271,7 @@ impl Templates {
             ChannelKind::Email => {
                 let [subject, text] =
                     self.blocks(kind, channel, locale, data, ["subject", "text"])?;
-                let html = match self.email_html(kind, locale, data, &subject)? {
+                let html = match self.email_html(kind, locale, data, &subject, unsubscribe)? {
                     Some(html) => html,
                     None => self.builtin(
                         PARAGRAPHS_HTML,
@@ -250,6 +323,7 @@ impl Templates {
         locale: Locale,
         data: &Map<String, Json>,
         subject: &str,
+        unsubscribe: Option<&str>,
     ) -> Result<Option<String>, Error> {
         let own = format!("{}.html", name(locale, kind, ChannelKind::Email));
         let fallback = format!(
@@ -269,7 +343,12 @@ impl Templates {
         };
         let template = self.env.get_template(&name).map_err(fail)?;
         let data = Value::from(Serde(data));
-        let ctx = minijinja::context! { locale => locale.as_str(), subject => subject, ..data };
+        let ctx = minijinja::context! {
+            locale => locale.as_str(),
+            subject => subject,
+            unsubscribe_url => unsubscribe,
+            ..data
+        };
         template.render(ctx).map(Some).map_err(fail)
     }
 

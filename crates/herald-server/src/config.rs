@@ -53,6 +53,40 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// The realtime gateway (Socket.IO, `/ws`, resume, Redis bus).
     pub realtime: herald_realtime::RealtimeConfig,
+    /// Scheduled sends (`sendAt`): what is accepted, and their release.
+    pub scheduling: SchedulingSettings,
+    /// One-click unsubscribe links in emails and SMS.
+    pub unsubscribe: UnsubscribeSettings,
+}
+
+/// `[scheduling]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulingSettings {
+    /// How far in the past a `sendAt` may be (clock skew, a slow producer)
+    /// and still be sent at once; further back is refused.
+    pub past_tolerance_seconds: u64,
+    /// How far ahead a `sendAt` may be.
+    pub max_ahead_days: u64,
+    /// How often a node looks for scheduled events to release.
+    pub release_interval_ms: u64,
+    /// Most events one look releases.
+    pub release_batch: u32,
+}
+
+/// `[unsubscribe]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeSettings {
+    /// The key that signs links (at least 32 bytes). Empty: derived from
+    /// the HS256 `auth.secret`; with RS256/EdDSA required in production
+    /// (in development a random one per process).
+    pub secret: Secret,
+    /// How long a link works: `"90d"`, `"720h"`.
+    pub ttl: String,
+    /// The "all my notification settings" link of the confirmation page;
+    /// empty: `{server.public_url}/console`.
+    pub preferences_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +105,9 @@ pub struct ServerSettings {
     /// A bearer token `GET /metrics` requires; empty: open (scrape it on
     /// a private network, not through the public balancer).
     pub metrics_token: Secret,
+    /// Where the outside world reaches Herald (`https://herald.example.com`):
+    /// the base of the links Herald puts in messages (unsubscribe).
+    pub public_url: String,
 }
 
 /// How tokens are verified (contract §1).
@@ -559,6 +596,37 @@ impl Settings {
         Ok(policy)
     }
 
+    /// `[unsubscribe] ttl`, checked.
+    pub fn unsubscribe_ttl(&self) -> Result<std::time::Duration, ConfigError> {
+        match parse_duration(&self.unsubscribe.ttl) {
+            Some(d) if !d.is_zero() && d.as_secs() <= 10 * 365 * 86_400 => Ok(d),
+            _ => Err(ConfigError::new(
+                "unsubscribe.ttl",
+                format!(
+                    "`{}`: expected a duration above zero and at most ten years, such as \"90d\"",
+                    self.unsubscribe.ttl
+                ),
+            )),
+        }
+    }
+
+    /// The key unsubscribe links are signed with: `unsubscribe.secret`,
+    /// else the HS256 secret (the signer derives a key of its own from
+    /// it), else — in development only — a random one, so links work
+    /// until the process restarts.
+    pub fn unsubscribe_secret(&self) -> Vec<u8> {
+        if !self.unsubscribe.secret.is_empty() {
+            return self.unsubscribe.secret.expose().as_bytes().to_vec();
+        }
+        if self.auth.algorithm == TokenAlgorithm::HS256 && !self.auth.secret.is_empty() {
+            return self.auth.secret.expose().as_bytes().to_vec();
+        }
+        tracing::warn!(
+            "no unsubscribe.secret: unsubscribe links are signed with a random key and stop working when this process restarts"
+        );
+        rand::random::<[u8; 32]>().to_vec()
+    }
+
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.max_body_bytes < 1024 {
@@ -691,6 +759,48 @@ impl Settings {
             return Err(ConfigError::new(
                 "channels.sendgrid.webhook_public_key",
                 e.message,
+            ));
+        }
+        let public = &self.server.public_url;
+        if !(public.starts_with("http://") || public.starts_with("https://"))
+            || public.contains(char::is_whitespace)
+        {
+            return Err(ConfigError::new(
+                "server.public_url",
+                format!("`{public}`: expected an http:// or https:// URL"),
+            ));
+        }
+        let sch = &self.scheduling;
+        for (key, value) in [
+            ("scheduling.max_ahead_days", sch.max_ahead_days),
+            ("scheduling.release_interval_ms", sch.release_interval_ms),
+            ("scheduling.release_batch", u64::from(sch.release_batch)),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        if sch.max_ahead_days > 3_650 {
+            return Err(ConfigError::new(
+                "scheduling.max_ahead_days",
+                "must be at most 3650",
+            ));
+        }
+        self.unsubscribe_ttl()?;
+        let secret = &self.unsubscribe.secret;
+        if !secret.is_empty() && secret.expose().len() < 32 {
+            return Err(ConfigError::new(
+                "unsubscribe.secret",
+                "must be at least 32 bytes",
+            ));
+        }
+        if secret.is_empty()
+            && self.server.production
+            && self.auth.algorithm != TokenAlgorithm::HS256
+        {
+            return Err(ConfigError::new(
+                "unsubscribe.secret",
+                "is required in production with RS256 or EdDSA tokens (set HERALD__UNSUBSCRIBE__SECRET)",
             ));
         }
         if let Err(herald_realtime::Error::Config { key, message }) = self.realtime.validate() {

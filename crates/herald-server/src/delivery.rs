@@ -347,6 +347,12 @@ impl DeliveryRuntime {
             queue: queue.clone(),
             metrics: metrics.clone(),
             sends: Arc::new(tokio::sync::Semaphore::new(d.concurrency)),
+            // Made once per process: the HTTP side verifies with the same key.
+            unsubscribe: Some(herald_delivery::unsubscribe::Links {
+                signer: herald_core::unsubscribe::Signer::new(&settings.unsubscribe_secret()),
+                base_url: settings.server.public_url.clone(),
+                ttl: settings.unsubscribe_ttl()?,
+            }),
         });
         let sweeper = Sweeper {
             store,

@@ -8,7 +8,9 @@
 //!
 //! After the transaction commits, every newly accepted event (not a
 //! duplicate) is handed to the realtime hub for its rooms; the hub reaches
-//! every node. Fan-out cannot fail the publish: the events are durable and
+//! every node. An event with `sendAt` is written at once too (so its id is
+//! taken), but its deliveries fall due at `sendAt`, and its inbox entries
+//! and fan-out wait for its release ([`crate::schedule`]). Fan-out cannot fail the publish: the events are durable and
 //! in the inbox already.
 
 use std::collections::{BTreeSet, HashMap};
@@ -22,7 +24,9 @@ use herald_core::{
 };
 use herald_delivery::{Clock, InboxText, Queue, Templates};
 use herald_realtime::{Hub, Outgoing};
-use herald_store::{DeliveryStatus, Ingested, NewDelivery, NewEvent, NewNotification, Store};
+use herald_store::{
+    DeliveryStatus, Ingested, NewDelivery, NewEvent, NewNotification, Schedule, Store,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use tracing::Instrument;
@@ -39,6 +43,74 @@ struct Envelope {
     id: Option<String>,
     event: String,
     data: Value,
+    /// RFC 3339: deliver (and show in the inbox, and fan out) then.
+    #[serde(default, rename = "sendAt")]
+    send_at: Option<Value>,
+}
+
+/// What `sendAt` may be, relative to now.
+#[derive(Debug, Clone, Copy)]
+pub struct SendAtLimits {
+    /// How far back a `sendAt` may be and still be sent at once.
+    pub past_tolerance: chrono::Duration,
+    /// How far ahead it may be.
+    pub max_ahead: chrono::Duration,
+}
+
+impl Default for SendAtLimits {
+    fn default() -> Self {
+        SendAtLimits {
+            past_tolerance: chrono::Duration::minutes(5),
+            max_ahead: chrono::Duration::days(366),
+        }
+    }
+}
+
+impl SendAtLimits {
+    /// The instant `raw` names, if later than `now`: `None` to send at once
+    /// (absent, or a moment ago within the tolerance).
+    fn check(
+        &self,
+        raw: Option<&Value>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ValidationError> {
+        let raw = match raw {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                return Err(ValidationError::new(
+                    "sendAt",
+                    "must be an RFC 3339 date-time string such as 2026-12-24T09:00:00+03:00",
+                ));
+            }
+        };
+        let at = chrono::DateTime::parse_from_rfc3339(raw)
+            .map_err(|_| {
+                ValidationError::new(
+                    "sendAt",
+                    format!(
+                        "`{raw}` is not an RFC 3339 date-time such as 2026-12-24T09:00:00+03:00"
+                    ),
+                )
+            })?
+            .with_timezone(&chrono::Utc);
+        if at < now - self.past_tolerance {
+            return Err(ValidationError::new(
+                "sendAt",
+                format!(
+                    "is in the past by more than {} seconds",
+                    self.past_tolerance.num_seconds()
+                ),
+            ));
+        }
+        if at > now + self.max_ahead {
+            return Err(ValidationError::new(
+                "sendAt",
+                format!("is more than {} days ahead", self.max_ahead.num_days()),
+            ));
+        }
+        Ok((at > now).then_some(at))
+    }
 }
 
 /// Turns envelopes into stored events.
@@ -52,6 +124,9 @@ pub struct Publisher {
     clock: Arc<dyn Clock>,
     /// Where accepted events fan out to sockets, when the gateway runs.
     fanout: Option<Hub>,
+    send_at: SendAtLimits,
+    /// Counts scheduled events.
+    metrics: Option<Arc<crate::schedule::SchedulingMetrics>>,
 }
 
 /// One event, checked and routed, waiting to be written.
@@ -60,6 +135,8 @@ struct Prepared {
     key: Option<String>,
     event: ValidatedEvent,
     route: Route,
+    /// `sendAt`, when later than now.
+    send_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Publisher {
@@ -77,7 +154,21 @@ impl Publisher {
             queue,
             clock,
             fanout: None,
+            send_at: SendAtLimits::default(),
+            metrics: None,
         }
+    }
+
+    /// Checks `sendAt` against `limits`, and counts scheduled events into `metrics`.
+    #[must_use]
+    pub fn with_scheduling(
+        mut self,
+        limits: SendAtLimits,
+        metrics: Arc<crate::schedule::SchedulingMetrics>,
+    ) -> Self {
+        self.send_at = limits;
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Fans accepted events out through `hub` after they commit.
@@ -106,7 +197,7 @@ impl Publisher {
                 } else {
                     String::new()
                 };
-                self.prepare(item, now.timestamp_millis())
+                self.prepare(item, now)
                     .map_err(|e| ApiError::invalid(e.within(&prefix)))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -145,13 +236,25 @@ impl Publisher {
             other => other.into(),
         })?;
         if let Some(hub) = &self.fanout {
-            let accepted: Vec<Outgoing> = outcomes
+            // `outgoing` holds the events that fan out now (not the
+            // scheduled ones), in batch order.
+            let accepted: Vec<Outgoing> = events
                 .iter()
+                .zip(&outcomes)
+                .filter(|(event, _)| event.schedule.is_none())
                 .zip(outgoing)
-                .filter(|(outcome, _)| matches!(outcome, Ingested::Accepted(_)))
+                .filter(|((_, outcome), _)| matches!(outcome, Ingested::Accepted(_)))
                 .map(|(_, out)| out)
                 .collect();
             hub.publish(accepted).await;
+        }
+        if let Some(metrics) = &self.metrics {
+            let scheduled = events
+                .iter()
+                .zip(&outcomes)
+                .filter(|(e, o)| e.schedule.is_some() && matches!(o, Ingested::Accepted(_)))
+                .count();
+            metrics.scheduled.inc_by(scheduled as u64);
         }
         self.enqueue(&events, &outcomes)
             .instrument(tracing::info_span!("enqueue"))
@@ -191,7 +294,9 @@ impl Publisher {
         let mut events = Vec::with_capacity(prepared.len());
         let mut outgoing = Vec::with_capacity(prepared.len());
         for p in prepared {
-            let plans = p.route.plan(&members, &profiles, now);
+            // A scheduled event is planned for its time: quiet hours then.
+            let at = p.send_at.unwrap_or(now);
+            let plans = p.route.plan(&members, &profiles, at);
             let mut rendered: HashMap<Locale, InboxText> = HashMap::new();
             let mut notifications = Vec::with_capacity(plans.len());
             for plan in plans {
@@ -228,7 +333,8 @@ impl Publisher {
                     deliveries,
                 });
             }
-            if self.fanout.is_some() {
+            // A scheduled event fans out when it is released, not now.
+            if self.fanout.is_some() && p.send_at.is_none() {
                 outgoing.push(Outgoing {
                     event: p.event.kind.as_str().to_owned(),
                     event_id: p.id.to_string(),
@@ -245,6 +351,10 @@ impl Publisher {
                 received_at: now.timestamp_millis(),
                 traceparent: traceparent.clone(),
                 notifications,
+                schedule: p.send_at.map(|at| Schedule {
+                    at: at.timestamp_millis(),
+                    rooms: p.route.rooms.clone(),
+                }),
             });
         }
         Ok((events, outgoing))
@@ -282,12 +392,16 @@ impl Publisher {
             .iter()
             .zip(outcomes)
             .filter(|(_, o)| matches!(o, Ingested::Accepted(_)));
-        for d in fresh
-            .flat_map(|(e, _)| &e.notifications)
-            .flat_map(|n| &n.deliveries)
-        {
+        for (event, d) in fresh.flat_map(|(e, _)| {
+            e.notifications
+                .iter()
+                .flat_map(move |n| n.deliveries.iter().map(move |d| (e, d)))
+        }) {
             match (d.status, d.next_attempt_at) {
-                (DeliveryStatus::Pending, _) => due.push(d.id),
+                (DeliveryStatus::Pending, _) => match &event.schedule {
+                    None => due.push(d.id),
+                    Some(s) => later.push((d.id, s.at)),
+                },
                 (DeliveryStatus::Deferred, Some(at)) => later.push((d.id, at)),
                 _ => {}
             }
@@ -304,7 +418,11 @@ impl Publisher {
         }
     }
 
-    fn prepare(&self, item: Value, now_ms: i64) -> Result<Prepared, ValidationError> {
+    fn prepare(
+        &self,
+        item: Value,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Prepared, ValidationError> {
         if !item.is_object() {
             return Err(ValidationError::new(
                 "",
@@ -320,8 +438,9 @@ impl Publisher {
                 format!("must be 1 to {MAX_KEY_LEN} characters"),
             ));
         }
+        let send_at = self.send_at.check(envelope.send_at.as_ref(), now)?;
         let mut event = ValidatedEvent::parse(&envelope.event, envelope.data)?;
-        event.stamp(now_ms);
+        event.stamp(send_at.unwrap_or(now).timestamp_millis());
         let route = self.routing.route(&event);
         Ok(Prepared {
             id: envelope
@@ -331,6 +450,7 @@ impl Publisher {
             key: envelope.id,
             event,
             route,
+            send_at,
         })
     }
 }

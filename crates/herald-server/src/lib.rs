@@ -11,6 +11,7 @@
 //! | [`ingest`] | publishing: envelopes → routed, planned, rendered, stored, enqueued |
 //! | [`delivery`] | the queue, transports, workers and sweeper of a process |
 //! | [`lifecycle`] | the retention purge job (`[retention]`, metrics, outbox files) and a user's erase |
+//! | [`schedule`] | scheduled sends: their release at `sendAt` (inbox, realtime), once across nodes; scheduling, cancel and unsubscribe metrics |
 //! | [`redrive`] | re-driving failed deliveries: filters, cursors and bounds shared by REST and CLI |
 //! | [`routing`] | the routing table a process runs on: the file, or the newest stored over REST, followed by polling |
 //! | [`routes`] | the handlers of contract §7 |
@@ -31,6 +32,7 @@ pub mod problem;
 pub mod redrive;
 pub mod routes;
 pub mod routing;
+pub mod schedule;
 pub mod startup;
 pub mod telemetry;
 pub mod worker;

@@ -30,10 +30,11 @@ use crate::ingest::Publisher;
 use crate::lifecycle::Purger;
 use crate::problem::ApiError;
 use crate::routes::{
-    admin, admin_routing, audit, deliveries, demo, events, health, inbox, openapi, privacy, users,
-    webhooks,
+    admin, admin_routing, audit, deliveries, demo, events, health, inbox, openapi, privacy,
+    unsubscribe, users, webhooks,
 };
 use crate::routing::LiveRouting;
+use crate::schedule::Releaser;
 
 /// How long a transport may take to answer `check` (at start, on `/readyz`).
 pub const CHANNEL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -56,6 +57,8 @@ pub struct AppState {
     pub metrics: prometheus::Registry,
     /// The routing table in force, replaceable over REST.
     pub routing: LiveRouting,
+    /// Scheduling, cancellation and unsubscribe counters.
+    pub scheduling: Arc<crate::schedule::SchedulingMetrics>,
 }
 
 /// A built, bound, not yet serving Herald.
@@ -66,6 +69,8 @@ pub struct Application {
     delivery: DeliveryRuntime,
     /// The retention purge, run beside the server (`[retention]`).
     purger: Purger,
+    /// Releases scheduled events at their `sendAt`, beside the server.
+    releaser: Releaser,
 }
 
 impl Application {
@@ -132,6 +137,15 @@ impl Application {
                 tracing::error!(channel = %kind, error = %e, "transport not working; its deliveries will wait and retry");
             }
         }
+        let scheduling = Arc::new(crate::schedule::SchedulingMetrics::new(&metrics));
+        let send_at = crate::ingest::SendAtLimits {
+            past_tolerance: chrono::Duration::seconds(
+                i64::try_from(settings.scheduling.past_tolerance_seconds).unwrap_or(i64::MAX),
+            ),
+            max_ahead: chrono::Duration::days(
+                i64::try_from(settings.scheduling.max_ahead_days).unwrap_or(3_650),
+            ),
+        };
         let publisher = Publisher::new(
             store.clone(),
             routing.shared(),
@@ -139,7 +153,15 @@ impl Application {
             delivery.queue.clone(),
             delivery.dispatcher.clock.clone(),
         )
-        .with_fanout(realtime.clone());
+        .with_fanout(realtime.clone())
+        .with_scheduling(send_at, scheduling.clone());
+        let releaser = Releaser {
+            store: store.clone(),
+            hub: realtime.clone(),
+            clock: delivery.dispatcher.clock.clone(),
+            batch: settings.scheduling.release_batch,
+            metrics: scheduling.clone(),
+        };
         let purger = Purger::new(
             store.clone(),
             settings.retention()?,
@@ -159,9 +181,11 @@ impl Application {
                 delivery: delivery.clone(),
                 metrics,
                 routing,
+                scheduling,
             },
             delivery,
             purger,
+            releaser,
         })
     }
 
@@ -181,6 +205,10 @@ impl Application {
 
     pub fn purger(&self) -> &Purger {
         &self.purger
+    }
+
+    pub fn releaser(&self) -> &Releaser {
+        &self.releaser
     }
 
     /// Serves until `shutdown` resolves; then tells realtime clients to
@@ -207,6 +235,9 @@ impl Application {
                 .clone()
                 .follow(self.state.settings.routing.poll_interval(), stop.clone()),
         );
+        let release_every =
+            std::time::Duration::from_millis(self.state.settings.scheduling.release_interval_ms);
+        let releasing = tokio::spawn(self.releaser.run(release_every, stop.clone()));
         let realtime = self.state.realtime.clone();
         let grace = self.state.settings.realtime.shutdown_grace();
         let app = router(self.state);
@@ -224,6 +255,7 @@ impl Application {
         stop.cancel();
         let _ = purging.await;
         let _ = following.await;
+        let _ = releasing.await;
         if let Some(workers) = workers {
             match workers.await {
                 Ok(result) => result?,
@@ -260,6 +292,8 @@ pub fn router(state: AppState) -> Router {
     let realtime = state.realtime.router();
     Router::new()
         .route("/v1/events", post(events::publish))
+        .route("/v1/events/{id}/cancel", post(events::cancel))
+        .route("/u/{token}", get(unsubscribe::page).post(unsubscribe::one_click))
         .route("/v1/notifications", get(inbox::list))
         .route("/v1/notifications/unread-count", get(inbox::unread_count))
         .route("/v1/notifications/read-all", post(inbox::read_all))

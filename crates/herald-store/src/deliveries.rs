@@ -91,6 +91,9 @@ pub enum Finish {
     /// Not attempted: handed back, due again at `at` (epoch ms), without
     /// spending an attempt (the lease would not have covered the send).
     Release { at: i64 },
+    /// Not sent: its event (or its inbox entry) was cancelled while it was
+    /// claimed, and the worker saw it before sending.
+    Cancelled { reason: String },
 }
 
 /// One line of a delivery's trace, written with the finish it explains.
@@ -187,6 +190,12 @@ impl<'a> Transition<'a> {
                 status: if attempt > 1 { "retrying" } else { "pending" },
                 next_attempt_at: Some(*at),
                 enqueued_at: Some(*at),
+                refund: 1,
+                ..Transition::default()
+            },
+            Finish::Cancelled { reason } => Transition {
+                status: "cancelled",
+                reason: Some(reason),
                 refund: 1,
                 ..Transition::default()
             },
@@ -348,6 +357,19 @@ impl Store {
         } else {
             ProviderEventOutcome::NoChange
         })
+    }
+
+    /// Why a cancel asked for delivery `id` to stop while it was in flight,
+    /// if one did: the worker looks just before it sends.
+    pub async fn cancel_requested(&self, id: DeliveryId) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT cancel_requested FROM deliveries WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<Option<String>, _>("cancel_requested"))
+            .transpose()?
+            .flatten())
     }
 
     /// Hands deliveries whose worker died (still `sending` past their lease)

@@ -15,6 +15,21 @@ use crate::audit::{self, Actor, AuditKind, Change};
 use crate::records::{ContactRecord, Device, DeviceKind};
 use crate::{Error, Result, Store, now_ms, parse_named, placeholders};
 
+/// One recorded change to a user's preferences.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreferenceChange {
+    pub at: i64,
+    /// `unsubscribe`.
+    pub source: String,
+    /// The category (or event) overridden.
+    pub scope: String,
+    pub channel: String,
+    pub enabled: bool,
+    /// The message whose link made the change.
+    pub delivery_id: Option<String>,
+}
+
 /// A device to register.
 #[derive(Debug, Clone)]
 pub struct NewDevice {
@@ -175,6 +190,141 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Turns `scope` (an event category) × `channel` off in `user`'s
+    /// preferences, as their unsubscribe link asks: the category's
+    /// override becomes `false`, and an event override that would keep the
+    /// channel on for an event of the category goes. Recorded in
+    /// `preference_changes` and, when `delivery` is the user's, in that
+    /// delivery's trace. Returns whether anything changed (a second click
+    /// changes nothing and records nothing).
+    ///
+    /// Read, change, write by compare-and-set on the stored document, so a
+    /// concurrent `PUT` of the preferences is not overwritten.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = %user, scope, channel = %channel))]
+    pub async fn opt_out(
+        &self,
+        user: &UserId,
+        scope: &str,
+        channel: herald_core::ChannelKind,
+        delivery: Option<herald_core::DeliveryId>,
+        now: i64,
+    ) -> Result<bool> {
+        loop {
+            let mut tx = self.write.begin().await?;
+            let stored: Option<String> =
+                sqlx::query("SELECT document FROM preferences WHERE user_id = $1")
+                    .bind(user.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get("document"))
+                    .transpose()?;
+            let mut prefs = match &stored {
+                Some(doc) => parse_preferences(doc)?,
+                None => Preferences::default(),
+            };
+            let before = prefs.clone();
+            prefs
+                .overrides
+                .entry(scope.to_owned())
+                .or_default()
+                .insert(channel, false);
+            for (key, channels) in &mut prefs.overrides {
+                if herald_core::EventKind::parse(key).is_some_and(|k| k.category() == scope) {
+                    channels.remove(&channel);
+                }
+            }
+            prefs.overrides.retain(|_, channels| !channels.is_empty());
+            if prefs == before {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let doc = serde_json::to_string(&prefs).expect("preferences serialise");
+            let written = match &stored {
+                Some(old) => sqlx::query(
+                    "UPDATE preferences SET document = $1, updated_at = $2 \
+                     WHERE user_id = $3 AND document = $4",
+                )
+                .bind(&doc)
+                .bind(now)
+                .bind(user.as_str())
+                .bind(old)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                None => sqlx::query(
+                    "INSERT INTO preferences (user_id, document, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(user.as_str())
+                .bind(&doc)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            };
+            if written == 0 {
+                // Changed under us: read again.
+                tx.rollback().await?;
+                continue;
+            }
+            let delivery = delivery.map(|d| d.to_string());
+            sqlx::query(
+                "INSERT INTO preference_changes \
+                 (user_id, at, source, scope, channel, enabled, delivery_id) \
+                 VALUES ($1, $2, 'unsubscribe', $3, $4, 0, $5)",
+            )
+            .bind(user.as_str())
+            .bind(now)
+            .bind(scope)
+            .bind(channel.as_str())
+            .bind(delivery.as_deref())
+            .execute(&mut *tx)
+            .await?;
+            if let Some(delivery) = &delivery {
+                sqlx::query(
+                    "INSERT INTO delivery_trace \
+                     (delivery_id, at, attempt, n, step, provider, outcome, detail, actor) \
+                     SELECT id, $1, 0, 0, 'unsubscribe', NULL, NULL, $2, 'recipient' \
+                     FROM deliveries WHERE id = $3 AND recipient_id = $4",
+                )
+                .bind(now)
+                .bind(format!(
+                    "{scope} × {channel} turned off by the message's unsubscribe link"
+                ))
+                .bind(delivery)
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            return Ok(true);
+        }
+    }
+
+    /// The changes made to `user`'s preferences other than through the
+    /// preferences API (unsubscribe links), oldest first.
+    pub async fn preference_changes(&self, user: &UserId) -> Result<Vec<PreferenceChange>> {
+        let rows = sqlx::query(
+            "SELECT at, source, scope, channel, enabled, delivery_id FROM preference_changes \
+             WHERE user_id = $1 ORDER BY at",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PreferenceChange {
+                    at: r.try_get("at")?,
+                    source: r.try_get("source")?,
+                    scope: r.try_get("scope")?,
+                    channel: r.try_get("channel")?,
+                    enabled: r.try_get::<i64, _>("enabled")? != 0,
+                    delivery_id: r.try_get("delivery_id")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn devices(&self, user: &UserId) -> Result<Vec<Device>> {

@@ -155,6 +155,14 @@ async fn write(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Result<Vec<
     }
     insert_notifications(tx, backend, &entries).await?;
     insert_deliveries(tx, backend, &entries).await?;
+    let scheduled: Vec<&NewEvent> = fresh
+        .iter()
+        .map(|&i| &batch[i])
+        .filter(|ev| ev.schedule.is_some())
+        .collect();
+    if !scheduled.is_empty() {
+        insert_schedules(tx, backend, &scheduled).await?;
+    }
     Ok(outcomes
         .into_iter()
         .map(|o| o.expect("every event has an outcome"))
@@ -468,8 +476,15 @@ async fn insert_notifications(
                     .bind(ev.kind.category())
                     .bind(n.title.as_str())
                     .bind(n.body.as_str())
-                    .bind(i64::from(n.in_inbox))
-                    .bind(ev.received_at);
+                    // A scheduled event's entries wait for its release.
+                    .bind(match (n.in_inbox, &ev.schedule) {
+                        (false, _) => IN_INBOX_NO,
+                        (true, None) => IN_INBOX_YES,
+                        (true, Some(_)) => IN_INBOX_SCHEDULED,
+                    })
+                    // A scheduled entry is as old as its `sendAt`: the
+                    // retention of unread entries counts from there.
+                    .bind(due_from(ev));
             }
             query
         });
@@ -497,20 +512,120 @@ async fn insert_deliveries(
                     .bind(d.channel.as_str())
                     .bind(d.status.as_str())
                     .bind(d.reason.as_str())
-                    // An open delivery is due from the moment it exists.
+                    // An open delivery is due from the moment it exists,
+                    // or from its event's `sendAt`.
                     .bind(match d.status {
-                        DeliveryStatus::Pending => Some(ev.received_at),
+                        DeliveryStatus::Pending => Some(due_from(ev)),
                         _ => d.next_attempt_at,
                     })
                     // The publisher enqueues a job for each open delivery
-                    // once this commits, due now or when the deferral ends.
+                    // once this commits, due now (or at `sendAt`) or when
+                    // the deferral ends.
                     .bind(match d.status {
-                        DeliveryStatus::Pending => Some(ev.received_at),
+                        DeliveryStatus::Pending => Some(due_from(ev)),
                         DeliveryStatus::Deferred => d.next_attempt_at,
                         DeliveryStatus::Suppressed => None,
                     })
                     .bind(ev.received_at)
                     .bind(ev.received_at);
+            }
+            query
+        });
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// When an event's pending deliveries fall due: at once, or at `sendAt`.
+fn due_from(ev: &NewEvent) -> i64 {
+    ev.schedule.as_ref().map_or(ev.received_at, |s| s.at)
+}
+
+/// `notifications.in_inbox`: the user opted out of the inbox (the entry
+/// exists for its deliveries), it is in the inbox, or it will be once its
+/// scheduled event is released.
+pub(crate) const IN_INBOX_NO: i64 = 0;
+pub(crate) const IN_INBOX_YES: i64 = 1;
+pub(crate) const IN_INBOX_SCHEDULED: i64 = 2;
+
+const RELEASES: Table = Table {
+    insert: "INSERT INTO event_releases (event_id, due_at, rooms, lease_until, created_at)",
+    columns: &[
+        Column::Text,
+        Column::Int,
+        Column::Text,
+        Column::Int,
+        Column::Int,
+    ],
+};
+
+const TRACE: Table = Table {
+    insert: "INSERT INTO delivery_trace \
+             (delivery_id, at, attempt, n, step, provider, outcome, detail, actor)",
+    columns: &[
+        Column::Text,
+        Column::Int,
+        Column::Int,
+        Column::Int,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+        Column::Text,
+    ],
+};
+
+/// What scheduled events owe besides their rows: a release (their inbox
+/// entries and realtime fan-out wait for it), and a `scheduled` line in
+/// the trace of each open delivery, saying until when it waits.
+async fn insert_schedules(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    events: &[&NewEvent],
+) -> Result<()> {
+    let releases: Vec<(&NewEvent, &crate::records::Schedule)> = events
+        .iter()
+        .filter_map(|ev| ev.schedule.as_ref().map(|s| (*ev, s)))
+        .collect();
+    for chunk in releases.chunks(RELEASES.rows_per_statement()) {
+        let query = RELEASES.statement(backend, chunk.len(), "", |mut query| {
+            for &(ev, schedule) in chunk {
+                query = query
+                    .bind(ev.id.to_string())
+                    .bind(schedule.at)
+                    .bind(serde_json::to_string(&schedule.rooms).expect("rooms serialise"))
+                    .bind(None::<i64>)
+                    .bind(ev.received_at);
+            }
+            query
+        });
+        query.execute(&mut **tx).await?;
+    }
+    let open: Vec<(&NewEvent, &crate::records::NewDelivery, String)> = releases
+        .iter()
+        .flat_map(|&(ev, schedule)| {
+            let due = chrono::DateTime::from_timestamp_millis(schedule.at)
+                .map_or_else(|| schedule.at.to_string(), |t| t.to_rfc3339());
+            ev.notifications
+                .iter()
+                .flat_map(|n| &n.deliveries)
+                .filter(|d| d.status != DeliveryStatus::Suppressed)
+                .map(move |d| (ev, d, format!("sendAt {due}")))
+        })
+        .collect();
+    for chunk in open.chunks(TRACE.rows_per_statement()) {
+        let query = TRACE.statement(backend, chunk.len(), "", |mut query| {
+            for (ev, d, detail) in chunk {
+                query = query
+                    .bind(d.id.to_string())
+                    .bind(ev.received_at)
+                    .bind(0_i64)
+                    .bind(0_i64)
+                    .bind("scheduled")
+                    .bind(None::<&str>)
+                    .bind(d.status.as_str())
+                    .bind(detail.as_str())
+                    .bind(None::<&str>);
             }
             query
         });

@@ -5,6 +5,9 @@
 //! holds entries strictly below it. Entries committed later always have
 //! higher numbers (see [`crate::events`]), so paging backwards while new
 //! notifications arrive never skips or repeats one.
+//!
+//! An entry of a scheduled event (`in_inbox = 2`) is nobody's to see, read
+//! or delete until the event is released ([`crate::scheduling`]).
 
 use herald_core::{DeliveryId, NotificationId, UserId};
 use sqlx::{AssertSqlSafe, Row};
@@ -65,7 +68,7 @@ impl Store {
     ) -> Result<Option<Notification>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM notifications n JOIN events e ON e.id = n.event_id \
-             WHERE n.id = $1 AND n.recipient_id = $2 AND n.deleted_at IS NULL"
+             WHERE n.id = $1 AND n.recipient_id = $2 AND n.deleted_at IS NULL AND n.in_inbox <> 2"
         );
         sqlx::query_as::<_, NotificationRow>(AssertSqlSafe(sql))
             .bind(id.to_string())
@@ -86,7 +89,8 @@ impl Store {
     ) -> Result<Option<Notification>> {
         sqlx::query(
             "UPDATE notifications SET read_at = $1 \
-             WHERE id = $2 AND recipient_id = $3 AND deleted_at IS NULL AND read_at IS NULL",
+             WHERE id = $2 AND recipient_id = $3 AND deleted_at IS NULL AND read_at IS NULL \
+               AND in_inbox <> 2",
         )
         .bind(now_ms())
         .bind(id.to_string())
@@ -102,7 +106,7 @@ impl Store {
     pub async fn mark_all_read(&self, user: &UserId) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE notifications SET read_at = $1 \
-             WHERE recipient_id = $2 AND deleted_at IS NULL AND read_at IS NULL",
+             WHERE recipient_id = $2 AND deleted_at IS NULL AND read_at IS NULL AND in_inbox <> 2",
         )
         .bind(now_ms())
         .bind(user.as_str())
@@ -112,12 +116,13 @@ impl Store {
     }
 
     /// Hides an entry from the inbox; its delivery history stays. `false`
-    /// if `user` has no such entry.
+    /// if `user` has no such entry (a scheduled one not shown yet is none).
+    /// The caller cancels the entry's open deliveries.
     #[tracing::instrument(level = "debug", skip_all, fields(user = %user, notification = %id))]
     pub async fn delete_notification(&self, user: &UserId, id: NotificationId) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE notifications SET deleted_at = $1 \
-             WHERE id = $2 AND recipient_id = $3 AND deleted_at IS NULL",
+             WHERE id = $2 AND recipient_id = $3 AND deleted_at IS NULL AND in_inbox <> 2",
         )
         .bind(now_ms())
         .bind(id.to_string())

@@ -9,6 +9,7 @@
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
 //! | [`redrive`] | the admin's list of failed and expired deliveries; re-drive by compare-and-set, traced |
 //! | [`realtime`] | the realtime log (events by offset and room) and its epochs: what a resume falls back on when Redis lost its history |
+//! | [`scheduling`] | scheduled events (`sendAt`): their release, once across nodes; cancelling an event's (or an inbox entry's) open deliveries |
 //! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
 //! | [`lifecycle`] | retention purges in small batches; a user's erase and export |
 //! | [`audit`] | the admin audit log: changes to someone else's preferences, contact, devices, and to routing; written in the change's transaction |
@@ -43,6 +44,7 @@ pub mod realtime;
 pub mod records;
 pub mod redrive;
 pub mod routing;
+pub mod scheduling;
 #[cfg(any(test, feature = "testing"))]
 pub mod scratch;
 #[cfg(test)]

@@ -256,7 +256,7 @@ impl TryFrom<NotificationRow> for ExportedNotification {
             category: r.category,
             title: r.title,
             body: r.body,
-            in_inbox: r.in_inbox != 0,
+            in_inbox: r.in_inbox == 1,
             read_at: r.read_at,
             deleted_at: r.deleted_at,
             created_at: r.created_at,
@@ -297,7 +297,7 @@ pub struct ExportedAction {
 }
 
 /// Every table Herald keeps, for [`Store::table_counts`].
-pub const TABLES: [&str; 15] = [
+pub const TABLES: [&str; 17] = [
     "events",
     "inbox_counters",
     "notifications",
@@ -313,6 +313,8 @@ pub const TABLES: [&str; 15] = [
     "realtime_epochs",
     "audit_log",
     "routing_versions",
+    "event_releases",
+    "preference_changes",
 ];
 
 /// Most rows one `IN (…)` list names: well within both databases' limits
@@ -624,6 +626,12 @@ impl Store {
             .rows_affected();
         }
         out.erased.audit = crate::audit::erase_in(&mut tx, user, crate::now_ms()).await?;
+        // The preferences' history goes with them.
+        out.erased.preferences += sqlx::query("DELETE FROM preference_changes WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(Some(out))
     }
@@ -646,7 +654,7 @@ impl Store {
             "SELECT n.id, n.seq, n.event_id, n.kind, n.category, n.title, n.body, \
                     e.payload, n.in_inbox, n.read_at, n.deleted_at, n.created_at \
              FROM notifications n JOIN events e ON e.id = n.event_id \
-             WHERE n.recipient_id = $1 ORDER BY n.seq DESC",
+             WHERE n.recipient_id = $1 AND n.in_inbox <> 2 ORDER BY n.seq DESC",
         )
         .bind(user.as_str())
         .fetch_all(&self.read)

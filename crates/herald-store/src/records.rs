@@ -45,6 +45,18 @@ pub struct NewEvent {
     /// attempts continue its trace.
     pub traceparent: Option<String>,
     pub notifications: Vec<NewNotification>,
+    /// For a scheduled event (`sendAt`): when it is released, and the
+    /// rooms it then fans out to. Its open deliveries fall due then too.
+    pub schedule: Option<Schedule>,
+}
+
+/// When a scheduled event is released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// `sendAt` (epoch ms).
+    pub at: i64,
+    /// The realtime rooms of its route.
+    pub rooms: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,14 +150,16 @@ pub struct TraceEntry {
     pub at: i64,
     /// The attempt the step belongs to; 0 outside an attempt (a re-drive).
     pub attempt: i64,
-    /// `attempt`, `failover`, `breaker_open`, `throttled`, `expired`, `redrive`.
+    /// `attempt`, `failover`, `breaker_open`, `throttled`, `expired`,
+    /// `redrive`, `scheduled`, `cancel`, `unsubscribe`.
     pub step: String,
     pub provider: Option<String>,
     /// `sent`, `retrying`, `failed`, `pending`, …
     pub outcome: Option<String>,
     /// The reason, the provider's error, or why a provider was skipped.
     pub detail: Option<String>,
-    /// Who asked, for a re-drive: `admin:{sub}`, `cli`.
+    /// Who asked, for a re-drive or a cancel: `admin:{sub}`, `service:{sub}`,
+    /// `user:{sub}`, `cli`; `recipient` for an unsubscribe link.
     pub actor: Option<String>,
 }
 

@@ -68,6 +68,8 @@ pub struct TestApp {
     pub delivery: DeliveryRuntime,
     /// The fake transports, when the app was spawned with them.
     pub fakes: Option<Fakes>,
+    /// Releases scheduled events (`sendAt`); also running on its own.
+    pub releaser: herald_server::schedule::Releaser,
     auth: Authenticator,
     /// The directory made for this app, removed with it.
     temp_dir: PathBuf,
@@ -240,6 +242,7 @@ async fn spawn(
         .await
         .expect("Herald builds");
     let delivery = app.delivery().clone();
+    let releaser = app.releaser().clone();
     let address = format!("http://{}", app.local_addr());
     let store = app.state().store.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -259,6 +262,7 @@ async fn spawn(
         data_dir,
         delivery,
         fakes,
+        releaser,
         auth,
         temp_dir: dir,
         _database: database,

@@ -165,7 +165,9 @@ pub async fn read_all(
     Ok(Json(json!({ "updated": updated })))
 }
 
-/// `DELETE /v1/notifications/{id}`: 204, then 404 for it.
+/// `DELETE /v1/notifications/{id}`: 204, then 404 for it. The entry's
+/// deliveries not yet sent are cancelled (reason `inbox_deleted`): a user
+/// who threw the notification away does not want it by push an hour later.
 #[tracing::instrument(skip_all, fields(principal = %me.user_id, notification = %id))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -173,19 +175,38 @@ pub async fn delete(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = notification_id(&id)?;
-    if state.store.delete_notification(&me.user_id, id).await? {
-        announce(
-            &state,
-            &me.user_id,
-            NOTIFICATION_DELETED,
-            [("id", json!(id))],
+    if !state.store.delete_notification(&me.user_id, id).await? {
+        return Err(no_such_notification());
+    }
+    let now = state.delivery.dispatcher.clock.now().timestamp_millis();
+    let report = state
+        .store
+        .cancel(
+            herald_store::scheduling::CancelScope::Notification(id, &me.user_id),
+            INBOX_DELETED,
+            &format!("user:{}", me.user_id),
+            now,
         )
         .await?;
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(no_such_notification())
+    if let Some(report) = report {
+        state
+            .scheduling
+            .cancelled
+            .with_label_values(&[INBOX_DELETED])
+            .inc_by(report.cancelled + report.in_flight);
     }
+    announce(
+        &state,
+        &me.user_id,
+        NOTIFICATION_DELETED,
+        [("id", json!(id))],
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
+
+/// The reason deleting an inbox entry gives its deliveries.
+pub const INBOX_DELETED: &str = "inbox_deleted";
 
 /// `GET /v1/notifications/{id}/deliveries`: the owner or an admin. Someone
 /// else's notification is 404, so ids cannot be probed.

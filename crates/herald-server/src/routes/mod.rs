@@ -11,5 +11,6 @@ pub mod health;
 pub mod inbox;
 pub mod openapi;
 pub mod privacy;
+pub mod unsubscribe;
 pub mod users;
 pub mod webhooks;

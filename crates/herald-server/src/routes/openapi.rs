@@ -34,6 +34,7 @@ use crate::startup::AppState;
 /// Every path and method the document describes, as the router serves them.
 pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/events", "post"),
+    ("/v1/events/{id}/cancel", "post"),
     ("/v1/notifications", "get"),
     ("/v1/notifications/unread-count", "get"),
     ("/v1/notifications/read-all", "post"),
@@ -62,6 +63,8 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/readyz", "get"),
     ("/metrics", "get"),
     ("/openapi.json", "get"),
+    ("/u/{token}", "get"),
+    ("/u/{token}", "post"),
 ];
 
 /// Page size limit of `GET /v1/notifications` (`routes::inbox`).
@@ -317,6 +320,71 @@ fn operation(path: &str, method: &str) -> Value {
                     ),
                 }),
             ),
+            ("/v1/events/{id}/cancel", _) => (
+                "Cancel what an event still owes: its deliveries not yet sent, a scheduled event's inbox entries and realtime fan-out; idempotent",
+                Who::ServiceOrAdmin,
+                vec![path_param(
+                    "id",
+                    "The event's id, or the idempotency key it was published with; one Herald does not know is 404.",
+                    json!({ "type": "string", "minLength": 1, "maxLength": MAX_KEY_LEN / 4 }),
+                )],
+                None,
+                json!({ "200": ok(
+                    "What became of the event's deliveries: `cancelled` now (reason `cancelled_by_publisher`, in each trace with the caller), `inFlight` (a worker held them: told to stop; what it already sent stays sent), `alreadySent` (reported, not undone), `alreadyFinal` (suppressed, failed, expired, cancelled before). A second call cancels 0 and reports the same.",
+                    object(
+                        &["eventId", "cancelled", "inFlight", "alreadySent", "alreadyFinal", "inboxHidden", "releaseCancelled"],
+                        json!({
+                            "eventId": uuid(),
+                            "cancelled": integer(0, i64::MAX),
+                            "inFlight": integer(0, i64::MAX),
+                            "alreadySent": integer(0, i64::MAX),
+                            "alreadyFinal": integer(0, i64::MAX),
+                            "inboxHidden": { "type": "integer", "minimum": 0, "description": "Inbox entries of a scheduled event that will never be shown." },
+                            "releaseCancelled": { "type": "boolean", "description": "A scheduled event's release (inbox and realtime at `sendAt`) was called off." },
+                        }),
+                    ),
+                ) }),
+            ),
+            ("/u/{token}", "get") => (
+                "The page an unsubscribe link opens: what it turns off, a button that does it (a GET changes nothing), a link to all settings; in the recipient's language",
+                Who::Anyone,
+                vec![token_param()],
+                None,
+                json!({
+                    "200": html("The confirmation page."),
+                    "403": html("The link is not valid (forged or mangled); nothing changes."),
+                    "410": html("The link has expired; nothing changes."),
+                }),
+            ),
+            ("/u/{token}", _) => (
+                "Unsubscribe in one click (RFC 8058): turns the link's category × channel off in the recipient's preferences, recorded in their history and the message's trace",
+                Who::Anyone,
+                vec![token_param()],
+                Some(json!({
+                    "required": true,
+                    "content": { "application/x-www-form-urlencoded": { "schema": object(
+                        &["List-Unsubscribe"],
+                        json!({
+                            "List-Unsubscribe": { "const": "One-Click" },
+                            "confirm": { "const": "page", "description": "Sent by the confirmation page's form: answer with the page (HTML) instead of JSON." },
+                        }),
+                    ) } }
+                })),
+                json!({
+                    "200": ok("Unsubscribed (`changed`: false when it was already off).", object(
+                        &["unsubscribed", "category", "channel", "changed"],
+                        json!({
+                            "unsubscribed": { "const": true },
+                            "category": string(),
+                            "channel": external_channels(),
+                            "changed": { "type": "boolean" },
+                        }),
+                    )),
+                    "403": problem("`forbidden`: the link is not valid; nothing changes."),
+                    "410": problem("`link_expired`: the link has expired; nothing changes."),
+                    "422": problem("`validation_failed`: the body is not `List-Unsubscribe=One-Click` (`field`: `List-Unsubscribe`)."),
+                }),
+            ),
             ("/v1/notifications", _) => (
                 "The caller's inbox, newest first",
                 Who::Caller,
@@ -366,7 +434,7 @@ fn operation(path: &str, method: &str) -> Value {
                 Who::Caller,
                 vec![id("notification")],
                 None,
-                json!({ "204": { "description": "Deleted; it is 404 from now on. Every socket of the user hears `notification_deleted` (see `x-herald-realtime`)." } }),
+                json!({ "204": { "description": "Deleted; it is 404 from now on. Its deliveries not yet sent are cancelled (reason `inbox_deleted`). Every socket of the user hears `notification_deleted` (see `x-herald-realtime`)." } }),
             ),
             ("/v1/notifications/{id}/read", _) => (
                 "Mark an inbox entry read (idempotent)",
@@ -724,6 +792,20 @@ fn realtime(doc: &mut Value) {
     });
 }
 
+/// An unsubscribe link's token.
+fn token_param() -> Value {
+    path_param(
+        "token",
+        "The signed token of an email's `List-Unsubscribe` or an SMS's hint.",
+        json!({ "type": "string", "minLength": 1 }),
+    )
+}
+
+/// A response that is an HTML page.
+fn html(description: &str) -> Value {
+    json!({ "description": description, "content": { "text/html": { "schema": string() } } })
+}
+
 /// The filter of the admin's delivery list, as query parameters.
 fn delivery_filter_query() -> Vec<Value> {
     vec![
@@ -963,6 +1045,11 @@ fn schemas() -> Value {
                 },
                 "event": { "const": kind.as_str() },
                 "data": schema_ref(&payload_schema(kind)),
+                "sendAt": {
+                    "type": ["string", "null"],
+                    "format": "date-time",
+                    "description": "RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`.",
+                },
             }),
         ));
     }

@@ -47,6 +47,7 @@ async fn pending_traced(
             kind: EventKind::PointsAdded,
             hash: id.to_string(),
             payload: payload.to_string(),
+            schedule: None,
             received_at: AT,
             traceparent: traceparent.map(str::to_owned),
             notifications: vec![NewNotification {

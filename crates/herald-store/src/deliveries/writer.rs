@@ -28,7 +28,7 @@ use herald_core::DeliveryId;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{CLAIMABLE, Finished, Transition};
+use super::{CLAIMABLE, Finished, TraceStep, Transition};
 use crate::events::backend_of;
 use crate::{Result, parse_named, placeholders};
 
@@ -163,6 +163,8 @@ async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
     let mut tx = pool.begin().await?;
     let backend = backend_of(&tx);
     let mut applied = vec![false; items.len()];
+    // Items a cancel ended instead (see below), with its reason.
+    let mut overridden: HashMap<usize, String> = HashMap::new();
     // A statement returns the ids it moved, which says which of its items
     // applied only if it names each delivery once. Items naming the same
     // delivery (a finish whose lease ran out beside the attempt that
@@ -173,9 +175,16 @@ async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
         .flat_map(|round| round.chunks(FINISH_ROWS))
     {
         let shape = chunk.len().next_power_of_two();
+        // A cancel that came while the delivery was in flight
+        // (`cancel_requested`) turns a finish that would leave it open (a
+        // retry, a deferral, a hand-back) into `cancelled`: it is never
+        // resurrected. A finish that sent stays `sent`.
         let sql = format!(
-            "UPDATE deliveries AS d SET status = v.column3, \
-                    reason = COALESCE(v.column4, d.reason), \
+            "UPDATE deliveries AS d SET \
+                    status = CASE WHEN d.cancel_requested IS NOT NULL AND v.column3 IN ({CLAIMABLE}) \
+                                  THEN 'cancelled' ELSE v.column3 END, \
+                    reason = CASE WHEN d.cancel_requested IS NOT NULL AND v.column3 IN ({CLAIMABLE}) \
+                                  THEN d.cancel_requested ELSE COALESCE(v.column4, d.reason) END, \
                     last_error = COALESCE(v.column5, d.last_error), \
                     next_attempt_at = v.column6, \
                     provider_message_id = COALESCE(v.column7, d.provider_message_id), \
@@ -185,7 +194,7 @@ async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
                     updated_at = v.column11, lease_until = NULL \
              FROM (VALUES {}) AS v \
              WHERE d.id = v.column1 AND d.status = 'sending' AND d.attempts = v.column2 \
-             RETURNING id",
+             RETURNING id, status, reason",
             crate::events::values(backend, shape, 11)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -216,16 +225,41 @@ async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
         for row in query.fetch_all(&mut *tx).await? {
             if let Some(&i) = of_id.get(&row.try_get::<String, _>("id")?) {
                 applied[i] = true;
+                let status: String = row.try_get("status")?;
+                if status == "cancelled"
+                    && Transition::of(&items[i].finish, 0).status != "cancelled"
+                {
+                    overridden.insert(i, row.try_get::<String, _>("reason")?);
+                }
             }
         }
     }
     // The trace of what was applied: a late finish (its lease lost) did
     // not happen as far as the delivery is concerned.
-    let rows: Vec<(&Finished, usize)> = items
+    // A finish a cancel overrode gets one more line saying so.
+    let cancels: HashMap<usize, TraceStep> = overridden
+        .into_iter()
+        .map(|(i, reason)| {
+            let step = TraceStep {
+                step: "cancel".to_owned(),
+                provider: None,
+                outcome: Some("cancelled".to_owned()),
+                detail: Some(format!("{reason}: cancelled while in flight")),
+            };
+            (i, step)
+        })
+        .collect();
+    let rows: Vec<(&Finished, usize, &TraceStep)> = items
         .iter()
-        .zip(&applied)
-        .filter(|(_, applied)| **applied)
-        .flat_map(|(item, _)| (0..item.trace.len()).map(move |n| (*item, n)))
+        .enumerate()
+        .filter(|(i, _)| applied[*i])
+        .flat_map(|(i, item)| {
+            item.trace
+                .iter()
+                .chain(cancels.get(&i))
+                .enumerate()
+                .map(move |(n, step)| (*item, n, step))
+        })
         .collect();
     for chunk in rows.chunks(FINISH_ROWS) {
         let sql = format!(
@@ -234,8 +268,7 @@ async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
             crate::events::values(backend, chunk.len(), 8)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for &(item, n) in chunk {
-            let step = &item.trace[n];
+        for &(item, n, step) in chunk {
             query = query
                 .bind(item.id.to_string())
                 .bind(item.at)

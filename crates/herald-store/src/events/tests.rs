@@ -34,6 +34,7 @@ fn points_added(id: EventId, amount: i64, recipient: &str) -> NewEvent {
         kind: EventKind::PointsAdded,
         hash: format!("{:x}-{}", payload.len(), amount),
         payload,
+        schedule: None,
         received_at: 1_764_000_000_000,
         traceparent: None,
         notifications: vec![NewNotification {

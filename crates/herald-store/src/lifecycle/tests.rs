@@ -26,6 +26,7 @@ fn event(recipient: Option<&str>, status: DeliveryStatus) -> NewEvent {
         kind: EventKind::PointsAdded,
         hash: id.to_string(),
         payload,
+        schedule: None,
         received_at: T0,
         traceparent: None,
         notifications: recipient

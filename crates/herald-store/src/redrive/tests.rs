@@ -42,6 +42,7 @@ async fn delivery(
             kind,
             hash: id.to_string(),
             payload,
+            schedule: None,
             received_at: 1_764_000_000_000,
             traceparent: None,
             notifications: vec![NewNotification {
