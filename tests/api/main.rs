@@ -17,6 +17,7 @@ mod ingest;
 mod lifecycle;
 mod realtime;
 mod redrive;
+mod smart;
 mod socketio;
 mod transports;
 mod users;

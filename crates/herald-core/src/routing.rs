@@ -37,6 +37,7 @@ use crate::channel::ChannelKind;
 use crate::error::Error;
 use crate::ids::UserId;
 use crate::preferences::{Contact, Preferences};
+use crate::smart::{CategoryPolicy, CategorySpec, DigestGroup, Throttle};
 
 /// The routing table Herald ships with: contract §4's defaults.
 pub const DEFAULT_ROUTING: &str = include_str!("../../../config/routing.toml");
@@ -46,12 +47,16 @@ pub const DEFAULT_ROUTING: &str = include_str!("../../../config/routing.toml");
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
     routes: HashMap<EventKind, EventRules>,
+    categories: HashMap<&'static str, CategoryPolicy>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RoutingFile {
     events: BTreeMap<String, EventSpec>,
+    /// Digest windows and throttles per category (see [`crate::smart`]).
+    #[serde(default)]
+    categories: BTreeMap<String, CategorySpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,7 +231,20 @@ impl RoutingTable {
         if let Some(missing) = EventKind::ALL.iter().find(|k| !routes.contains_key(k)) {
             return Err(Error::Routing(format!("events.{missing}: no entry")));
         }
-        Ok(RoutingTable { routes })
+        let known = EventKind::categories();
+        let mut categories = HashMap::new();
+        for (name, spec) in file.categories {
+            let category = known.iter().find(|c| **c == name).ok_or_else(|| {
+                Error::Routing(format!(
+                    "categories.{name}: unknown category ({})",
+                    known.join(", ")
+                ))
+            })?;
+            let policy = crate::smart::compile_category(&spec)
+                .map_err(|msg| Error::Routing(format!("categories.{name}.{msg}")))?;
+            categories.insert(*category, policy);
+        }
+        Ok(RoutingTable { routes, categories })
     }
 
     /// What the table says about `event`, before anyone's preferences.
@@ -257,6 +275,11 @@ impl RoutingTable {
             inbox,
             deliveries,
             critical: !rules.critical_when.0.is_empty() && rules.critical_when.holds(event),
+            policy: self
+                .categories
+                .get(event.kind.category())
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 }
@@ -322,8 +345,10 @@ pub struct Route {
     /// Who gets an inbox entry.
     pub inbox: Vec<Selector>,
     pub deliveries: Vec<DefaultDelivery>,
-    /// Critical events pass quiet hours.
+    /// Critical events pass quiet hours, digests and throttles.
     pub critical: bool,
+    /// The routing file's digest window and throttles for the event's category.
+    pub policy: CategoryPolicy,
 }
 
 /// What Herald knows of a recipient when it plans.
@@ -392,8 +417,11 @@ impl Reason {
 pub enum Decision {
     Deliver {
         reason: Reason,
-        /// Set when quiet hours hold the delivery back: send no earlier.
+        /// Set when quiet hours or a digest window hold the delivery
+        /// back: send no earlier.
         defer_until: Option<DateTime<Utc>>,
+        /// The digest the delivery waits for, with `defer_until` its end.
+        digest: Option<DigestGroup>,
     },
     Suppress {
         reason: Reason,
@@ -478,7 +506,7 @@ impl Route {
                 let mut decisions = BTreeMap::new();
                 for channel in ChannelKind::PREFERENCE {
                     let mandatory = defaults.get(&channel).copied();
-                    if let Some(d) = self.decide(channel, mandatory, profile, now) {
+                    if let Some(d) = self.decide(channel, mandatory, profile, now, true) {
                         decisions.insert(channel, d);
                     }
                 }
@@ -505,17 +533,53 @@ impl Route {
             Reason::EventOverride | Reason::CategoryOverride => None,
             _ => Some(false),
         };
-        self.decide(channel, default, profile, now)
+        self.decide(channel, default, profile, now, false)
+    }
+
+    /// The throttle on `channel` for this event's category; none for a
+    /// critical event.
+    pub fn throttle(&self, channel: ChannelKind) -> Option<Throttle> {
+        if self.critical {
+            return None;
+        }
+        self.policy.throttle.get(&channel).copied()
+    }
+
+    /// When the next digest of this event's category goes out to this
+    /// recipient on `channel`: their daily digest, else the routing file's
+    /// window. `None` when the category has no digest for them.
+    pub fn next_digest(
+        &self,
+        channel: ChannelKind,
+        profile: &Profile,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        if self.critical || !channel.is_external() {
+            return None;
+        }
+        let category = self.kind.category();
+        if let Some(daily) = profile.preferences.digests.get(category) {
+            return Some(daily.next(now, profile.contact.timezone.as_deref()));
+        }
+        self.policy
+            .digest
+            .as_ref()
+            .filter(|w| w.channels.contains(&channel))
+            .map(|w| w.ends_after(now))
     }
 
     /// One (recipient, channel). `default` is `Some(mandatory)` when the
     /// table sends this channel; `None` when only an override could add it.
+    /// `scheduling` is true when the delivery is being planned: only then
+    /// does a category's digest window apply (at send time the delivery is
+    /// already at its window's end).
     fn decide(
         &self,
         channel: ChannelKind,
         default: Option<bool>,
         profile: &Profile,
         now: DateTime<Utc>,
+        scheduling: bool,
     ) -> Option<Decision> {
         let prefs = &profile.preferences;
         let suppress = |reason| Some(Decision::Suppress { reason });
@@ -538,15 +602,26 @@ impl Route {
         if !profile.reachable(channel) {
             return suppress(Reason::NoContact);
         }
-        let defer_until = match &prefs.quiet_hours {
+        let mut defer_until = match &prefs.quiet_hours {
             Some(q) if channel.is_intrusive() && !self.critical => {
                 q.ends_after(now, profile.contact.timezone.as_deref())
             }
             _ => None,
         };
+        // What quiet hours hold back goes out as one digest at their end;
+        // a category window that ends later takes it instead.
+        let mut digest = defer_until.map(|_| DigestGroup::Quiet);
+        if scheduling
+            && let Some(end) = self.next_digest(channel, profile, now)
+            && defer_until.is_none_or(|quiet| end > quiet)
+        {
+            defer_until = Some(end);
+            digest = Some(DigestGroup::Category(self.kind.category()));
+        }
         Some(Decision::Deliver {
             reason,
             defer_until,
+            digest,
         })
     }
 }

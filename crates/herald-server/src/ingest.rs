@@ -299,6 +299,13 @@ impl Publisher {
 }
 
 fn delivery(channel: ChannelKind, decision: &Decision) -> NewDelivery {
+    let digest_key = match *decision {
+        Decision::Deliver {
+            digest: Some(group),
+            ..
+        } => Some(group.key().to_owned()),
+        _ => None,
+    };
     let (status, next_attempt_at) = match *decision {
         Decision::Deliver {
             defer_until: None, ..
@@ -315,5 +322,7 @@ fn delivery(channel: ChannelKind, decision: &Decision) -> NewDelivery {
         status,
         reason: decision.reason().as_str().to_owned(),
         next_attempt_at,
+        digest_key,
+        seen_check: None,
     }
 }

@@ -8,6 +8,7 @@
 //! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
 //! | [`redrive`] | the admin's list of failed and expired deliveries; re-drive by compare-and-set, traced |
+//! | [`smart`] | digests folded exactly once, throttle counts, whether an event was seen (holds, escalation) |
 //! | [`realtime`] | the realtime log (events by offset and room) and its epochs: what a resume falls back on when Redis lost its history |
 //! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
 //! | [`lifecycle`] | retention purges in small batches; a user's erase and export |
@@ -41,6 +42,7 @@ pub mod records;
 pub mod redrive;
 #[cfg(any(test, feature = "testing"))]
 pub mod scratch;
+pub mod smart;
 #[cfg(test)]
 mod testing;
 

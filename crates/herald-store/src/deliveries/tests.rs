@@ -50,6 +50,8 @@ async fn pending(store: &Store, recipient: &str) -> (NotificationId, DeliveryId)
                     status: DeliveryStatus::Pending,
                     reason: "routing_default".into(),
                     next_attempt_at: None,
+                    digest_key: None,
+                    seen_check: None,
                 }],
             }],
         }])
