@@ -12,6 +12,8 @@ use herald_testkit::{Backend, Fakes, spawn_app_with_fakes};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use super::delivery::delivery_id;
+use super::realtime::{Sio, Ws, node_ready};
 use super::*;
 
 const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
@@ -33,12 +35,22 @@ fn noon() -> chrono::DateTime<Utc> {
 
 /// The shipped routing table with `extra` appended, in a file of its own.
 fn routing_with(extra: &str) -> PathBuf {
-    let shipped = std::fs::read_to_string(
+    routing_edited(&[], extra)
+}
+
+/// The shipped routing table with each `(from, to)` replaced (`from` must
+/// be there) and `extra` appended, in a file of its own.
+fn routing_edited(edits: &[(&str, &str)], extra: &str) -> PathBuf {
+    let mut table = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/routing.toml"),
     )
     .unwrap();
+    for (from, to) in edits {
+        assert!(table.contains(from), "the shipped table has no `{from}`");
+        table = table.replace(from, to);
+    }
     let path = std::env::temp_dir().join(format!("herald-routing-{}.toml", uuid::Uuid::new_v4()));
-    std::fs::write(&path, format!("{shipped}\n{extra}\n")).unwrap();
+    std::fs::write(&path, format!("{table}\n{extra}\n")).unwrap();
     path
 }
 
@@ -504,16 +516,314 @@ async fn digest_preferences_are_validated_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_zero_digest_window_stops_the_start_naming_the_key() {
-    let routing = routing_with("[categories.points]\ndigest = { every = \"0m\" }");
-    let mut settings = herald_server::Settings::load(None).unwrap();
-    settings.routing.file = routing.clone();
-    settings.templates.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates");
-    settings.auth.secret = herald_server::config::Secret::new("x".repeat(32));
-    let err = match herald_server::Application::build(settings).await {
-        Ok(_) => panic!("a zero digest window was accepted"),
-        Err(e) => e.to_string(),
+async fn bad_smart_settings_stop_the_start_naming_the_key() {
+    for (routing, key) in [
+        (
+            routing_with("[categories.points]\ndigest = { every = \"0m\" }"),
+            "categories.points.digest.every",
+        ),
+        (
+            routing_edited(
+                &[(
+                    ALERT_RULES,
+                    &format!(
+                        "{ALERT_RULES}\nescalate = [{{ after = \"5m\", to = \"role:admin\", channels = [\"pager\"] }}]"
+                    ),
+                )],
+                "",
+            ),
+            "events.system_alert: escalate[0].channels[0]",
+        ),
+        (
+            routing_edited(
+                &[(
+                    POINTS_RULE,
+                    "deliveries = [{ to = \"{guestId}\", channels = [\"push\"], hold = \"0s\" }]\n\n[events.points_redeemed]",
+                )],
+                "",
+            ),
+            "events.points_added: deliveries[0].hold",
+        ),
+    ] {
+        let mut settings = herald_server::Settings::load(None).unwrap();
+        settings.routing.file = routing.clone();
+        settings.templates.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates");
+        settings.auth.secret = herald_server::config::Secret::new("x".repeat(32));
+        let err = match herald_server::Application::build(settings).await {
+            Ok(_) => panic!("{key}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(key), "{err}");
+        let _ = std::fs::remove_file(routing);
+    }
+}
+
+/// `points_added`'s rule in the shipped table.
+const POINTS_RULE: &str = r#"deliveries = [{ to = "{guestId}", channels = ["push"] }]
+
+[events.points_redeemed]"#;
+
+/// `system_alert`'s rules in the shipped table.
+const ALERT_RULES: &str = r#"deliveries = [
+  { to = "role:admin", channels = ["email", "sms"], when = { level = ["critical"] }, mandatory = true },
+]"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_push_is_skipped_when_the_guest_saw_or_read_it_in_time() {
+    let routing = routing_edited(
+        &[(
+            POINTS_RULE,
+            "deliveries = [{ to = \"{guestId}\", channels = [\"push\"], hold = \"2m\" }]\n\n[events.points_redeemed]",
+        )],
+        "",
+    );
+    for backend in BACKENDS {
+        let fakes = Fakes::new(noon());
+        let file = routing.clone();
+        let Some(app) =
+            spawn_app_with_fakes(backend, fakes.clone(), |s| s.routing.file = file).await
+        else {
+            continue;
+        };
+        let (guest, token) = guest(&app, "watcher", "ru", json!({"overrides": {}})).await;
+        let (mut ws, _) = Ws::connect(&app, &token).await;
+        let (mut other_tab, _) = Ws::connect(&app, &token).await;
+
+        // Watched live and read on the socket: the push is skipped as seen.
+        app.publish_ok(&points_for(&guest, 10)).await;
+        let live = ws.event("points_added").await;
+        let event_id = live["data"]["eventId"].as_str().unwrap().to_owned();
+        let held = &deliveries(&app, &token, "push").await[0];
+        assert_eq!(
+            (held["status"].as_str(), held["reason"].as_str()),
+            (Some("deferred"), Some("routing_default"))
+        );
+        let later = noon() + chrono::Duration::minutes(2);
+        assert_eq!(held["nextAttemptAt"], later.timestamp_millis());
+        let (ack, before) = ws
+            .request_collect("read", json!({"eventId": event_id}))
+            .await;
+        assert_eq!(ack["ok"], true, "{ack}");
+        // The reading socket is one of the user's sockets too.
+        if !before.iter().any(|f| f["event"] == "notifications_read") {
+            ws.event("notifications_read").await;
+        }
+        let entry = &app.inbox(&token).await[0];
+        assert_eq!(
+            (entry["read"].as_bool(), &entry["id"]),
+            (Some(true), &ack["notificationId"])
+        );
+        // The user's other socket hears that it is read.
+        let read = other_tab.event("points_added").await;
+        assert_eq!(read["data"]["eventId"], event_id.as_str());
+        let sync = other_tab.event("notifications_read").await;
+        assert_eq!(sync["data"]["ids"], json!([ack["notificationId"]]));
+        assert_eq!(sync["data"]["unreadCount"], 0);
+        fakes.clock().set(later);
+        let outcome = app
+            .delivery
+            .dispatcher
+            .process(delivery_id(held))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, herald_delivery::Outcome::Seen { .. }),
+            "{outcome:?}"
+        );
+        let skipped = &deliveries(&app, &token, "push").await[0];
+        assert_eq!(
+            (skipped["status"].as_str(), skipped["reason"].as_str()),
+            (Some("skipped"), Some("seen"))
+        );
+        assert_eq!(
+            skipped["trace"].as_array().unwrap().last().unwrap()["outcome"],
+            "skipped"
+        );
+        assert!(fakes.push.sent().is_empty());
+
+        // Acknowledged as `seen` only: skipped too, and the entry stays unread.
+        fakes.clock().set(noon());
+        app.publish_ok(&points_for(&guest, 20)).await;
+        let live = ws.event("points_added").await;
+        let (ack, _) = ws
+            .request_collect("seen", json!({"eventId": live["data"]["eventId"]}))
+            .await;
+        assert_eq!(ack["ok"], true, "{ack}");
+        assert_eq!(app.inbox(&token).await[0]["read"], false);
+        fakes.clock().set(later);
+        let held = deliveries(&app, &token, "push").await;
+        let held = held.iter().find(|d| d["status"] == "deferred").unwrap();
+        let outcome = app
+            .delivery
+            .dispatcher
+            .process(delivery_id(held))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, herald_delivery::Outcome::Seen { .. }),
+            "{outcome:?}"
+        );
+
+        // Not seen: sent when the hold ends.
+        fakes.clock().set(noon());
+        app.publish_ok(&points_for(&guest, 30)).await;
+        fakes.clock().set(later);
+        let held = deliveries(&app, &token, "push").await;
+        let held = held.iter().find(|d| d["status"] == "deferred").unwrap();
+        let outcome = app
+            .delivery
+            .dispatcher
+            .process(delivery_id(held))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, herald_delivery::Outcome::Sent { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(fakes.push.sent().len(), 1);
+
+        // An event the user has no entry for is NOT_FOUND; a bad id BAD_REQUEST.
+        let (ack, _) = ws
+            .request_collect("seen", json!({"eventId": uuid::Uuid::new_v4()}))
+            .await;
+        assert_eq!(ack["error"]["code"], "NOT_FOUND", "{ack}");
+        let (ack, _) = ws.request_collect("read", json!({"eventId": 7})).await;
+        assert_eq!(ack["error"]["code"], "BAD_REQUEST", "{ack}");
+        assert_eq!(
+            metric(
+                &app,
+                "herald_delivery_attempts_total{channel=\"push\",outcome=\"skipped\"}"
+            )
+            .await,
+            2.0
+        );
+    }
+    let _ = std::fs::remove_file(routing);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_clients_acknowledge_events_too() {
+    if !node_ready() {
+        return;
+    }
+    let Some(app) = spawn_app_with_fakes(Backend::Sqlite, Fakes::new(noon()), |_| {}).await else {
+        return;
     };
-    assert!(err.contains("categories.points.digest.every"), "{err}");
+    let (guest, token) = guest(&app, "sio-reader", "en", json!({})).await;
+    let (mut sio, _) = Sio::connect(&app, &token).await;
+    app.publish_ok(&points_for(&guest, 5)).await;
+    let live = sio.event("points_added").await;
+    let ack = sio
+        .request("read", json!({"eventId": live[0]["eventId"]}))
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(app.inbox(&token).await[0]["read"], true);
+    sio.exit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_critical_alert_escalates_and_a_read_one_does_not() {
+    let routing = routing_edited(
+        &[(
+            ALERT_RULES,
+            r#"deliveries = [
+  { to = "role:admin", channels = ["push"], when = { level = ["critical"] }, mandatory = true },
+]
+escalate = [
+  { after = "5m", to = "role:admin", channels = ["sms"] },
+  { after = "15m", to = "role:admin", channels = ["email"] },
+]"#,
+        )],
+        "",
+    );
+    for backend in BACKENDS {
+        let fakes = Fakes::new(noon());
+        let file = routing.clone();
+        let Some(app) =
+            spawn_app_with_fakes(backend, fakes.clone(), |s| s.routing.file = file).await
+        else {
+            continue;
+        };
+        for (name, phone) in [("oncall-1", "+79160000001"), ("oncall-2", "+79160000002")] {
+            app.register(
+                name,
+                Role::Admin,
+                None,
+                json!({"email": format!("{name}@example.com"), "phone": phone}),
+            )
+            .await;
+        }
+        let first = app.token(Role::Admin, "oncall-1", None);
+        let second = app.token(Role::Admin, "oncall-2", None);
+        let res = app
+            .send_json(
+                Method::POST,
+                "/v1/users/oncall-1/devices",
+                &first,
+                &json!({"kind": "fcm", "token": "fcm-oncall"}),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+
+        // Unread: the push goes now, SMS to both admins five minutes on.
+        app.publish_ok(&envelope(EventKind::SystemAlert)).await;
+        let push = &deliveries(&app, &first, "push").await[0];
+        assert_eq!(push["status"], "pending");
+        app.delivery
+            .dispatcher
+            .process(delivery_id(push))
+            .await
+            .unwrap();
+        let five = noon() + chrono::Duration::minutes(5);
+        let mut steps = Vec::new();
+        for token in [&first, &second] {
+            let sms = &deliveries(&app, token, "sms").await[0];
+            assert_eq!(
+                (sms["status"].as_str(), sms["reason"].as_str()),
+                (Some("deferred"), Some("escalation"))
+            );
+            assert_eq!(sms["nextAttemptAt"], five.timestamp_millis());
+            let email = &deliveries(&app, token, "email").await[0];
+            assert_eq!(
+                email["nextAttemptAt"],
+                (noon() + chrono::Duration::minutes(15)).timestamp_millis()
+            );
+            steps.push(delivery_id(sms));
+        }
+        fakes.clock().set(five);
+        app.delivery.dispatcher.process_batch(&steps).await.unwrap();
+        assert_eq!(fakes.sms.sent().len(), 2, "escalated to both");
+
+        // Read by one admin within five minutes: nobody's step goes.
+        app.publish_ok(&envelope(EventKind::SystemAlert)).await;
+        let entry = app.inbox(&second).await[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let res = app
+            .send_json(
+                Method::POST,
+                &format!("/v1/notifications/{entry}/read"),
+                &second,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        let mut steps = Vec::new();
+        for token in [&first, &second] {
+            steps.push(delivery_id(&deliveries(&app, token, "sms").await[0]));
+        }
+        fakes.clock().set(five + chrono::Duration::minutes(5));
+        app.delivery.dispatcher.process_batch(&steps).await.unwrap();
+        assert_eq!(fakes.sms.sent().len(), 2, "no more SMS");
+        for token in [&first, &second] {
+            let sms = &deliveries(&app, token, "sms").await[0];
+            assert_eq!(
+                (sms["status"].as_str(), sms["reason"].as_str()),
+                (Some("skipped"), Some("seen")),
+                "{sms}"
+            );
+        }
+    }
     let _ = std::fs::remove_file(routing);
 }

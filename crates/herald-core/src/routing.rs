@@ -37,7 +37,17 @@ use crate::channel::ChannelKind;
 use crate::error::Error;
 use crate::ids::UserId;
 use crate::preferences::{Contact, Preferences};
-use crate::smart::{CategoryPolicy, CategorySpec, DigestGroup, Throttle};
+use crate::smart::{CategoryPolicy, CategorySpec, DigestGroup, Period, SeenCheck, Throttle};
+
+/// What the routing table says about one (recipient, channel) it sends.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spec {
+    mandatory: bool,
+    /// Held this long; skipped if seen (by the recipient, or by anyone for
+    /// an escalation step) by then.
+    hold: Option<(Period, SeenCheck)>,
+    escalation: bool,
+}
 
 /// The routing table Herald ships with: contract §4's defaults.
 pub const DEFAULT_ROUTING: &str = include_str!("../../../config/routing.toml");
@@ -70,6 +80,9 @@ struct EventSpec {
     deliveries: Vec<DeliverySpec>,
     #[serde(default)]
     critical_when: BTreeMap<String, Vec<String>>,
+    /// Steps taken while a critical event stays unread.
+    #[serde(default)]
+    escalate: Vec<EscalationSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +94,21 @@ struct DeliverySpec {
     when: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     mandatory: bool,
+    /// Hold these channels this long (`2m`) and skip them if the recipient
+    /// has seen the event by then.
+    #[serde(default)]
+    hold: Option<String>,
+}
+
+/// One escalation step: `after` the event, to `to` on `channels`, unless
+/// anyone the event reached has read it by then. Channels are read as
+/// text so that an unknown one is refused naming its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscalationSpec {
+    after: String,
+    to: String,
+    channels: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +117,7 @@ struct EventRules {
     inbox: Vec<Target>,
     deliveries: Vec<DeliveryRule>,
     critical_when: Condition,
+    escalate: Vec<EscalationRule>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +126,14 @@ struct DeliveryRule {
     channels: Vec<ChannelKind>,
     when: Condition,
     mandatory: bool,
+    hold: Option<Period>,
+}
+
+#[derive(Debug, Clone)]
+struct EscalationRule {
+    after: Period,
+    to: Target,
+    channels: Vec<ChannelKind>,
 }
 
 /// A string with `{field}` placeholders filled from the payload.
@@ -265,6 +302,22 @@ impl RoutingTable {
                         to: selector.clone(),
                         channel,
                         mandatory: rule.mandatory,
+                        hold: rule.hold,
+                        escalation: None,
+                    });
+                }
+            }
+        }
+        let critical = !rules.critical_when.0.is_empty() && rules.critical_when.holds(event);
+        for step in rules.escalate.iter().filter(|_| critical) {
+            if let Some(selector) = step.to.select(event) {
+                for &channel in &step.channels {
+                    deliveries.push(DefaultDelivery {
+                        to: selector.clone(),
+                        channel,
+                        mandatory: true,
+                        hold: None,
+                        escalation: Some(step.after),
                     });
                 }
             }
@@ -274,7 +327,7 @@ impl RoutingTable {
             rooms,
             inbox,
             deliveries,
-            critical: !rules.critical_when.0.is_empty() && rules.critical_when.holds(event),
+            critical,
             policy: self
                 .categories
                 .get(event.kind.category())
@@ -308,6 +361,38 @@ fn compile(kind: EventKind, spec: &EventSpec) -> Result<EventRules, String> {
             when: Condition::parse(&d.when, kind)
                 .map_err(|e| format!("deliveries[{i}].when: {e}"))?,
             mandatory: d.mandatory,
+            hold: d
+                .hold
+                .as_deref()
+                .map(Period::parse_positive)
+                .transpose()
+                .map_err(|e| format!("deliveries[{i}].hold: {e}"))?,
+        });
+    }
+    if !spec.escalate.is_empty() && spec.critical_when.is_empty() {
+        return Err("escalate: escalation is for critical events; add `critical_when`".to_owned());
+    }
+    let mut escalate = Vec::new();
+    for (i, step) in spec.escalate.iter().enumerate() {
+        let mut channels = Vec::new();
+        for (j, name) in step.channels.iter().enumerate() {
+            let channel = ChannelKind::parse(name)
+                .filter(|c| c.is_external())
+                .ok_or_else(|| {
+                    format!(
+                        "escalate[{i}].channels[{j}]: `{name}` is not a delivery channel (email, sms, push)"
+                    )
+                })?;
+            channels.push(channel);
+        }
+        if channels.is_empty() {
+            return Err(format!("escalate[{i}].channels: name at least one channel"));
+        }
+        escalate.push(EscalationRule {
+            after: Period::parse_positive(&step.after)
+                .map_err(|e| format!("escalate[{i}].after: {e}"))?,
+            to: Target::parse(&step.to, kind).map_err(|e| format!("escalate[{i}].to: {e}"))?,
+            channels,
         });
     }
     Ok(EventRules {
@@ -316,6 +401,7 @@ fn compile(kind: EventKind, spec: &EventSpec) -> Result<EventRules, String> {
         deliveries,
         critical_when: Condition::parse(&spec.critical_when, kind)
             .map_err(|e| format!("critical_when: {e}"))?,
+        escalate,
     })
 }
 
@@ -334,6 +420,11 @@ pub struct DefaultDelivery {
     pub to: Selector,
     pub channel: ChannelKind,
     pub mandatory: bool,
+    /// Held this long, skipped if the recipient has seen the event by then.
+    pub hold: Option<Period>,
+    /// An escalation step, due this long after the event unless anyone it
+    /// reached has read it.
+    pub escalation: Option<Period>,
 }
 
 /// An event's route before preferences.
@@ -382,10 +473,12 @@ pub enum Reason {
     GlobalOff,
     ChannelOff,
     NoContact,
+    /// An escalation step of a critical event: mandatory, like the event.
+    Escalation,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Mandatory,
         Reason::RoutingDefault,
         Reason::EventOverride,
@@ -393,6 +486,7 @@ impl Reason {
         Reason::GlobalOff,
         Reason::ChannelOff,
         Reason::NoContact,
+        Reason::Escalation,
     ];
 
     pub fn parse(s: &str) -> Option<Reason> {
@@ -408,6 +502,7 @@ impl Reason {
             Reason::GlobalOff => "global_off",
             Reason::ChannelOff => "channel_off",
             Reason::NoContact => "no_contact",
+            Reason::Escalation => "escalation",
         }
     }
 }
@@ -422,6 +517,9 @@ pub enum Decision {
         defer_until: Option<DateTime<Utc>>,
         /// The digest the delivery waits for, with `defer_until` its end.
         digest: Option<DigestGroup>,
+        /// Held (or an escalation step): skipped if the event was seen
+        /// by `defer_until`.
+        hold: Option<SeenCheck>,
     },
     Suppress {
         reason: Reason,
@@ -477,25 +575,46 @@ impl Route {
         now: DateTime<Utc>,
     ) -> Vec<RecipientPlan> {
         let expand = |s: &Selector| expand(s, members);
-        // Per user: channel → mandatory, for the table's defaults.
-        let mut defaults: BTreeMap<UserId, BTreeMap<ChannelKind, bool>> = BTreeMap::new();
+        // Per user: channel → what the table says, for its defaults. An
+        // escalation step only adds a channel no rule sends the user.
+        let mut defaults: BTreeMap<UserId, BTreeMap<ChannelKind, Spec>> = BTreeMap::new();
         for s in &self.inbox {
             for u in expand(s) {
                 defaults
                     .entry(u)
                     .or_default()
                     .entry(ChannelKind::InApp)
-                    .or_insert(false);
+                    .or_default();
+            }
+        }
+        for d in self.deliveries.iter().filter(|d| d.escalation.is_none()) {
+            for u in expand(&d.to) {
+                let spec = defaults.entry(u).or_default().entry(d.channel).or_default();
+                spec.mandatory |= d.mandatory;
+                if let Some(hold) = d.hold {
+                    spec.hold = Some((hold, SeenCheck::Recipient));
+                }
             }
         }
         for d in &self.deliveries {
+            let Some(after) = d.escalation else { continue };
             for u in expand(&d.to) {
-                let mandatory = defaults
+                let spec = defaults
                     .entry(u)
                     .or_default()
                     .entry(d.channel)
-                    .or_insert(false);
-                *mandatory |= d.mandatory;
+                    .or_insert(Spec {
+                        mandatory: true,
+                        hold: Some((after, SeenCheck::Anyone)),
+                        escalation: true,
+                    });
+                // Of two steps on one channel, the earlier.
+                if let Some((held, SeenCheck::Anyone)) = spec.hold
+                    && spec.escalation
+                    && after < held
+                {
+                    spec.hold = Some((after, SeenCheck::Anyone));
+                }
             }
         }
         let fallback = Profile::default();
@@ -505,8 +624,8 @@ impl Route {
                 let profile = profiles.get(&user).unwrap_or(&fallback);
                 let mut decisions = BTreeMap::new();
                 for channel in ChannelKind::PREFERENCE {
-                    let mandatory = defaults.get(&channel).copied();
-                    if let Some(d) = self.decide(channel, mandatory, profile, now, true) {
+                    let spec = defaults.get(&channel).copied();
+                    if let Some(d) = self.decide(channel, spec, profile, now, true) {
                         decisions.insert(channel, d);
                     }
                 }
@@ -529,9 +648,17 @@ impl Route {
         now: DateTime<Utc>,
     ) -> Option<Decision> {
         let default = match scheduled {
-            Reason::Mandatory => Some(true),
+            Reason::Mandatory => Some(Spec {
+                mandatory: true,
+                ..Spec::default()
+            }),
+            Reason::Escalation => Some(Spec {
+                mandatory: true,
+                escalation: true,
+                hold: None,
+            }),
             Reason::EventOverride | Reason::CategoryOverride => None,
-            _ => Some(false),
+            _ => Some(Spec::default()),
         };
         self.decide(channel, default, profile, now, false)
     }
@@ -568,22 +695,24 @@ impl Route {
             .map(|w| w.ends_after(now))
     }
 
-    /// One (recipient, channel). `default` is `Some(mandatory)` when the
-    /// table sends this channel; `None` when only an override could add it.
+    /// One (recipient, channel). `default` is what the table says when it
+    /// sends this channel; `None` when only an override could add it.
     /// `scheduling` is true when the delivery is being planned: only then
     /// does a category's digest window apply (at send time the delivery is
     /// already at its window's end).
     fn decide(
         &self,
         channel: ChannelKind,
-        default: Option<bool>,
+        default: Option<Spec>,
         profile: &Profile,
         now: DateTime<Utc>,
         scheduling: bool,
     ) -> Option<Decision> {
         let prefs = &profile.preferences;
         let suppress = |reason| Some(Decision::Suppress { reason });
-        let reason = if default == Some(true) {
+        let reason = if default.is_some_and(|d| d.escalation) {
+            Reason::Escalation
+        } else if default.is_some_and(|d| d.mandatory) {
             Reason::Mandatory
         } else if !prefs.enabled {
             return default.and(suppress(Reason::GlobalOff));
@@ -618,10 +747,22 @@ impl Route {
             defer_until = Some(end);
             digest = Some(DigestGroup::Category(self.kind.category()));
         }
+        // A hold (or an escalation step) is due at its end unless quiet
+        // hours or a digest keep it longer; it is skipped if seen by then.
+        let mut hold = None;
+        if scheduling && let Some((period, check)) = default.and_then(|d| d.hold) {
+            let until = now + chrono::Duration::milliseconds(period.as_millis());
+            hold = Some(check);
+            if defer_until.is_none_or(|t| until > t) {
+                defer_until = Some(until);
+                digest = None;
+            }
+        }
         Some(Decision::Deliver {
             reason,
             defer_until,
             digest,
+            hold,
         })
     }
 }

@@ -20,7 +20,8 @@
 //!   **escalation step** is a hold for later recipients and channels, skipped
 //!   once anyone the event reached has read it.
 //!
-//! Critical events are never digested, throttled or held.
+//! Critical events are never digested or throttled; holds and escalation
+//! steps are the routing file's explicit word, critical or not.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -113,6 +114,25 @@ impl DigestGroup {
         match self {
             DigestGroup::Quiet => "quiet",
             DigestGroup::Category(c) => c,
+        }
+    }
+}
+
+/// Whose reading of the event skips a held delivery (`seen_check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SeenCheck {
+    /// A hold: the recipient read the entry or acknowledged the event.
+    Recipient,
+    /// An escalation step: anyone the event reached did.
+    Anyone,
+}
+
+impl SeenCheck {
+    /// As stored on the delivery.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeenCheck::Recipient => "recipient",
+            SeenCheck::Anyone => "anyone",
         }
     }
 }

@@ -306,6 +306,12 @@ fn delivery(channel: ChannelKind, decision: &Decision) -> NewDelivery {
         } => Some(group.key().to_owned()),
         _ => None,
     };
+    let seen_check = match *decision {
+        Decision::Deliver {
+            hold: Some(check), ..
+        } => Some(check.as_str().to_owned()),
+        _ => None,
+    };
     let (status, next_attempt_at) = match *decision {
         Decision::Deliver {
             defer_until: None, ..
@@ -323,6 +329,6 @@ fn delivery(channel: ChannelKind, decision: &Decision) -> NewDelivery {
         reason: decision.reason().as_str().to_owned(),
         next_attempt_at,
         digest_key,
-        seen_check: None,
+        seen_check,
     }
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::*;
 use crate::preferences::QuietHours;
-use crate::smart::DigestGroup;
+use crate::smart::{DigestGroup, SeenCheck};
 
 fn event(kind: EventKind) -> ValidatedEvent {
     ValidatedEvent::parse_kind(kind, kind.example()).unwrap()
@@ -65,7 +65,9 @@ fn the_shipped_table_routes_points_added_as_the_contract_says() {
         vec![DefaultDelivery {
             to: Selector::User(g),
             channel: ChannelKind::Push,
-            mandatory: false
+            mandatory: false,
+            hold: None,
+            escalation: None,
         }]
     );
     assert!(!route.critical);
@@ -121,6 +123,7 @@ fn precedence_walks_down_the_documented_list() {
         reason,
         defer_until: None,
         digest: None,
+        hold: None,
     };
     assert_eq!(
         plan_for(EventKind::PointsRedeemed, p.clone()).decisions[&ChannelKind::Email],
@@ -173,6 +176,7 @@ fn an_override_can_add_a_channel_the_table_does_not_send() {
             reason: Reason::EventOverride,
             defer_until: None,
             digest: None,
+            hold: None,
         }
     );
     // And nothing else appears uninvited.
@@ -193,6 +197,7 @@ fn quiet_hours_defer_push_but_not_email_nor_critical_events() {
             reason: Reason::RoutingDefault,
             defer_until: Some(one_pm),
             digest: Some(DigestGroup::Quiet),
+            hold: None,
         }
     );
     assert_eq!(
@@ -201,6 +206,7 @@ fn quiet_hours_defer_push_but_not_email_nor_critical_events() {
             reason: Reason::RoutingDefault,
             defer_until: None,
             digest: None,
+            hold: None,
         }
     );
     // A critical alert's SMS to an admin goes out at once.
@@ -214,6 +220,7 @@ fn quiet_hours_defer_push_but_not_email_nor_critical_events() {
             reason: Reason::Mandatory,
             defer_until: None,
             digest: None,
+            hold: None,
         }
     );
 }
@@ -396,6 +403,7 @@ fn a_category_window_digests_its_channels_and_a_users_daily_digest_wins() {
             reason: Reason::RoutingDefault,
             defer_until: Some(one_pm),
             digest: Some(DigestGroup::Category("points")),
+            hold: None,
         }
     );
     // The window names push only: email goes at once.
@@ -404,6 +412,7 @@ fn a_category_window_digests_its_channels_and_a_users_daily_digest_wins() {
         Decision::Deliver {
             defer_until: None,
             digest: None,
+            hold: None,
             ..
         }
     ));
@@ -421,6 +430,7 @@ fn a_category_window_digests_its_channels_and_a_users_daily_digest_wins() {
                 reason: Reason::RoutingDefault,
                 defer_until: Some(evening),
                 digest: Some(DigestGroup::Category("points")),
+                hold: None,
             }
         );
     }
@@ -469,4 +479,89 @@ fn bad_smart_settings_name_their_key() {
         let err = table_with(toml).unwrap_err().to_string();
         assert!(err.contains(key), "{toml}: {err}");
     }
+}
+
+#[test]
+fn holds_and_escalation_steps_are_due_later_and_checked_for_seen() {
+    let table = RoutingTable::from_toml(
+        &DEFAULT_ROUTING
+            .replace(
+                r#"deliveries = [{ to = "{guestId}", channels = ["push"] }]
+
+[events.points_redeemed]"#,
+                r#"deliveries = [{ to = "{guestId}", channels = ["push"], hold = "2m" }]
+
+[events.points_redeemed]"#,
+            )
+            .replace(
+                r#"critical_when = { level = ["critical"] }"#,
+                r#"critical_when = { level = ["critical"] }
+escalate = [
+  { after = "5m", to = "role:admin", channels = ["sms", "push"] },
+  { after = "1m", to = "role:admin", channels = ["push"] },
+]"#,
+            ),
+    )
+    .unwrap();
+    let route = table.route(&event(EventKind::PointsAdded));
+    let plans = route.plan(
+        &HashMap::new(),
+        &HashMap::from([(guest(), reachable())]),
+        noon(),
+    );
+    assert_eq!(
+        plans[0].decisions[&ChannelKind::Push],
+        Decision::Deliver {
+            reason: Reason::RoutingDefault,
+            defer_until: Some(noon() + chrono::Duration::minutes(2)),
+            digest: None,
+            hold: Some(SeenCheck::Recipient),
+        }
+    );
+    let alert = table.route(&event(EventKind::SystemAlert));
+    let admin = UserId::from("admin-1");
+    let members = HashMap::from([(Selector::Role(Role::Admin), vec![admin.clone()])]);
+    let plan = &alert.plan(&members, &HashMap::from([(admin, reachable())]), noon())[0];
+    // SMS is already the rule's (now); push is the earlier step's.
+    assert!(matches!(
+        plan.decisions[&ChannelKind::Sms],
+        Decision::Deliver {
+            reason: Reason::Mandatory,
+            defer_until: None,
+            hold: None,
+            ..
+        }
+    ));
+    assert_eq!(
+        plan.decisions[&ChannelKind::Push],
+        Decision::Deliver {
+            reason: Reason::Escalation,
+            defer_until: Some(noon() + chrono::Duration::minutes(1)),
+            digest: None,
+            hold: Some(SeenCheck::Anyone),
+        }
+    );
+    // A warning is not critical: no steps.
+    let mut warning = EventKind::SystemAlert.example();
+    warning["level"] = json!("warning");
+    let quiet = table.route(&ValidatedEvent::parse_kind(EventKind::SystemAlert, warning).unwrap());
+    assert!(quiet.deliveries.is_empty());
+
+    let err = table_with_events_edit(
+        r#"[events.points_added]"#,
+        "[events.points_added]\nescalate = [{ after = \"5m\", to = \"{guestId}\", channels = [\"sms\"] }]",
+    );
+    assert!(err.contains("events.points_added: escalate"), "{err}");
+    let err = table_with_events_edit(
+        r#"critical_when = { level = ["critical"] }"#,
+        "critical_when = { level = [\"critical\"] }\nescalate = [{ after = \"5m\", to = \"{guestId}\", channels = [\"sms\"] }]",
+    );
+    assert!(err.contains("escalate[0].to"), "{err}");
+}
+
+fn table_with_events_edit(from: &str, to: &str) -> String {
+    assert!(DEFAULT_ROUTING.contains(from));
+    RoutingTable::from_toml(&DEFAULT_ROUTING.replacen(from, to, 1))
+        .unwrap_err()
+        .to_string()
 }
