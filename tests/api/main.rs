@@ -24,6 +24,7 @@ mod realtime;
 mod redrive;
 mod routing_api;
 mod scheduled;
+mod smart;
 mod socketio;
 mod transports;
 mod unsubscribe;

@@ -10,6 +10,7 @@
 //! | [`catalog`] | the event catalog: typed payloads with the seed's field names, validation |
 //! | [`channel`] | the [`Channel`] trait every transport implements, [`RenderedMessage`], [`ChannelError`] |
 //! | [`preferences`] | a user's notification preferences and quiet hours |
+//! | [`smart`] | digests, throttles, holds and escalation steps: when a delivery falls due, and why |
 //! | [`routing`] | the routing table (`config/routing.toml`) and the policy that turns an event plus preferences into rooms, inbox entries and deliveries |
 //! | [`auth`] | roles and the claims a token carries |
 //! | [`input`] | limits every input obeys whatever its shape: no NUL in text, integers JavaScript reads exactly, instants up to year 9999 |
@@ -31,6 +32,7 @@ pub mod realtime;
 pub mod retry;
 pub mod routing;
 pub mod unsubscribe;
+pub mod smart;
 
 pub use auth::Role;
 pub use catalog::{EventKind, ValidatedEvent};

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::catalog::EventKind;
 use crate::channel::ChannelKind;
 use crate::error::ValidationError;
+use crate::smart::DailyDigest;
 
 /// A language Herald writes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -53,6 +54,10 @@ pub struct ClockTime(NaiveTime);
 impl ClockTime {
     pub fn new(hour: u32, minute: u32) -> Option<ClockTime> {
         NaiveTime::from_hms_opt(hour, minute, 0).map(ClockTime)
+    }
+
+    pub fn time(self) -> NaiveTime {
+        self.0
     }
 }
 
@@ -135,6 +140,11 @@ pub struct Preferences {
     pub overrides: BTreeMap<String, BTreeMap<ChannelKind, bool>>,
     #[serde(default)]
     pub quiet_hours: Option<QuietHours>,
+    /// Per category (`points`): gather its email, SMS and push into one
+    /// message a day at a local time instead of one per event. Absent
+    /// from the document when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digests: BTreeMap<String, DailyDigest>,
 }
 
 fn enabled() -> bool {
@@ -148,6 +158,7 @@ impl Default for Preferences {
             channels: BTreeMap::new(),
             overrides: BTreeMap::new(),
             quiet_hours: None,
+            digests: BTreeMap::new(),
         }
     }
 }
@@ -186,6 +197,17 @@ impl Preferences {
             }
             if let Some(tz) = &q.timezone {
                 check_timezone("quietHours.timezone", tz)?;
+            }
+        }
+        for (key, digest) in &self.digests {
+            if !categories.contains(&key.as_str()) {
+                return Err(ValidationError::new(
+                    format!("digests.{key}"),
+                    format!("is not a category ({})", categories.join(", ")),
+                ));
+            }
+            if let Some(tz) = &digest.timezone {
+                check_timezone(&format!("digests.{key}.timezone"), tz)?;
             }
         }
         Ok(())

@@ -40,6 +40,17 @@ use crate::channel::ChannelKind;
 use crate::error::{Error, ValidationError};
 use crate::ids::UserId;
 use crate::preferences::{Contact, Preferences};
+use crate::smart::{CategoryPolicy, CategorySpec, DigestGroup, Period, SeenCheck, Throttle};
+
+/// What the routing table says about one (recipient, channel) it sends.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spec {
+    mandatory: bool,
+    /// Held this long; skipped if seen (by the recipient, or by anyone for
+    /// an escalation step) by then.
+    hold: Option<(Period, SeenCheck)>,
+    escalation: bool,
+}
 
 /// The routing table Herald ships with: contract §4's defaults.
 pub const DEFAULT_ROUTING: &str = include_str!("../../../config/routing.toml");
@@ -53,6 +64,7 @@ pub struct RoutingTable {
     /// The table as it was written, every default filled in: what
     /// `GET /v1/admin/routing` answers and an audit row records.
     document: serde_json::Value,
+    categories: HashMap<&'static str, CategoryPolicy>,
 }
 
 /// The routing file's shape. TOML and JSON documents both parse into it,
@@ -61,6 +73,9 @@ pub struct RoutingTable {
 #[serde(deny_unknown_fields)]
 struct RoutingFile {
     events: BTreeMap<String, EventSpec>,
+    /// Digest windows and throttles per category (see [`crate::smart`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    categories: BTreeMap<String, CategorySpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -74,6 +89,9 @@ struct EventSpec {
     deliveries: Vec<DeliverySpec>,
     #[serde(default)]
     critical_when: BTreeMap<String, Vec<String>>,
+    /// Steps taken while a critical event stays unread.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    escalate: Vec<EscalationSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -85,6 +103,21 @@ struct DeliverySpec {
     when: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     mandatory: bool,
+    /// Hold these channels this long (`2m`) and skip them if the recipient
+    /// has seen the event by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hold: Option<String>,
+}
+
+/// One escalation step: `after` the event, to `to` on `channels`, unless
+/// anyone the event reached has read it by then. Channels are read as
+/// text so that an unknown one is refused naming its key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct EscalationSpec {
+    after: String,
+    to: String,
+    channels: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +126,7 @@ struct EventRules {
     inbox: Vec<Target>,
     deliveries: Vec<DeliveryRule>,
     critical_when: Condition,
+    escalate: Vec<EscalationRule>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +135,14 @@ struct DeliveryRule {
     channels: Vec<ChannelKind>,
     when: Condition,
     mandatory: bool,
+    hold: Option<Period>,
+}
+
+#[derive(Debug, Clone)]
+struct EscalationRule {
+    after: Period,
+    to: Target,
+    channels: Vec<ChannelKind>,
 }
 
 /// A string with `{field}` placeholders filled from the payload.
@@ -263,13 +305,30 @@ impl RoutingTable {
                 "no entry: every event of the catalog needs one (an empty one is fine)",
             ));
         }
+        let known = EventKind::categories();
+        let mut categories = HashMap::new();
+        for (name, spec) in &file.categories {
+            let at = format!("categories.{name}");
+            let category = known.iter().find(|c| **c == name).ok_or_else(|| {
+                ValidationError::new(
+                    at.as_str(),
+                    format!("unknown category ({})", known.join(", ")),
+                )
+            })?;
+            let policy = crate::smart::compile_category(spec).map_err(|e| keyed(e).within(&at))?;
+            categories.insert(*category, policy);
+        }
         let document = serde_json::to_value(file).expect("a routing table serialises");
-        Ok(RoutingTable { routes, document })
+        Ok(RoutingTable {
+            routes,
+            categories,
+            document,
+        })
     }
 
     /// The table in the file's shape, as JSON: `{"events": {name: {rooms,
-    /// inbox, deliveries, critical_when}}}`, every default filled in.
-    /// [`RoutingTable::from_json`] reads it back.
+    /// inbox, deliveries, critical_when, escalate}}, "categories": {…}}`,
+    /// every default filled in. [`RoutingTable::from_json`] reads it back.
     pub fn document(&self) -> &serde_json::Value {
         &self.document
     }
@@ -292,6 +351,22 @@ impl RoutingTable {
                         to: selector.clone(),
                         channel,
                         mandatory: rule.mandatory,
+                        hold: rule.hold,
+                        escalation: None,
+                    });
+                }
+            }
+        }
+        let critical = !rules.critical_when.0.is_empty() && rules.critical_when.holds(event);
+        for step in rules.escalate.iter().filter(|_| critical) {
+            if let Some(selector) = step.to.select(event) {
+                for &channel in &step.channels {
+                    deliveries.push(DefaultDelivery {
+                        to: selector.clone(),
+                        channel,
+                        mandatory: true,
+                        hold: None,
+                        escalation: Some(step.after),
                     });
                 }
             }
@@ -301,7 +376,12 @@ impl RoutingTable {
             rooms,
             inbox,
             deliveries,
-            critical: !rules.critical_when.0.is_empty() && rules.critical_when.holds(event),
+            critical,
+            policy: self
+                .categories
+                .get(event.kind.category())
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 }
@@ -339,6 +419,45 @@ fn compile(kind: EventKind, spec: &EventSpec) -> Result<EventRules, ValidationEr
             when: Condition::parse(&d.when, kind)
                 .map_err(|e| e.within(&format!("deliveries[{i}].when")))?,
             mandatory: d.mandatory,
+            hold: d
+                .hold
+                .as_deref()
+                .map(Period::parse_positive)
+                .transpose()
+                .map_err(at(format!("deliveries[{i}].hold")))?,
+        });
+    }
+    if !spec.escalate.is_empty() && spec.critical_when.is_empty() {
+        return Err(ValidationError::new(
+            "escalate",
+            "escalation is for critical events; add `critical_when`",
+        ));
+    }
+    let mut escalate = Vec::new();
+    for (i, step) in spec.escalate.iter().enumerate() {
+        let mut channels = Vec::new();
+        for (j, name) in step.channels.iter().enumerate() {
+            let channel = ChannelKind::parse(name)
+                .filter(|c| c.is_external())
+                .ok_or_else(|| {
+                    ValidationError::new(
+                        format!("escalate[{i}].channels[{j}]"),
+                        format!("`{name}` is not a delivery channel (email, sms, push)"),
+                    )
+                })?;
+            channels.push(channel);
+        }
+        if channels.is_empty() {
+            return Err(ValidationError::new(
+                format!("escalate[{i}].channels"),
+                "name at least one channel",
+            ));
+        }
+        escalate.push(EscalationRule {
+            after: Period::parse_positive(&step.after)
+                .map_err(at(format!("escalate[{i}].after")))?,
+            to: Target::parse(&step.to, kind).map_err(at(format!("escalate[{i}].to")))?,
+            channels,
         });
     }
     Ok(EventRules {
@@ -347,7 +466,17 @@ fn compile(kind: EventKind, spec: &EventSpec) -> Result<EventRules, ValidationEr
         deliveries,
         critical_when: Condition::parse(&spec.critical_when, kind)
             .map_err(|e| e.within("critical_when"))?,
+        escalate,
     })
+}
+
+/// A smart-delivery key's error (`digest.every: must be …`) as a
+/// validation error naming that key.
+fn keyed(error: String) -> ValidationError {
+    match error.split_once(": ") {
+        Some((key, message)) => ValidationError::new(key, message),
+        None => ValidationError::new("", error),
+    }
 }
 
 /// A recipient as the routing table names it.
@@ -365,6 +494,11 @@ pub struct DefaultDelivery {
     pub to: Selector,
     pub channel: ChannelKind,
     pub mandatory: bool,
+    /// Held this long, skipped if the recipient has seen the event by then.
+    pub hold: Option<Period>,
+    /// An escalation step, due this long after the event unless anyone it
+    /// reached has read it.
+    pub escalation: Option<Period>,
 }
 
 /// An event's route before preferences.
@@ -376,8 +510,10 @@ pub struct Route {
     /// Who gets an inbox entry.
     pub inbox: Vec<Selector>,
     pub deliveries: Vec<DefaultDelivery>,
-    /// Critical events pass quiet hours.
+    /// Critical events pass quiet hours, digests and throttles.
     pub critical: bool,
+    /// The routing file's digest window and throttles for the event's category.
+    pub policy: CategoryPolicy,
 }
 
 /// What Herald knows of a recipient when it plans.
@@ -411,10 +547,12 @@ pub enum Reason {
     GlobalOff,
     ChannelOff,
     NoContact,
+    /// An escalation step of a critical event: mandatory, like the event.
+    Escalation,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Mandatory,
         Reason::RoutingDefault,
         Reason::EventOverride,
@@ -422,6 +560,7 @@ impl Reason {
         Reason::GlobalOff,
         Reason::ChannelOff,
         Reason::NoContact,
+        Reason::Escalation,
     ];
 
     pub fn parse(s: &str) -> Option<Reason> {
@@ -437,6 +576,7 @@ impl Reason {
             Reason::GlobalOff => "global_off",
             Reason::ChannelOff => "channel_off",
             Reason::NoContact => "no_contact",
+            Reason::Escalation => "escalation",
         }
     }
 }
@@ -446,8 +586,14 @@ impl Reason {
 pub enum Decision {
     Deliver {
         reason: Reason,
-        /// Set when quiet hours hold the delivery back: send no earlier.
+        /// Set when quiet hours or a digest window hold the delivery
+        /// back: send no earlier.
         defer_until: Option<DateTime<Utc>>,
+        /// The digest the delivery waits for, with `defer_until` its end.
+        digest: Option<DigestGroup>,
+        /// Held (or an escalation step): skipped if the event was seen
+        /// by `defer_until`.
+        hold: Option<SeenCheck>,
     },
     Suppress {
         reason: Reason,
@@ -503,25 +649,46 @@ impl Route {
         now: DateTime<Utc>,
     ) -> Vec<RecipientPlan> {
         let expand = |s: &Selector| expand(s, members);
-        // Per user: channel → mandatory, for the table's defaults.
-        let mut defaults: BTreeMap<UserId, BTreeMap<ChannelKind, bool>> = BTreeMap::new();
+        // Per user: channel → what the table says, for its defaults. An
+        // escalation step only adds a channel no rule sends the user.
+        let mut defaults: BTreeMap<UserId, BTreeMap<ChannelKind, Spec>> = BTreeMap::new();
         for s in &self.inbox {
             for u in expand(s) {
                 defaults
                     .entry(u)
                     .or_default()
                     .entry(ChannelKind::InApp)
-                    .or_insert(false);
+                    .or_default();
+            }
+        }
+        for d in self.deliveries.iter().filter(|d| d.escalation.is_none()) {
+            for u in expand(&d.to) {
+                let spec = defaults.entry(u).or_default().entry(d.channel).or_default();
+                spec.mandatory |= d.mandatory;
+                if let Some(hold) = d.hold {
+                    spec.hold = Some((hold, SeenCheck::Recipient));
+                }
             }
         }
         for d in &self.deliveries {
+            let Some(after) = d.escalation else { continue };
             for u in expand(&d.to) {
-                let mandatory = defaults
+                let spec = defaults
                     .entry(u)
                     .or_default()
                     .entry(d.channel)
-                    .or_insert(false);
-                *mandatory |= d.mandatory;
+                    .or_insert(Spec {
+                        mandatory: true,
+                        hold: Some((after, SeenCheck::Anyone)),
+                        escalation: true,
+                    });
+                // Of two steps on one channel, the earlier.
+                if let Some((held, SeenCheck::Anyone)) = spec.hold
+                    && spec.escalation
+                    && after < held
+                {
+                    spec.hold = Some((after, SeenCheck::Anyone));
+                }
             }
         }
         let fallback = Profile::default();
@@ -531,8 +698,8 @@ impl Route {
                 let profile = profiles.get(&user).unwrap_or(&fallback);
                 let mut decisions = BTreeMap::new();
                 for channel in ChannelKind::PREFERENCE {
-                    let mandatory = defaults.get(&channel).copied();
-                    if let Some(d) = self.decide(channel, mandatory, profile, now) {
+                    let spec = defaults.get(&channel).copied();
+                    if let Some(d) = self.decide(channel, spec, profile, now, true) {
                         decisions.insert(channel, d);
                     }
                 }
@@ -555,25 +722,71 @@ impl Route {
         now: DateTime<Utc>,
     ) -> Option<Decision> {
         let default = match scheduled {
-            Reason::Mandatory => Some(true),
+            Reason::Mandatory => Some(Spec {
+                mandatory: true,
+                ..Spec::default()
+            }),
+            Reason::Escalation => Some(Spec {
+                mandatory: true,
+                escalation: true,
+                hold: None,
+            }),
             Reason::EventOverride | Reason::CategoryOverride => None,
-            _ => Some(false),
+            _ => Some(Spec::default()),
         };
-        self.decide(channel, default, profile, now)
+        self.decide(channel, default, profile, now, false)
     }
 
-    /// One (recipient, channel). `default` is `Some(mandatory)` when the
-    /// table sends this channel; `None` when only an override could add it.
+    /// The throttle on `channel` for this event's category; none for a
+    /// critical event.
+    pub fn throttle(&self, channel: ChannelKind) -> Option<Throttle> {
+        if self.critical {
+            return None;
+        }
+        self.policy.throttle.get(&channel).copied()
+    }
+
+    /// When the next digest of this event's category goes out to this
+    /// recipient on `channel`: their daily digest, else the routing file's
+    /// window. `None` when the category has no digest for them.
+    pub fn next_digest(
+        &self,
+        channel: ChannelKind,
+        profile: &Profile,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        if self.critical || !channel.is_external() {
+            return None;
+        }
+        let category = self.kind.category();
+        if let Some(daily) = profile.preferences.digests.get(category) {
+            return Some(daily.next(now, profile.contact.timezone.as_deref()));
+        }
+        self.policy
+            .digest
+            .as_ref()
+            .filter(|w| w.channels.contains(&channel))
+            .map(|w| w.ends_after(now))
+    }
+
+    /// One (recipient, channel). `default` is what the table says when it
+    /// sends this channel; `None` when only an override could add it.
+    /// `scheduling` is true when the delivery is being planned: only then
+    /// does a category's digest window apply (at send time the delivery is
+    /// already at its window's end).
     fn decide(
         &self,
         channel: ChannelKind,
-        default: Option<bool>,
+        default: Option<Spec>,
         profile: &Profile,
         now: DateTime<Utc>,
+        scheduling: bool,
     ) -> Option<Decision> {
         let prefs = &profile.preferences;
         let suppress = |reason| Some(Decision::Suppress { reason });
-        let reason = if default == Some(true) {
+        let reason = if default.is_some_and(|d| d.escalation) {
+            Reason::Escalation
+        } else if default.is_some_and(|d| d.mandatory) {
             Reason::Mandatory
         } else if !prefs.enabled {
             return default.and(suppress(Reason::GlobalOff));
@@ -592,15 +805,38 @@ impl Route {
         if !profile.reachable(channel) {
             return suppress(Reason::NoContact);
         }
-        let defer_until = match &prefs.quiet_hours {
+        let mut defer_until = match &prefs.quiet_hours {
             Some(q) if channel.is_intrusive() && !self.critical => {
                 q.ends_after(now, profile.contact.timezone.as_deref())
             }
             _ => None,
         };
+        // What quiet hours hold back goes out as one digest at their end;
+        // a category window that ends later takes it instead.
+        let mut digest = defer_until.map(|_| DigestGroup::Quiet);
+        if scheduling
+            && let Some(end) = self.next_digest(channel, profile, now)
+            && defer_until.is_none_or(|quiet| end > quiet)
+        {
+            defer_until = Some(end);
+            digest = Some(DigestGroup::Category(self.kind.category()));
+        }
+        // A hold (or an escalation step) is due at its end unless quiet
+        // hours or a digest keep it longer; it is skipped if seen by then.
+        let mut hold = None;
+        if scheduling && let Some((period, check)) = default.and_then(|d| d.hold) {
+            let until = now + chrono::Duration::milliseconds(period.as_millis());
+            hold = Some(check);
+            if defer_until.is_none_or(|t| until > t) {
+                defer_until = Some(until);
+                digest = None;
+            }
+        }
         Some(Decision::Deliver {
             reason,
             defer_until,
+            digest,
+            hold,
         })
     }
 }

@@ -9,6 +9,13 @@
 //! schedule the retry and tell the recipient's `user:` room and
 //! `admin:events` with `delivery_failed`.
 //!
+//! Smart delivery sits in the same attempt (see `herald_core::smart`):
+//! a held delivery whose event was read meanwhile ends `skipped` (`seen`);
+//! a delivery headed for a digest folds the rest of its digest in (or, if
+//! another delivery carries that digest, is handed back to it) and sends one
+//! message for all of them; a send over its category's throttle goes into the
+//! next digest or ends `throttled`.
+//!
 //! The queue only says "look at these deliveries"; everything an attempt
 //! needs is read from the database, so a stale, duplicated or replayed job
 //! does no harm: it finds nothing to claim.
@@ -22,11 +29,13 @@ use futures::future::join_all;
 use herald_core::channel::Address;
 use herald_core::realtime::{Broadcast, RealtimeEvent};
 use herald_core::routing::{Decision, Profile};
+use herald_core::smart::{DigestGroup, Overflow};
 use herald_core::{
     ChannelError, ChannelKind, DeliveryId, EventId, EventKind, Reason, RenderedMessage,
     SharedRouting, UserId, ValidatedEvent,
 };
 use herald_store::deliveries::{Claimed, Finish, Finished, TraceStep};
+use herald_store::smart::{DigestItem, Fold};
 use herald_store::{Device, DeviceKind, Store};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -37,7 +46,10 @@ use crate::metrics::DeliveryMetrics;
 use crate::providers::{NotSent, ProviderChain, Sent, Step, StepKind};
 use crate::queue::Queue;
 use crate::retry::RetrySettings;
-use crate::templates::Templates;
+use crate::templates::{DigestText, Templates};
+
+/// How many events a digest lists by name; the rest it counts.
+const DIGEST_ITEMS: usize = 3;
 use crate::{Error, sms};
 
 /// The transports, one provider chain per channel kind.
@@ -55,8 +67,25 @@ pub enum Outcome {
     Suppressed {
         reason: String,
     },
-    /// Quiet hours began since it was scheduled.
+    /// Quiet hours began since it was scheduled: it goes out in the
+    /// digest at their end.
     Deferred {
+        until: DateTime<Utc>,
+    },
+    /// Over its category's throttle on this channel: into the digest at
+    /// `digest_at`, or (none) dropped.
+    Throttled {
+        reason: String,
+        digest_at: Option<DateTime<Utc>>,
+    },
+    /// Held, and read or acknowledged meanwhile: not sent.
+    Seen {
+        reason: String,
+    },
+    /// Another delivery carries its digest and will fold it in; handed
+    /// back, due again at `until` in case that carrier's worker dies first.
+    Waiting {
+        carrier: DeliveryId,
         until: DateTime<Utc>,
     },
     Retrying {
@@ -99,6 +128,9 @@ impl Outcome {
             Outcome::Sent { .. } => "sent",
             Outcome::Suppressed { .. } => "suppressed",
             Outcome::Deferred { .. } => "deferred",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::Seen { .. } => "skipped",
+            Outcome::Waiting { .. } => "digest_wait",
             Outcome::Retrying { .. } => "retrying",
             Outcome::Postponed { .. } => "postponed",
             Outcome::Failed { .. } => "failed",
@@ -141,6 +173,8 @@ pub struct Dispatcher {
 struct Log {
     trace: Vec<TraceStep>,
     provider: Option<String>,
+    /// How many events the message carries when it is a digest.
+    digest: usize,
 }
 
 /// What one claimed delivery's attempt needs besides the claim.
@@ -261,12 +295,18 @@ impl Dispatcher {
             tracing::Span::current().record("provider", provider.as_str());
         }
         let outcome = match attempted {
+            Ok(Outcome::LeaseLost) => {
+                tracing::warn!("lease ran out before the digest was folded; nothing done");
+                self.metrics
+                    .record(&claim.channel, &Outcome::LeaseLost, started.elapsed());
+                return Ok(Outcome::LeaseLost);
+            }
             Ok(outcome) => outcome,
             Err(AttemptError::Channel(err)) => self.failed(&claim, attempt, err, now),
             Err(AttemptError::Store(err)) => return Err(err),
         };
-        let finish = self.finish_of(&outcome, log.provider.clone());
-        let mut trace = log.trace;
+        let finish = self.finish_of(&claim, &outcome, log.provider.clone());
+        let mut trace = std::mem::take(&mut log.trace);
         trace.push(TraceStep {
             step: "attempt".to_owned(),
             provider: log.provider,
@@ -281,6 +321,12 @@ impl Dispatcher {
             at: self.clock.now().timestamp_millis(),
         };
         let applied = self.store.finish_deliveries(vec![finished]).await?;
+        if applied.first() != Some(&true) && matches!(outcome, Outcome::Waiting { .. }) {
+            // Its digest's carrier folded it in meanwhile: as it should be.
+            self.metrics
+                .record(&claim.channel, &outcome, started.elapsed());
+            return Ok(outcome);
+        }
         if applied.first() != Some(&true) {
             tracing::warn!("lease ran out before the attempt finished; its result is dropped");
             self.metrics
@@ -291,12 +337,18 @@ impl Dispatcher {
             .record(&claim.channel, &outcome, started.elapsed());
         tracing::Span::current().record("outcome", outcome.label());
         tracing::info!("delivery attempt recorded");
+        if log.digest > 1 && matches!(outcome, Outcome::Sent { .. }) {
+            self.metrics
+                .digests
+                .with_label_values(&[claim.channel.as_str()])
+                .inc();
+        }
         self.after(&claim, &outcome).await;
         Ok(outcome)
     }
 
     /// What an outcome writes, and the provider it names.
-    fn finish_of(&self, outcome: &Outcome, provider: Option<String>) -> Finish {
+    fn finish_of(&self, claim: &Claimed, outcome: &Outcome, provider: Option<String>) -> Finish {
         match outcome {
             Outcome::Sent {
                 provider_message_id,
@@ -309,6 +361,31 @@ impl Dispatcher {
             },
             Outcome::Deferred { until } => Finish::Deferred {
                 until: until.timestamp_millis(),
+                digest_key: Some(DigestGroup::Quiet.key().to_owned()),
+            },
+            Outcome::Throttled {
+                digest_at: Some(at),
+                ..
+            } => Finish::Deferred {
+                until: at.timestamp_millis(),
+                // The category's next digest (throttles count per category).
+                digest_key: Some(
+                    DigestGroup::Category(claim.kind.category())
+                        .key()
+                        .to_owned(),
+                ),
+            },
+            Outcome::Throttled {
+                reason,
+                digest_at: None,
+            } => Finish::Throttled {
+                reason: reason.clone(),
+            },
+            Outcome::Seen { reason } => Finish::Seen {
+                reason: reason.clone(),
+            },
+            Outcome::Waiting { until, .. } => Finish::Release {
+                at: until.timestamp_millis(),
             },
             Outcome::Retrying { next, reason, .. } => Finish::Retry {
                 error: reason.clone(),
@@ -386,6 +463,80 @@ impl Dispatcher {
                 defer_until: None, ..
             }) => {}
         }
+        if let Some(check) = &claim.seen_check {
+            let anyone = check == "anyone";
+            if self.store.event_seen(claim.notification_id, anyone).await? {
+                return Ok(Outcome::Seen {
+                    reason: if anyone {
+                        "seen: someone the event reached has read it".to_owned()
+                    } else {
+                        "seen: the recipient read or acknowledged it during the hold".to_owned()
+                    },
+                });
+            }
+        }
+        let mut digest = None;
+        if claim.digest_key.is_some() {
+            let at = now.timestamp_millis();
+            match self.store.fold_digest(claim.id, claim.attempt, at).await? {
+                Fold::Lost => return Ok(Outcome::LeaseLost),
+                Fold::Follower { carrier } => {
+                    let wait = chrono::Duration::from_std(self.lease).unwrap_or_default();
+                    return Ok(Outcome::Waiting {
+                        carrier,
+                        until: now + wait,
+                    });
+                }
+                Fold::Carrier { items, folded } => {
+                    if !folded.is_empty() {
+                        self.metrics
+                            .attempts
+                            .with_label_values(&[claim.channel.as_str(), "digested"])
+                            .inc_by(folded.len() as u64);
+                    }
+                    if items.len() > 1 {
+                        digest = Some(items);
+                    }
+                }
+            }
+        }
+        if let Some(throttle) = route.throttle(channel) {
+            let per = chrono::Duration::milliseconds(throttle.per.as_millis());
+            let category = claim.kind.category();
+            let (count, oldest) = self
+                .store
+                .throttle_count(
+                    claim.id,
+                    &claim.recipient,
+                    category,
+                    channel.as_str(),
+                    (now - per).timestamp_millis(),
+                )
+                .await?;
+            if count >= i64::from(throttle.max) {
+                let reason = format!(
+                    "throttled: at most {} {channel} per {} for {category}",
+                    throttle.max, throttle.per
+                );
+                let digest_at = match throttle.overflow {
+                    Overflow::Drop => None,
+                    // The category's next digest, else when the window
+                    // frees a send.
+                    Overflow::Digest => Some(
+                        route
+                            .next_digest(channel, &profile, now)
+                            .or_else(|| {
+                                oldest
+                                    .and_then(DateTime::from_timestamp_millis)
+                                    .map(|t| t + per)
+                            })
+                            .filter(|t| *t > now)
+                            .unwrap_or(now + per),
+                    ),
+                };
+                return Ok(Outcome::Throttled { reason, digest_at });
+            }
+        }
 
         let addresses = addresses(channel, &profile.contact, context.devices);
         if addresses.is_empty() {
@@ -411,8 +562,23 @@ impl Dispatcher {
                 now,
             ),
         };
-        let rendered = tracing::info_span!("render", locale = %locale)
-            .in_scope(|| {
+        let rendered = match &digest {
+            Some(items) => {
+                log.digest = items.len();
+                log.trace.push(TraceStep {
+                    step: "digest".to_owned(),
+                    provider: None,
+                    outcome: None,
+                    detail: Some(format!(
+                        "one message for {} events ({})",
+                        items.len(),
+                        claim.digest_key.as_deref().unwrap_or_default()
+                    )),
+                });
+                tracing::info_span!("render", locale = %locale, digest = items.len())
+                    .in_scope(|| self.render_digest(claim, channel, locale, items))
+            }
+            None => tracing::info_span!("render", locale = %locale).in_scope(|| {
                 self.templates.render_with(
                     claim.kind,
                     channel,
@@ -420,8 +586,9 @@ impl Dispatcher {
                     &event.data,
                     unsubscribe.as_deref(),
                 )
-            })
-            .map_err(|e| ChannelError::permanent(e.to_string()))?;
+            }),
+        }
+        .map_err(|e| ChannelError::permanent(e.to_string()))?;
         // A cancel may have come since the claim: look once more, last
         // thing before the message leaves.
         if let Some(reason) = self.store.cancel_requested(claim.id).await? {
@@ -511,6 +678,57 @@ impl Dispatcher {
         )))
     }
 
+    /// A digest's message: how many events, the most important first
+    /// (critical, then high priority, then the newest), in `locale`.
+    fn render_digest(
+        &self,
+        claim: &Claimed,
+        channel: ChannelKind,
+        locale: herald_core::Locale,
+        items: &[DigestItem],
+    ) -> Result<crate::Rendered, Error> {
+        // Items come oldest first; reversed, a stable sort keeps the newest
+        // first among equals, even those published in the same millisecond.
+        let mut ranked: Vec<(u8, i64, &DigestItem)> = items
+            .iter()
+            .rev()
+            .map(|item| (self.importance(item), item.created_at, item))
+            .collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+        let category = items[0].kind.category();
+        let text = DigestText {
+            count: items.len() as i64,
+            items: ranked
+                .iter()
+                .take(DIGEST_ITEMS)
+                .map(|(_, _, i)| (i.title.as_str(), i.body.as_str()))
+                .collect(),
+            category: items
+                .iter()
+                .all(|i| i.kind.category() == category)
+                .then_some(category),
+            group: claim.digest_key.as_deref().unwrap_or("quiet"),
+        };
+        self.templates.render_digest(channel, locale, &text)
+    }
+
+    /// 2 for a critical event, 1 for a high-priority one, else 0.
+    fn importance(&self, item: &DigestItem) -> u8 {
+        let Ok(event) = ValidatedEvent::parse_kind(item.kind, item.payload.clone()) else {
+            return 0;
+        };
+        if self.routing.route(&event).critical {
+            return 2;
+        }
+        let high = ["priority", "level"].iter().any(|f| {
+            matches!(
+                event.field(f).as_deref(),
+                Some("high" | "critical" | "error")
+            )
+        });
+        u8::from(high)
+    }
+
     /// The outcome of a delivery past its category's `expire_after`.
     fn expired(&self, claim: &Claimed, now: DateTime<Utc>) -> Option<Outcome> {
         let category = claim.kind.category();
@@ -590,7 +808,13 @@ impl Dispatcher {
     /// What follows a recorded outcome: schedule the next look, report failures.
     async fn after(&self, claim: &Claimed, outcome: &Outcome) {
         let (next, attempt, reason) = match outcome {
-            Outcome::Deferred { until } | Outcome::Postponed { until, .. } => {
+            Outcome::Deferred { until }
+            | Outcome::Postponed { until, .. }
+            | Outcome::Waiting { until, .. }
+            | Outcome::Throttled {
+                digest_at: Some(until),
+                ..
+            } => {
                 self.schedule(claim.id, *until).await;
                 return;
             }
@@ -715,7 +939,22 @@ fn detail(outcome: &Outcome) -> Option<String> {
             until: next,
             reason,
         } => Some(format!("{reason}; next try at {}", next.to_rfc3339())),
-        Outcome::Deferred { until } => Some(format!("quiet hours until {}", until.to_rfc3339())),
+        Outcome::Deferred { until } => Some(format!(
+            "quiet hours until {}; then in their digest",
+            until.to_rfc3339()
+        )),
+        Outcome::Throttled {
+            reason,
+            digest_at: Some(at),
+        } => Some(format!("{reason}; in the digest at {}", at.to_rfc3339())),
+        Outcome::Throttled {
+            reason,
+            digest_at: None,
+        }
+        | Outcome::Seen { reason } => Some(reason.clone()),
+        Outcome::Waiting { carrier, .. } => Some(format!(
+            "its digest is carried by delivery {carrier}, which folds it in"
+        )),
         Outcome::Released => Some("handed back unsent: its lease was running out".into()),
         Outcome::Sent { .. } | Outcome::Skipped | Outcome::LeaseLost => None,
     }

@@ -39,7 +39,7 @@ pub use providers::ProviderChain;
 pub use queue::Queue;
 pub use retry::{RetryPolicy, RetrySettings};
 pub use sweeper::Sweeper;
-pub use templates::{InboxText, Rendered, Templates};
+pub use templates::{DigestText, InboxText, Rendered, Templates};
 
 /// Errors of the delivery pipeline.
 #[derive(Debug, thiserror::Error)]

@@ -15,12 +15,15 @@ use crate::dispatch::Outcome;
 pub struct DeliveryMetrics {
     /// Attempts by channel and outcome (`sent`, `retrying`, `postponed`,
     /// `failed`, `expired`, `suppressed`, `deferred`, `released`,
-    /// `lease_lost`).
+    /// `lease_lost`; smart delivery's `throttled`, `skipped` (seen),
+    /// `digest_wait`, and `digested`, counted per delivery folded).
     pub attempts: IntCounterVec,
     /// Time from claim to recorded outcome, by channel.
     pub attempt_seconds: HistogramVec,
     /// Deliveries the sweeper recovered, by cause (`lease_expired`, `requeued`).
     pub recovered: IntCounterVec,
+    /// Digests sent (one message for several events), by channel.
+    pub digests: IntCounterVec,
 }
 
 impl DeliveryMetrics {
@@ -57,10 +60,19 @@ impl DeliveryMetrics {
             &["cause"],
         )
         .expect("valid metric");
+        let digests = IntCounterVec::new(
+            Opts::new(
+                "herald_digests_sent_total",
+                "Digests sent: one message for several events",
+            ),
+            &["channel"],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(attempts.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(attempt_seconds.clone()),
             Box::new(recovered.clone()),
+            Box::new(digests.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -68,6 +80,7 @@ impl DeliveryMetrics {
             attempts,
             attempt_seconds,
             recovered,
+            digests,
         }
     }
 

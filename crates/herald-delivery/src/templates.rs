@@ -10,6 +10,11 @@
 //! | `sms` | `text` |
 //! | `push` | `title`, `body` |
 //!
+//! A digest (one message for many events, see `herald_core::smart`) is
+//! `templates/{locale}/_digest.j2`, with blocks `title` (push title, email
+//! subject), `body` (push body), `text` (email text) and `sms`; it must
+//! exist for the default locale.
+//!
 //! Shared layouts live in `templates/_layouts/NAME.j2` and are extended as
 //! `_layouts/NAME`. Templates are loaded and compiled once at start; a
 //! template that is missing for the default locale, or does not parse,
@@ -134,10 +139,26 @@ impl Templates {
                 }
             }
         }
+        for locale in Locale::ALL {
+            let path = dir.join(locale.as_str()).join("_digest.j2");
+            if path.exists() {
+                let name = digest_name(locale);
+                env.add_template_owned(name.clone(), read(&path)?)
+                    .map_err(|source| Error::Template { name, source })?;
+            }
+        }
         let templates = Templates {
             env,
             default_locale,
         };
+        let digest = digest_name(default_locale);
+        templates
+            .env
+            .get_template(&digest)
+            .map_err(|source| Error::Template {
+                name: digest,
+                source,
+            })?;
         for &kind in EventKind::ALL.iter().filter(|k| !k.is_internal()) {
             let name = name(default_locale, kind, ChannelKind::InApp);
             templates
@@ -303,6 +324,71 @@ impl Templates {
         })
     }
 
+    /// One message for the events of a digest, in `locale` (else the
+    /// default locale).
+    pub fn render_digest(
+        &self,
+        channel: ChannelKind,
+        locale: Locale,
+        digest: &DigestText<'_>,
+    ) -> Result<Rendered, Error> {
+        let locale = if self.env.get_template(&digest_name(locale)).is_ok() {
+            locale
+        } else {
+            self.default_locale
+        };
+        let name = digest_name(locale);
+        let fail = |source| Error::Template {
+            name: name.clone(),
+            source,
+        };
+        let template = self.env.get_template(&name).map_err(fail)?;
+        let items: Vec<Value> = digest
+            .items
+            .iter()
+            .map(|&(title, body)| minijinja::context! { title => title, body => body })
+            .collect();
+        let ctx = minijinja::context! {
+            locale => locale.as_str(),
+            count => digest.count,
+            more => digest.count.saturating_sub(digest.items.len() as i64),
+            category => digest.category,
+            group => digest.group,
+            items => items,
+        };
+        let mut captured = template.render_captured(ctx).map_err(fail)?;
+        let mut block = |b: &str| {
+            captured
+                .with_state_mut(|state| state.render_block(b))
+                .map(|s| s.trim().to_owned())
+                .map_err(fail)
+        };
+        Ok(match channel {
+            ChannelKind::Email => {
+                let (subject, text) = (block("title")?, block("text")?);
+                let html = self.builtin(
+                    PARAGRAPHS_HTML,
+                    minijinja::context! { paragraphs => text.lines().map(str::to_owned).collect::<Vec<_>>() },
+                )?;
+                Rendered {
+                    subject: Some(subject),
+                    text,
+                    html: Some(html),
+                }
+            }
+            ChannelKind::Sms => Rendered {
+                subject: None,
+                text: block("sms")?,
+                html: None,
+            },
+            _ => Rendered {
+                subject: Some(block("title")?),
+                text: block("body")?,
+                html: None,
+            },
+        })
+    }
+
     /// One of the built-in templates.
     fn builtin(&self, name: &str, ctx: Value) -> Result<String, Error> {
         let fail = |source| Error::Template {
@@ -415,6 +501,24 @@ fn load_layouts(env: &mut Environment<'static>, dir: &Path) -> Result<(), Error>
             .map_err(|source| Error::Template { name, source })?;
     }
     Ok(())
+}
+
+fn digest_name(locale: Locale) -> String {
+    format!("{locale}/_digest")
+}
+
+/// What a digest message says: how many events, the most important few
+/// (their inbox title and body, in the recipient's locale), and what they
+/// have in common.
+#[derive(Debug, Clone)]
+pub struct DigestText<'a> {
+    pub count: i64,
+    /// The items to list, most important first.
+    pub items: Vec<(&'a str, &'a str)>,
+    /// The category every item shares, if they do.
+    pub category: Option<&'a str>,
+    /// `quiet`, or the category whose window this is.
+    pub group: &'a str,
 }
 
 fn name(locale: Locale, kind: EventKind, channel: ChannelKind) -> String {
@@ -580,6 +684,66 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn digests_count_in_each_locales_plural_forms() {
+        let t = templates();
+        let digest = |count: i64, items: Vec<(&'static str, &'static str)>| DigestText {
+            count,
+            items,
+            category: Some("points"),
+            group: "quiet",
+        };
+        let one = [("+10 баллов", "Пельменная №1")];
+        let push = t
+            .render_digest(ChannelKind::Push, Locale::Ru, &digest(1, one.to_vec()))
+            .unwrap();
+        assert_eq!(
+            push.subject.as_deref(),
+            Some("Пока вы отдыхали: 1 начисление")
+        );
+        assert_eq!(push.text, "+10 баллов");
+        let three = [("a", "x"), ("b", "y"), ("c", "z")];
+        for (n, ru, en) in [
+            (2, "2 начисления", "2 points updates"),
+            (5, "5 начислений", "5 points updates"),
+            (21, "21 начисление", "21 points updates"),
+        ] {
+            let items = three[..2.min(n as usize)].to_vec();
+            let r = t
+                .render_digest(ChannelKind::Push, Locale::Ru, &digest(n, items.clone()))
+                .unwrap();
+            assert!(r.subject.unwrap().ends_with(ru));
+            let r = t
+                .render_digest(ChannelKind::Push, Locale::En, &digest(n, items))
+                .unwrap();
+            assert!(r.subject.unwrap().ends_with(en));
+        }
+        let mut mixed = digest(6, three.to_vec());
+        mixed.category = None;
+        let sms = t
+            .render_digest(ChannelKind::Sms, Locale::En, &mixed)
+            .unwrap();
+        assert_eq!(sms.text, "6 updates: a; b; c and 3 more");
+        let email = t
+            .render_digest(ChannelKind::Email, Locale::Ru, &mixed)
+            .unwrap();
+        assert_eq!(
+            email.subject.as_deref(),
+            Some("Пока вы отдыхали: 6 уведомлений")
+        );
+        assert!(
+            email.text.contains("• a. x\n• b. y\n• c. z"),
+            "{}",
+            email.text
+        );
+        assert!(
+            email.text.ends_with("И ещё 3 уведомления — во входящих."),
+            "{}",
+            email.text
+        );
+        assert!(email.html.unwrap().contains("<p>• a. x</p>"));
     }
 
     #[test]

@@ -215,6 +215,8 @@ pub(crate) struct Inner {
     pub verifier: Arc<dyn Verifier>,
     pub metrics: Metrics,
     pub actions: Actions,
+    /// Where read receipts are recorded.
+    pub store: Store,
     pub log: Log,
     registry: RwLock<Registry>,
     /// The bus was down when this node published (clustered only).
@@ -278,7 +280,7 @@ impl Hub {
                 stop.subscribe(),
             )
         });
-        let actions = Actions::new(store, &config)?;
+        let actions = Actions::new(store.clone(), &config)?;
         let hub = Hub {
             inner: Arc::new(Inner {
                 config,
@@ -286,6 +288,7 @@ impl Hub {
                 verifier,
                 metrics,
                 actions,
+                store,
                 log,
                 registry: RwLock::new(Registry::default()),
                 outage: Outage::default(),

@@ -14,6 +14,7 @@
 //! | [`ws`] | the plain JSON WebSocket at `/ws` |
 //! | [`origin`] | the Origin allowlist on both endpoints |
 //! | [`guard`] | what a client may cost before it shows a token: connect timeout, pending cap, handshake rate per address |
+//! | [`receipts`] | `seen` / `read` from sockets: what smart delivery's holds and escalation steps wait for; read state announced to the user's other sockets |
 //! | [`actions`] | `action_confirm`: recorded, acked, relayed to a signed webhook with retries |
 //! | [`metrics`] | the gateway's Prometheus metrics |
 //!
@@ -33,6 +34,7 @@ pub mod hub;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;
+pub mod receipts;
 pub mod session;
 pub mod socketio;
 pub mod ws;

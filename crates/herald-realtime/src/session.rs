@@ -4,7 +4,7 @@
 //! closes it.
 //!
 //! [`Session`] is the transport-independent part: rooms, subscriptions,
-//! resume, `action_confirm`, and what to tell the client when it closes.
+//! resume, `action_confirm`, `seen`/`read`, and what to tell the client when it closes.
 //! It does no I/O of its own: everything it has to say is encoded for the
 //! connection's [`Wire`] into its outbox, which the transport writes. So
 //! one piece of code serves a `/ws` socket, a Socket.IO WebSocket and a
@@ -400,6 +400,15 @@ impl Session {
                     Err(refusal) => self.refuse(reply, &refusal),
                 }
             }
+            "seen" | "read" => {
+                let user = self.conn.principal.user_id.clone();
+                let hub = self.hub.clone();
+                let store = &hub.inner.store;
+                match crate::receipts::receipt(&hub, store, &user, &event, &data).await {
+                    Ok(ack) => self.reply(reply, &ack),
+                    Err(refusal) => self.refuse(reply, &refusal),
+                }
+            }
             "resume" => {
                 let request = match ResumeRequest::parse(&data) {
                     Ok(request) => request,
@@ -417,7 +426,7 @@ impl Session {
                 self.refuse(
                     reply,
                     &Refusal::bad_request(format!(
-                        "unknown event `{name}`; send subscribe, unsubscribe, action_confirm or resume"
+                        "unknown event `{name}`; send subscribe, unsubscribe, action_confirm, seen, read or resume"
                     )),
                 )
             }

@@ -456,6 +456,19 @@ impl Publisher {
 }
 
 fn delivery(channel: ChannelKind, decision: &Decision) -> NewDelivery {
+    let digest_key = match *decision {
+        Decision::Deliver {
+            digest: Some(group),
+            ..
+        } => Some(group.key().to_owned()),
+        _ => None,
+    };
+    let seen_check = match *decision {
+        Decision::Deliver {
+            hold: Some(check), ..
+        } => Some(check.as_str().to_owned()),
+        _ => None,
+    };
     let (status, next_attempt_at) = match *decision {
         Decision::Deliver {
             defer_until: None, ..
@@ -472,5 +485,7 @@ fn delivery(channel: ChannelKind, decision: &Decision) -> NewDelivery {
         status,
         reason: decision.reason().as_str().to_owned(),
         next_attempt_at,
+        digest_key,
+        seen_check,
     }
 }

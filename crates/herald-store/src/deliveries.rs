@@ -6,8 +6,12 @@
 //!   retrying ┘   (attempts + 1,     ├─▶ failed ──re-drive─▶ pending
 //!                 lease)            ├─▶ expired ─re-drive─▶ pending
 //!                                   ├─▶ suppressed   (preferences changed)
-//!                                   ├─▶ deferred     (quiet hours began)
+//!                                   ├─▶ deferred     (quiet hours began; a throttle's overflow, into a digest)
+//!                                   ├─▶ throttled    (over a throttle, dropped)
+//!                                   ├─▶ skipped      (held, and the event was seen meanwhile)
 //!                                   └─▶ pending / retrying (handed back unsent)
+//!
+//!   pending / deferred / retrying / sending ─fold─▶ digested (into the digest another row carries)
 //! ```
 //!
 //! A claim succeeds for one caller only, so two jobs for the same delivery
@@ -59,6 +63,10 @@ pub struct Claimed {
     pub lease_until: i64,
     /// The W3C `traceparent` of the publish that made it, if traced.
     pub traceparent: Option<String>,
+    /// The digest it goes out in, if any (`quiet`, a category).
+    pub digest_key: Option<String>,
+    /// `recipient` or `anyone`: skip it if the event was read by then.
+    pub seen_check: Option<String>,
 }
 
 /// How an attempt ended.
@@ -70,8 +78,17 @@ pub enum Finish {
     },
     /// Preferences or a missing address say no, now.
     Suppressed { reason: String },
-    /// Quiet hours: not before `until` (epoch ms).
-    Deferred { until: i64 },
+    /// Not before `until` (epoch ms): quiet hours, or a throttle's
+    /// overflow. With a digest key, it then goes out in that digest.
+    Deferred {
+        until: i64,
+        digest_key: Option<String>,
+    },
+    /// Over its category's throttle on this channel, and not kept for a digest.
+    Throttled { reason: String },
+    /// Not sent: the recipient (or, for an escalation step, anyone the
+    /// event reached) read or acknowledged it during the hold.
+    Seen { reason: String },
     /// A transient failure; try again at `next_attempt_at`. `counted` is
     /// false when no provider was even tried (every breaker open): the
     /// attempt is given back and the retry budget is not spent.
@@ -130,6 +147,11 @@ struct Transition<'a> {
     provider_message_id: Option<&'a str>,
     enqueued_at: Option<i64>,
     provider: Option<&'a str>,
+    /// Joins (or changes) a digest: its key and when it goes out.
+    digest_key: Option<&'a str>,
+    digest_at: Option<i64>,
+    /// When the message went out (what throttles count).
+    sent: bool,
     /// 1 when the claim sent nothing (deferred, suppressed, released, every
     /// breaker open): it does not count as an attempt.
     refund: i64,
@@ -145,6 +167,7 @@ impl<'a> Transition<'a> {
                 status: "sent",
                 provider_message_id: provider_message_id.as_deref(),
                 provider: provider.as_deref(),
+                sent: true,
                 ..Transition::default()
             },
             Finish::Suppressed { reason } => Transition {
@@ -153,10 +176,26 @@ impl<'a> Transition<'a> {
                 refund: 1,
                 ..Transition::default()
             },
-            Finish::Deferred { until } => Transition {
+            Finish::Deferred { until, digest_key } => Transition {
                 status: "deferred",
                 next_attempt_at: Some(*until),
                 enqueued_at: Some(*until),
+                digest_key: digest_key.as_deref(),
+                digest_at: digest_key.as_ref().map(|_| *until),
+                refund: 1,
+                ..Transition::default()
+            },
+            Finish::Throttled { reason } => Transition {
+                status: "throttled",
+                reason: Some("throttle"),
+                error: Some(reason),
+                refund: 1,
+                ..Transition::default()
+            },
+            Finish::Seen { reason } => Transition {
+                status: "skipped",
+                reason: Some("seen"),
+                error: Some(reason),
                 refund: 1,
                 ..Transition::default()
             },
@@ -285,6 +324,8 @@ impl Store {
                     redriven_at: r.redriven_at,
                     lease_until: r.lease_until,
                     traceparent,
+                    digest_key: r.digest_key,
+                    seen_check: r.seen_check,
                 })
             })
             .collect()

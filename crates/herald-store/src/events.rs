@@ -248,7 +248,7 @@ const NOTIFICATIONS: Table = Table {
 const DELIVERIES: Table = Table {
     insert: "INSERT INTO deliveries \
              (id, notification_id, recipient_id, channel, status, reason, next_attempt_at, \
-              enqueued_at, created_at, updated_at)",
+              enqueued_at, created_at, updated_at, digest_key, digest_at, seen_check)",
     columns: &[
         Column::Text,
         Column::Text,
@@ -260,6 +260,9 @@ const DELIVERIES: Table = Table {
         Column::Int,
         Column::Int,
         Column::Int,
+        Column::Text,
+        Column::Int,
+        Column::Text,
     ],
 };
 
@@ -527,7 +530,11 @@ async fn insert_deliveries(
                         DeliveryStatus::Suppressed => None,
                     })
                     .bind(ev.received_at)
-                    .bind(ev.received_at);
+                    .bind(ev.received_at)
+                    .bind(d.digest_key.as_deref())
+                    // A digest goes out when the deferral ends.
+                    .bind(d.digest_key.as_ref().and(d.next_attempt_at))
+                    .bind(d.seen_check.as_deref());
             }
             query
         });

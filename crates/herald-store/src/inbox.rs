@@ -148,7 +148,8 @@ impl Store {
     pub async fn deliveries(&self, id: NotificationId) -> Result<Vec<DeliveryRecord>> {
         let rows = sqlx::query(
             "SELECT id, recipient_id, channel, status, reason, attempts, last_error, \
-                    next_attempt_at, provider_message_id, provider, created_at, updated_at \
+                    next_attempt_at, provider_message_id, provider, created_at, updated_at, \
+                    digest_key, digest_id \
              FROM deliveries WHERE notification_id = $1 ORDER BY channel",
         )
         .bind(id.to_string())
@@ -170,6 +171,11 @@ impl Store {
                     provider: r.try_get("provider")?,
                     created_at: r.try_get("created_at")?,
                     updated_at: r.try_get("updated_at")?,
+                    digest_key: r.try_get("digest_key")?,
+                    digest_id: r
+                        .try_get::<Option<String>, _>("digest_id")?
+                        .map(|id| crate::parse_id(&id))
+                        .transpose()?,
                     trace: Vec::new(),
                 })
             })

@@ -8,6 +8,7 @@
 //! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
 //! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
 //! | [`redrive`] | the admin's list of failed and expired deliveries; re-drive by compare-and-set, traced |
+//! | [`smart`] | digests folded exactly once, throttle counts, whether an event was seen (holds, escalation) |
 //! | [`realtime`] | the realtime log (events by offset and room) and its epochs: what a resume falls back on when Redis lost its history |
 //! | [`scheduling`] | scheduled events (`sendAt`): their release, once across nodes; cancelling an event's (or an inbox entry's) open deliveries |
 //! | [`actions`] | `action_confirm` records from realtime clients, and their webhook outbox |
@@ -47,6 +48,7 @@ pub mod routing;
 pub mod scheduling;
 #[cfg(any(test, feature = "testing"))]
 pub mod scratch;
+pub mod smart;
 #[cfg(test)]
 mod testing;
 

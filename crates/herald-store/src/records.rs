@@ -79,6 +79,12 @@ pub struct NewDelivery {
     pub reason: String,
     /// For deferred deliveries, no earlier than this (epoch ms).
     pub next_attempt_at: Option<i64>,
+    /// The digest a deferred delivery waits for (`quiet`, a category); it
+    /// goes out at `next_attempt_at`, folded with the others of its key.
+    pub digest_key: Option<String>,
+    /// `recipient` or `anyone`: skip it (`seen`) if the event was read by
+    /// then (see the `smart_delivery` migration).
+    pub seen_check: Option<String>,
 }
 
 /// Where a delivery stands.
@@ -138,6 +144,13 @@ pub struct DeliveryRecord {
     pub provider: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The digest it waits for (`quiet`, a category), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest_key: Option<String>,
+    /// Folded into a digest (`digested`): the delivery that carried it. On
+    /// that carrier, its own id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest_id: Option<DeliveryId>,
     /// Everything that happened to the delivery, oldest first.
     pub trace: Vec<TraceEntry>,
 }

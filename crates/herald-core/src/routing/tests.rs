@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::*;
 use crate::preferences::QuietHours;
+use crate::smart::{DigestGroup, SeenCheck};
 
 fn event(kind: EventKind) -> ValidatedEvent {
     ValidatedEvent::parse_kind(kind, kind.example()).unwrap()
@@ -64,7 +65,9 @@ fn the_shipped_table_routes_points_added_as_the_contract_says() {
         vec![DefaultDelivery {
             to: Selector::User(g),
             channel: ChannelKind::Push,
-            mandatory: false
+            mandatory: false,
+            hold: None,
+            escalation: None,
         }]
     );
     assert!(!route.critical);
@@ -119,6 +122,8 @@ fn precedence_walks_down_the_documented_list() {
     let deliver = |reason| Decision::Deliver {
         reason,
         defer_until: None,
+        digest: None,
+        hold: None,
     };
     assert_eq!(
         plan_for(EventKind::PointsRedeemed, p.clone()).decisions[&ChannelKind::Email],
@@ -169,7 +174,9 @@ fn an_override_can_add_a_channel_the_table_does_not_send() {
         plan.decisions[&ChannelKind::Sms],
         Decision::Deliver {
             reason: Reason::EventOverride,
-            defer_until: None
+            defer_until: None,
+            digest: None,
+            hold: None,
         }
     );
     // And nothing else appears uninvited.
@@ -188,14 +195,18 @@ fn quiet_hours_defer_push_but_not_email_nor_critical_events() {
         plan.decisions[&ChannelKind::Push],
         Decision::Deliver {
             reason: Reason::RoutingDefault,
-            defer_until: Some(one_pm)
+            defer_until: Some(one_pm),
+            digest: Some(DigestGroup::Quiet),
+            hold: None,
         }
     );
     assert_eq!(
         plan.decisions[&ChannelKind::Email],
         Decision::Deliver {
             reason: Reason::RoutingDefault,
-            defer_until: None
+            defer_until: None,
+            digest: None,
+            hold: None,
         }
     );
     // A critical alert's SMS to an admin goes out at once.
@@ -207,7 +218,9 @@ fn quiet_hours_defer_push_but_not_email_nor_critical_events() {
         plans[0].decisions[&ChannelKind::Sms],
         Decision::Deliver {
             reason: Reason::Mandatory,
-            defer_until: None
+            defer_until: None,
+            digest: None,
+            hold: None,
         }
     );
 }
@@ -272,6 +285,7 @@ fn preferences() -> impl Strategy<Value = Preferences> {
                 end: crate::preferences::ClockTime::new(e, 0).unwrap(),
                 timezone: None,
             }),
+            digests: Default::default(),
         })
 }
 
@@ -312,7 +326,7 @@ proptest! {
                 let default = route.deliveries.iter().find(|d| d.channel == ch && route.users(&members).contains(&plan.user));
                 let mandatory = route.deliveries.iter().any(|d| d.channel == ch && d.mandatory);
                 match *decision {
-                    Decision::Deliver { reason, defer_until } => {
+                    Decision::Deliver { reason, defer_until, .. } => {
                         // Anything delivered is reachable, and allowed by the top rule that applies.
                         prop_assert!(profile.reachable(ch));
                         if !mandatory {
@@ -446,6 +460,117 @@ fn bad_json_tables_name_the_path_at_fault() {
     }
 }
 
+const SMART: &str = r#"
+[categories.points]
+digest = { every = "1h", channels = ["push"] }
+throttle = { sms = { max = 3, per = "1h", overflow = "drop" } }
+"#;
+
+fn table_with(extra: &str) -> Result<RoutingTable, Error> {
+    RoutingTable::from_toml(&format!("{DEFAULT_ROUTING}\n{extra}"))
+}
+
+#[test]
+fn a_category_window_digests_its_channels_and_a_users_daily_digest_wins() {
+    let table = table_with(SMART).unwrap();
+    let route = table.route(&event(EventKind::PointsRedeemed));
+    let user = guest();
+    let members = HashMap::new();
+    let decide = |p: &Profile| {
+        route.plan(
+            &members,
+            &HashMap::from([(user.clone(), p.clone())]),
+            noon(),
+        )[0]
+        .decisions
+        .clone()
+    };
+    let d = decide(&reachable());
+    let one_pm = Utc.with_ymd_and_hms(2026, 11, 26, 13, 0, 0).unwrap();
+    assert_eq!(
+        d[&ChannelKind::Push],
+        Decision::Deliver {
+            reason: Reason::RoutingDefault,
+            defer_until: Some(one_pm),
+            digest: Some(DigestGroup::Category("points")),
+            hold: None,
+        }
+    );
+    // The window names push only: email goes at once.
+    assert!(matches!(
+        d[&ChannelKind::Email],
+        Decision::Deliver {
+            defer_until: None,
+            digest: None,
+            hold: None,
+            ..
+        }
+    ));
+    let mut p = reachable();
+    p.preferences.digests.insert(
+        "points".into(),
+        serde_json::from_value(json!({"at": "18:30"})).unwrap(),
+    );
+    let evening = Utc.with_ymd_and_hms(2026, 11, 26, 18, 30, 0).unwrap();
+    let d = decide(&p);
+    for channel in [ChannelKind::Push, ChannelKind::Email] {
+        assert_eq!(
+            d[&channel],
+            Decision::Deliver {
+                reason: Reason::RoutingDefault,
+                defer_until: Some(evening),
+                digest: Some(DigestGroup::Category("points")),
+                hold: None,
+            }
+        );
+    }
+    assert!(matches!(
+        d[&ChannelKind::InApp],
+        Decision::Deliver {
+            defer_until: None,
+            ..
+        }
+    ));
+    assert_eq!(route.throttle(ChannelKind::Sms).unwrap().max, 3);
+    // A critical event is neither digested nor throttled.
+    let alert = table.route(&event(EventKind::SystemAlert));
+    assert!(alert.throttle(ChannelKind::Sms).is_none());
+}
+
+#[test]
+fn bad_smart_settings_name_their_key() {
+    let cases = [
+        (
+            "[categories.points]\ndigest = { every = \"0m\" }",
+            "categories.points.digest.every",
+        ),
+        (
+            "[categories.points]\ndigest = { every = \"soon\" }",
+            "categories.points.digest.every",
+        ),
+        (
+            "[categories.pointz]\ndigest = { every = \"1h\" }",
+            "categories.pointz",
+        ),
+        (
+            "[categories.points]\nthrottle = { fax = { max = 1, per = \"1h\" } }",
+            "categories.points.throttle.fax",
+        ),
+        (
+            "[categories.points]\nthrottle = { sms = { max = 0, per = \"1h\" } }",
+            "categories.points.throttle.sms.max",
+        ),
+        (
+            "[categories.points]\nthrottle = { sms = { max = 2, per = \"0s\" } }",
+            "categories.points.throttle.sms.per",
+        ),
+    ];
+    for (toml, key) in cases {
+        let err = table_with(toml).unwrap_err().to_string();
+        assert!(err.contains(key), "{toml}: {err}");
+    }
+}
+
 #[test]
 fn a_shared_table_is_replaced_for_every_clone() {
     let shared = SharedRouting::new(Arc::new(RoutingTable::default_table()));
@@ -455,4 +580,89 @@ fn a_shared_table_is_replaced_for_every_clone() {
     shared.replace(Arc::new(RoutingTable::from_json(doc).unwrap()));
     let rooms = reader.route(&event(EventKind::PointsAdded)).rooms;
     assert_eq!(rooms, vec![format!("extra:{}", guest())]);
+}
+
+#[test]
+fn holds_and_escalation_steps_are_due_later_and_checked_for_seen() {
+    let table = RoutingTable::from_toml(
+        &DEFAULT_ROUTING
+            .replace(
+                r#"deliveries = [{ to = "{guestId}", channels = ["push"] }]
+
+[events.points_redeemed]"#,
+                r#"deliveries = [{ to = "{guestId}", channels = ["push"], hold = "2m" }]
+
+[events.points_redeemed]"#,
+            )
+            .replace(
+                r#"critical_when = { level = ["critical"] }"#,
+                r#"critical_when = { level = ["critical"] }
+escalate = [
+  { after = "5m", to = "role:admin", channels = ["sms", "push"] },
+  { after = "1m", to = "role:admin", channels = ["push"] },
+]"#,
+            ),
+    )
+    .unwrap();
+    let route = table.route(&event(EventKind::PointsAdded));
+    let plans = route.plan(
+        &HashMap::new(),
+        &HashMap::from([(guest(), reachable())]),
+        noon(),
+    );
+    assert_eq!(
+        plans[0].decisions[&ChannelKind::Push],
+        Decision::Deliver {
+            reason: Reason::RoutingDefault,
+            defer_until: Some(noon() + chrono::Duration::minutes(2)),
+            digest: None,
+            hold: Some(SeenCheck::Recipient),
+        }
+    );
+    let alert = table.route(&event(EventKind::SystemAlert));
+    let admin = UserId::from("admin-1");
+    let members = HashMap::from([(Selector::Role(Role::Admin), vec![admin.clone()])]);
+    let plan = &alert.plan(&members, &HashMap::from([(admin, reachable())]), noon())[0];
+    // SMS is already the rule's (now); push is the earlier step's.
+    assert!(matches!(
+        plan.decisions[&ChannelKind::Sms],
+        Decision::Deliver {
+            reason: Reason::Mandatory,
+            defer_until: None,
+            hold: None,
+            ..
+        }
+    ));
+    assert_eq!(
+        plan.decisions[&ChannelKind::Push],
+        Decision::Deliver {
+            reason: Reason::Escalation,
+            defer_until: Some(noon() + chrono::Duration::minutes(1)),
+            digest: None,
+            hold: Some(SeenCheck::Anyone),
+        }
+    );
+    // A warning is not critical: no steps.
+    let mut warning = EventKind::SystemAlert.example();
+    warning["level"] = json!("warning");
+    let quiet = table.route(&ValidatedEvent::parse_kind(EventKind::SystemAlert, warning).unwrap());
+    assert!(quiet.deliveries.is_empty());
+
+    let err = table_with_events_edit(
+        r#"[events.points_added]"#,
+        "[events.points_added]\nescalate = [{ after = \"5m\", to = \"{guestId}\", channels = [\"sms\"] }]",
+    );
+    assert!(err.contains("events.points_added.escalate"), "{err}");
+    let err = table_with_events_edit(
+        r#"critical_when = { level = ["critical"] }"#,
+        "critical_when = { level = [\"critical\"] }\nescalate = [{ after = \"5m\", to = \"{guestId}\", channels = [\"sms\"] }]",
+    );
+    assert!(err.contains("escalate[0].to"), "{err}");
+}
+
+fn table_with_events_edit(from: &str, to: &str) -> String {
+    assert!(DEFAULT_ROUTING.contains(from));
+    RoutingTable::from_toml(&DEFAULT_ROUTING.replacen(from, to, 1))
+        .unwrap_err()
+        .to_string()
 }

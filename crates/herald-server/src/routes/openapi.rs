@@ -1101,6 +1101,8 @@ fn schemas() -> Value {
                 "provider": nullable(string()),
                 "createdAt": millis(),
                 "updatedAt": millis(),
+                "digestKey": { "type": "string", "description": "The digest it goes out in: `quiet` (held by quiet hours) or a category (`points`). Absent when none." },
+                "digestId": { "type": "string", "format": "uuid", "description": "On a `digested` delivery, the delivery that carried its digest; on that carrier, its own id. Absent otherwise." },
                 "trace": { "type": "array", "items": object(&["at", "attempt", "step", "provider", "outcome", "detail", "actor"], json!({
                     "at": millis(),
                     "attempt": integer(0, i64::MAX),
@@ -1298,6 +1300,7 @@ fn preferences() -> Value {
                 "additionalProperties": false,
             },
             "quietHours": nullable(quiet_hours()),
+            "digests": digests(),
             "locale": nullable(json!({
                 "type": "string",
                 "pattern": "^([Rr][Uu]|[Ee][Nn])([-_].*)?$",
@@ -1324,8 +1327,28 @@ fn preferences_view() -> Value {
                 "timezone": string(),
             }))),
             "locale": nullable(locales()),
+            "digests": { "type": "object", "additionalProperties": object(&["at"], json!({ "at": string(), "timezone": string() })) },
         }),
     )
+}
+
+/// `digests` of the preferences: per category, daily at a local time.
+fn digests() -> Value {
+    let time = json!({ "type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$", "description": "A time of day, HH:MM." });
+    let daily = closed(
+        &["at"],
+        json!({ "at": time, "timezone": nullable(schema_ref("TimeZone")) }),
+    );
+    let categories: Map<String, Value> = EventKind::categories()
+        .into_iter()
+        .map(|c| (c.to_owned(), daily.clone()))
+        .collect();
+    json!({
+        "type": "object",
+        "description": "Per category: its email, SMS and push go out as one digest a day at `at` (local time: `timezone`, else the contact's, else UTC) instead of one message per event. Inbox entries still appear at once; critical events are never digested. An unknown category is 422 naming `digests.NAME`.",
+        "properties": categories,
+        "additionalProperties": false,
+    })
 }
 
 /// The body of `PUT …/contact`.

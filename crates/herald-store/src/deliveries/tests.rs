@@ -62,6 +62,8 @@ async fn pending_traced(
                     status: DeliveryStatus::Pending,
                     reason: "routing_default".into(),
                     next_attempt_at: None,
+                    digest_key: None,
+                    seen_check: None,
                 }],
             }],
         }])

@@ -53,6 +53,8 @@ pub(crate) struct ClaimedRow {
     pub(crate) created_at: i64,
     pub(crate) redriven_at: Option<i64>,
     pub(crate) lease_until: i64,
+    pub(crate) digest_key: Option<String>,
+    pub(crate) seen_check: Option<String>,
 }
 
 #[derive(Debug)]
@@ -191,11 +193,14 @@ async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
                     enqueued_at = COALESCE(v.column8, d.enqueued_at), \
                     attempts = d.attempts - v.column9, \
                     provider = COALESCE(v.column10, d.provider), \
-                    updated_at = v.column11, lease_until = NULL \
+                    updated_at = v.column11, lease_until = NULL, \
+                    digest_key = COALESCE(v.column12, d.digest_key), \
+                    digest_at = COALESCE(v.column13, d.digest_at), \
+                    sent_at = COALESCE(v.column14, d.sent_at) \
              FROM (VALUES {}) AS v \
              WHERE d.id = v.column1 AND d.status = 'sending' AND d.attempts = v.column2 \
              RETURNING id, status, reason",
-            crate::events::values(backend, shape, 11)
+            crate::events::values(backend, shape, 14)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         let last = chunk[chunk.len() - 1];
@@ -216,7 +221,10 @@ async fn finish(pool: &AnyPool, items: &[&Finished]) -> Result<Vec<bool>> {
                 .bind(t.enqueued_at)
                 .bind(t.refund)
                 .bind(t.provider)
-                .bind(item.at);
+                .bind(item.at)
+                .bind(t.digest_key)
+                .bind(t.digest_at)
+                .bind(t.sent.then_some(item.at));
         }
         let of_id: HashMap<String, usize> = chunk
             .iter()
@@ -363,7 +371,7 @@ async fn claim(
                     lease_until = {lease}, updated_at = {at} \
              WHERE id IN ({list}) AND status IN ({CLAIMABLE}) AND COALESCE(next_attempt_at, 0) <= {at} \
              RETURNING id, attempts, channel, reason, notification_id, recipient_id, created_at, \
-                       redriven_at, lease_until"
+                       redriven_at, lease_until, digest_key, seen_check"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(lease_until).bind(now);
         let last = chunk[chunk.len() - 1];
@@ -384,6 +392,8 @@ async fn claim(
                 created_at: row.try_get("created_at")?,
                 redriven_at: row.try_get("redriven_at")?,
                 lease_until: row.try_get("lease_until")?,
+                digest_key: row.try_get("digest_key")?,
+                seen_check: row.try_get("seen_check")?,
             });
         }
     }

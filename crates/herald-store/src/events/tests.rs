@@ -49,6 +49,8 @@ fn points_added(id: EventId, amount: i64, recipient: &str) -> NewEvent {
                 status: DeliveryStatus::Pending,
                 reason: "routing_default".into(),
                 next_attempt_at: None,
+                digest_key: None,
+                seen_check: None,
             }],
         }],
     }

@@ -42,6 +42,8 @@ fn event(recipient: Option<&str>, status: DeliveryStatus) -> NewEvent {
                     status,
                     reason: "routing_default".into(),
                     next_attempt_at: None,
+                    digest_key: None,
+                    seen_check: None,
                 }],
             })
             .into_iter()

@@ -57,6 +57,8 @@ async fn delivery(
                     status: DeliveryStatus::Pending,
                     reason: "routing_default".into(),
                     next_attempt_at: None,
+                    digest_key: None,
+                    seen_check: None,
                 }],
             }],
         }])
