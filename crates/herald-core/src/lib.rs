@@ -31,8 +31,8 @@ pub mod problem;
 pub mod realtime;
 pub mod retry;
 pub mod routing;
-pub mod unsubscribe;
 pub mod smart;
+pub mod unsubscribe;
 
 pub use auth::Role;
 pub use catalog::{EventKind, ValidatedEvent};

@@ -293,7 +293,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(events::publish))
         .route("/v1/events/{id}/cancel", post(events::cancel))
-        .route("/u/{token}", get(unsubscribe::page).post(unsubscribe::one_click))
+        .route(
+            "/u/{token}",
+            get(unsubscribe::page).post(unsubscribe::one_click),
+        )
         .route("/v1/notifications", get(inbox::list))
         .route("/v1/notifications/unread-count", get(inbox::unread_count))
         .route("/v1/notifications/read-all", post(inbox::read_all))
@@ -326,7 +329,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/audit", get(audit::list))
         .route(
             "/v1/admin/routing",
-            get(admin_routing::get).put(admin_routing::put).delete(admin_routing::revert),
+            get(admin_routing::get)
+                .put(admin_routing::put)
+                .delete(admin_routing::revert),
         )
         .route("/v1/admin/deliveries/retry", post(deliveries::retry_many))
         .route(
