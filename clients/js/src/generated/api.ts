@@ -5,6 +5,11 @@
 /** The Herald API version this file was generated from. */
 export const API_VERSION = "0.1.0";
 
+export type Actor = {
+  role: "admin" | "restaurant" | "cashier" | "guest" | "service";
+  subject: string;
+};
+
 export type AdminDelivery = {
   attempts: number;
   channel: "email" | "sms" | "push";
@@ -25,6 +30,23 @@ export type AdminDelivery = {
   status: "pending" | "claimed" | "sending" | "sent" | "delivered" | "bounced" | "retrying" | "deferred" | "digested" | "skipped" | "throttled" | "cancelled" | "expired" | "suppressed" | "failed";
   /** Epoch milliseconds. */
   updatedAt: number;
+};
+
+export type AuditEntry = {
+  action: "update" | "add" | "remove" | "replace" | "revert";
+  actor: Actor;
+  /** The record after (null: removed); device tokens masked. Null once the target was erased. */
+  after: Record<string, unknown>;
+  /** Epoch milliseconds. */
+  at: number;
+  /** The record before (null: none); device tokens masked. Null once the target was erased. */
+  before: Record<string, unknown>;
+  /** Epoch milliseconds. */
+  erasedAt: number | null;
+  id: string;
+  kind: "preferences" | "contact" | "devices" | "routing";
+  /** The user whose data changed; null for routing. */
+  target: string | null;
 };
 
 /** A field left out is cleared, except `role` and `restaurantId`, which are kept. A user's own role and restaurant come from their token. */
@@ -55,6 +77,10 @@ export type DeliveryRecord = {
   channel: "email" | "sms" | "push";
   /** Epoch milliseconds. */
   createdAt: number;
+  /** On a `digested` delivery, the delivery that carried its digest; on that carrier, its own id. Absent otherwise. */
+  digestId?: string;
+  /** The digest it goes out in: `quiet` (held by quiet hours) or a category (`points`). Absent when none. */
+  digestKey?: string;
   id: string;
   lastError: string | null;
   /** Epoch milliseconds. */
@@ -95,56 +121,78 @@ export type Envelope = {
   event: "points_added";
   /** Idempotency key (at most 200 bytes): the same id is one event, however often sent. Absent, Herald makes one. */
   id?: string | null;
+  /** RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`. */
+  sendAt?: string | null;
 } | {
   data: PointsRedeemedPayload;
   event: "points_redeemed";
   /** Idempotency key (at most 200 bytes): the same id is one event, however often sent. Absent, Herald makes one. */
   id?: string | null;
+  /** RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`. */
+  sendAt?: string | null;
 } | {
   data: PointsExpiredPayload;
   event: "points_expired";
   /** Idempotency key (at most 200 bytes): the same id is one event, however often sent. Absent, Herald makes one. */
   id?: string | null;
+  /** RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`. */
+  sendAt?: string | null;
 } | {
   data: CardCreatedPayload;
   event: "card_created";
   /** Idempotency key (at most 200 bytes): the same id is one event, however often sent. Absent, Herald makes one. */
   id?: string | null;
+  /** RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`. */
+  sendAt?: string | null;
 } | {
   data: GuestRegisteredPayload;
   event: "guest_registered";
   /** Idempotency key (at most 200 bytes): the same id is one event, however often sent. Absent, Herald makes one. */
   id?: string | null;
+  /** RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`. */
+  sendAt?: string | null;
 } | {
   data: GuestCardUpdatedPayload;
   event: "guest_card_updated";
   /** Idempotency key (at most 200 bytes): the same id is one event, however often sent. Absent, Herald makes one. */
   id?: string | null;
+  /** RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`. */
+  sendAt?: string | null;
 } | {
   data: RestaurantGuestJoinedPayload;
   event: "restaurant_guest_joined";
   /** Idempotency key (at most 200 bytes): the same id is one event, however often sent. Absent, Herald makes one. */
   id?: string | null;
+  /** RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`. */
+  sendAt?: string | null;
 } | {
   data: RestaurantStatusChangedPayload;
   event: "restaurant_status_changed";
   /** Idempotency key (at most 200 bytes): the same id is one event, however often sent. Absent, Herald makes one. */
   id?: string | null;
+  /** RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`. */
+  sendAt?: string | null;
 } | {
   data: RestaurantTransactionPayload;
   event: "restaurant_transaction";
   /** Idempotency key (at most 200 bytes): the same id is one event, however often sent. Absent, Herald makes one. */
   id?: string | null;
+  /** RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`. */
+  sendAt?: string | null;
 } | {
   data: SystemAlertPayload;
   event: "system_alert";
   /** Idempotency key (at most 200 bytes): the same id is one event, however often sent. Absent, Herald makes one. */
   id?: string | null;
+  /** RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`. */
+  sendAt?: string | null;
 } | {
   data: AdminNotificationPayload;
   event: "admin_notification";
   /** Idempotency key (at most 200 bytes): the same id is one event, however often sent. Absent, Herald makes one. */
   id?: string | null;
+  /** RFC 3339: deliver then — the deliveries fall due, the inbox entry appears and the realtime event goes out at `sendAt`. At most `scheduling.past_tolerance_seconds` in the past (sent at once) and `scheduling.max_ahead_days` ahead; otherwise 422 naming `sendAt` (`[i].sendAt` in an array). Cancel with `POST /v1/events/{id}/cancel`. */
+  sendAt?: string | null;
 };
 
 export type EventRecord = {
@@ -206,6 +254,34 @@ export type Preferences = {
     in_app?: boolean;
     push?: boolean;
     sms?: boolean;
+  };
+  /** Per category: its email, SMS and push go out as one digest a day at `at` (local time: `timezone`, else the contact's, else UTC) instead of one message per event. Inbox entries still appear at once; critical events are never digested. An unknown category is 422 naming `digests.NAME`. */
+  digests?: {
+    account?: {
+      /** A time of day, HH:MM. */
+      at: string;
+      timezone?: TimeZone | null;
+    };
+    card?: {
+      /** A time of day, HH:MM. */
+      at: string;
+      timezone?: TimeZone | null;
+    };
+    points?: {
+      /** A time of day, HH:MM. */
+      at: string;
+      timezone?: TimeZone | null;
+    };
+    restaurant?: {
+      /** A time of day, HH:MM. */
+      at: string;
+      timezone?: TimeZone | null;
+    };
+    system?: {
+      /** A time of day, HH:MM. */
+      at: string;
+      timezone?: TimeZone | null;
+    };
   };
   /** The global switch: off silences everything but mandatory events. */
   enabled?: boolean;
@@ -328,6 +404,10 @@ export type Preferences = {
 
 export type PreferencesView = {
   channels: Record<string, boolean>;
+  digests?: Record<string, {
+    at: string;
+    timezone?: string;
+  }>;
   enabled: boolean;
   locale: "ru" | "en" | null;
   overrides: Record<string, Record<string, boolean>>;
@@ -339,7 +419,7 @@ export type PreferencesView = {
 };
 
 export type Problem = {
-  code: "bad_request" | "invalid_json" | "unauthorized" | "forbidden" | "not_found" | "method_not_allowed" | "idempotency_conflict" | "not_retryable" | "payload_too_large" | "batch_too_large" | "unsupported_media_type" | "validation_failed" | "unknown_event" | "rate_limited" | "internal" | "unavailable";
+  code: "bad_request" | "invalid_json" | "unauthorized" | "forbidden" | "not_found" | "method_not_allowed" | "idempotency_conflict" | "not_retryable" | "precondition_failed" | "link_expired" | "payload_too_large" | "batch_too_large" | "unsupported_media_type" | "validation_failed" | "unknown_event" | "rate_limited" | "internal" | "unavailable";
   detail: string;
   /** The field at fault, e.g. `[3].data.amount`. */
   field?: string;
@@ -394,6 +474,194 @@ export type RedriveRequest = {
     to?: string | number;
   };
   max?: number;
+};
+
+/** A routing table, in the shape of `config/routing.toml`, checked by the file's rules. */
+export type RoutingTable = {
+  /** Every event of the catalog, each with an entry (an empty one is fine). */
+  events: {
+    admin_notification: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"notificationId" | "type" | "title" | "message" | "actionRequired" | "priority" | "timestamp", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"notificationId" | "type" | "title" | "message" | "actionRequired" | "priority" | "timestamp", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+    card_created: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"guestId" | "cardId" | "restaurantId" | "restaurantName" | "qrCode" | "initialPoints" | "timestamp", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"guestId" | "cardId" | "restaurantId" | "restaurantName" | "qrCode" | "initialPoints" | "timestamp", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+    delivery_failed: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"notificationId" | "recipient" | "channel" | "reason" | "retryCount" | "nextRetry" | "timestamp", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"notificationId" | "recipient" | "channel" | "reason" | "retryCount" | "nextRetry" | "timestamp", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+    guest_card_updated: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"guestId" | "cardId" | "changes" | "timestamp", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"guestId" | "cardId" | "changes" | "timestamp", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+    guest_registered: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"guestId" | "guestName" | "email" | "restaurantId" | "timestamp", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"guestId" | "guestName" | "email" | "restaurantId" | "timestamp", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+    points_added: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"guestId" | "cardId" | "amount" | "newBalance" | "restaurantId" | "restaurantName" | "transactionId" | "timestamp" | "description", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"guestId" | "cardId" | "amount" | "newBalance" | "restaurantId" | "restaurantName" | "transactionId" | "timestamp" | "description", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+    points_expired: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"guestId" | "amount" | "newBalance" | "expiryDate" | "reason" | "timestamp", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"guestId" | "amount" | "newBalance" | "expiryDate" | "reason" | "timestamp", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+    points_redeemed: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"guestId" | "cardId" | "amount" | "newBalance" | "restaurantId" | "rewardName" | "transactionId" | "timestamp", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"guestId" | "cardId" | "amount" | "newBalance" | "restaurantId" | "rewardName" | "transactionId" | "timestamp", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+    restaurant_guest_joined: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"restaurantId" | "guestId" | "guestName" | "cardId" | "timestamp", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"restaurantId" | "guestId" | "guestName" | "cardId" | "timestamp", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+    restaurant_status_changed: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"restaurantId" | "status" | "reason" | "estimatedRestore" | "timestamp", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"restaurantId" | "status" | "reason" | "estimatedRestore" | "timestamp", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+    restaurant_transaction: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"restaurantId" | "transactionId" | "guestId" | "guestName" | "type" | "amount" | "totalToday" | "timestamp", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"restaurantId" | "transactionId" | "guestId" | "guestName" | "type" | "amount" | "totalToday" | "timestamp", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+    system_alert: {
+      /** Payload field → the values it must have (every field listed must match). */
+      critical_when?: Partial<Record<"level" | "title" | "message" | "source" | "timestamp", Array<string>>>;
+      deliveries?: Array<{
+        channels: Array<"email" | "sms" | "push">;
+        mandatory?: boolean;
+        /** `{field}` (the user a payload field names), `role:NAME` or `staff:{field}`. */
+        to: string;
+        /** Payload field → the values it must have (every field listed must match). */
+        when?: Partial<Record<"level" | "title" | "message" | "source" | "timestamp", Array<string>>>;
+      }>;
+      inbox?: Array<string>;
+      rooms?: Array<string>;
+    };
+  };
+};
+
+export type RoutingView = {
+  etag: string;
+  /** The routing file this node falls back on. */
+  file: string;
+  source: "file" | "api";
+  table: RoutingTable;
+  /** Epoch milliseconds. */
+  updatedAt: number | null;
+  updatedBy: Actor | null;
+  /** 0: the routing file, nothing ever stored. */
+  version: number;
 };
 
 export type Stats = {
