@@ -532,7 +532,7 @@ async fn bad_smart_settings_stop_the_start_naming_the_key() {
                 )],
                 "",
             ),
-            "events.system_alert: escalate[0].channels[0]",
+            "events.system_alert.escalate[0].channels[0]",
         ),
         (
             routing_edited(
@@ -542,7 +542,7 @@ async fn bad_smart_settings_stop_the_start_naming_the_key() {
                 )],
                 "",
             ),
-            "events.points_added: deliveries[0].hold",
+            "events.points_added.deliveries[0].hold",
         ),
     ] {
         let mut settings = herald_server::Settings::load(None).unwrap();
