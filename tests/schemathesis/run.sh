@@ -65,6 +65,15 @@ for role in admin service guest restaurant cashier; do
   else
     printf '[parameters]\n"path.user" = "%s"\n' "$sub" >"$config"
   fi
+  # `sendAt` must lie in a window around the server's now: a rule on the
+  # clock that no schema can state. hooks.py drops such cases, but the
+  # coverage phase builds array bodies (a `date-time` of 2000-01-01) that
+  # no hook sees, so a schema-valid publish may also answer 422 here.
+  cat >>"$config" <<'TOML'
+[[operations]]
+include-name = "POST /v1/events"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "409", "422", "429"]
+TOML
   echo "== schemathesis as $role"
   SCHEMATHESIS_HOOKS=hooks PYTHONPATH=tests/schemathesis \
     "$venv/bin/schemathesis" --config-file "$config" run "$base/openapi.json" \

@@ -9,7 +9,7 @@
 //!   entry stays unread: they saw it go by, they did not open it);
 //! - `read` marks the user's inbox entry read, as
 //!   `POST /v1/notifications/{id}/read` does (the same store call), and
-//!   announces it to the user's other sockets ([`announce_read`]).
+//!   announces it to the user's other sockets ([`announce`]).
 //!
 //! Both answer `{ok, notificationId}`; an event the user has no entry for
 //! is `NOT_FOUND`.
@@ -24,6 +24,8 @@ use crate::protocol::{ErrorCode, Refusal};
 /// The event that tells a user's sockets entries were read:
 /// `{ids, all, unreadCount}`.
 pub const NOTIFICATIONS_READ: &str = "notifications_read";
+/// The event that tells a user's sockets an entry is gone: `{id, unreadCount}`.
+pub const NOTIFICATION_DELETED: &str = "notification_deleted";
 
 /// `seen` or `read`, from the user `user`, with `data` = `{eventId}`.
 pub(crate) async fn receipt(
@@ -61,7 +63,7 @@ pub(crate) async fn receipt(
                     .is_some_and(|n| !n.read);
                 store.mark_read(user, id).await.map_err(unavailable)?;
                 if newly {
-                    announce_read(hub, store, user, &[id])
+                    announce(hub, store, user, InboxChange::Read(&[id]))
                         .await
                         .map_err(unavailable)?;
                 }
@@ -79,22 +81,48 @@ pub(crate) async fn receipt(
     Ok(json!({ "ok": true, "notificationId": id }))
 }
 
-/// Tells every socket of `user`, on every node, that entries `ids` are
-/// read now, with the unread count after it (`notifications_read`): the
-/// one place read state is announced, whoever read.
-pub async fn announce_read(
+/// A change to a user's inbox that their other tabs and devices must see.
+#[derive(Debug, Clone, Copy)]
+pub enum InboxChange<'a> {
+    /// These entries are read now.
+    Read(&'a [NotificationId]),
+    /// Every entry is read now.
+    ReadAll,
+    /// This entry is gone.
+    Deleted(NotificationId),
+}
+
+/// Tells every socket of `user`, on every node, about `change`, with the
+/// unread count after it: `notifications_read {ids, all, unreadCount}` or
+/// `notification_deleted {id, unreadCount}`. The one place read state is
+/// announced, whoever changed it (REST or a socket's `read`).
+pub async fn announce(
     hub: &Hub,
     store: &Store,
     user: &UserId,
-    ids: &[NotificationId],
+    change: InboxChange<'_>,
 ) -> Result<(), herald_store::Error> {
     let unread = store.unread_count(user).await?;
     let mut data = Map::new();
-    data.insert("ids".to_owned(), json!(ids));
-    data.insert("all".to_owned(), json!(false));
+    let event = match change {
+        InboxChange::Read(ids) => {
+            data.insert("ids".to_owned(), json!(ids));
+            data.insert("all".to_owned(), json!(false));
+            NOTIFICATIONS_READ
+        }
+        InboxChange::ReadAll => {
+            data.insert("ids".to_owned(), json!([]));
+            data.insert("all".to_owned(), json!(true));
+            NOTIFICATIONS_READ
+        }
+        InboxChange::Deleted(id) => {
+            data.insert("id".to_owned(), json!(id));
+            NOTIFICATION_DELETED
+        }
+    };
     data.insert("unreadCount".to_owned(), json!(unread));
     hub.publish(vec![Outgoing {
-        event: NOTIFICATIONS_READ.to_owned(),
+        event: event.to_owned(),
         event_id: uuid::Uuid::new_v4().to_string(),
         rooms: vec![format!("user:{}", user.as_str())],
         data,

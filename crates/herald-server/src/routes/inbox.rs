@@ -15,7 +15,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use herald_core::{NotificationId, Role, UserId, ValidationError};
-use herald_realtime::Outgoing;
+use herald_realtime::receipts::{self, InboxChange};
 use herald_store::inbox::InboxQuery;
 use herald_store::{DeliveryRecord, Notification};
 use serde::Serialize;
@@ -26,11 +26,7 @@ use crate::extract::{ApiPath, ApiQuery};
 use crate::problem::ApiError;
 use crate::startup::AppState;
 
-/// `{ids, all, unreadCount}`: these entries (or, with `all`, every one)
-/// are read now.
-pub const NOTIFICATIONS_READ: &str = "notifications_read";
-/// `{id, unreadCount}`: this entry is gone from the inbox.
-pub const NOTIFICATION_DELETED: &str = "notification_deleted";
+pub use herald_realtime::receipts::{NOTIFICATION_DELETED, NOTIFICATIONS_READ};
 
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
@@ -136,13 +132,7 @@ pub async fn read(
 ) -> Result<Json<Notification>, ApiError> {
     let id = notification_id(&id)?;
     let entry = found(state.store.mark_read(&me.user_id, id).await?)?;
-    announce(
-        &state,
-        &me.user_id,
-        NOTIFICATIONS_READ,
-        [("ids", json!([id])), ("all", json!(false))],
-    )
-    .await?;
+    announce(&state, &me.user_id, InboxChange::Read(&[id])).await?;
     Ok(entry)
 }
 
@@ -154,13 +144,7 @@ pub async fn read_all(
 ) -> Result<Json<Value>, ApiError> {
     let updated = state.store.mark_all_read(&me.user_id).await?;
     if updated > 0 {
-        announce(
-            &state,
-            &me.user_id,
-            NOTIFICATIONS_READ,
-            [("ids", json!([])), ("all", json!(true))],
-        )
-        .await?;
+        announce(&state, &me.user_id, InboxChange::ReadAll).await?;
     }
     Ok(Json(json!({ "updated": updated })))
 }
@@ -195,13 +179,7 @@ pub async fn delete(
             .with_label_values(&[INBOX_DELETED])
             .inc_by(report.cancelled + report.in_flight);
     }
-    announce(
-        &state,
-        &me.user_id,
-        NOTIFICATION_DELETED,
-        [("id", json!(id))],
-    )
-    .await?;
+    announce(&state, &me.user_id, InboxChange::Deleted(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -227,29 +205,13 @@ pub async fn deliveries(
     }
 }
 
-/// Tells every socket of `user` what changed, with the unread count after
-/// it. Called once the change is committed; the hub numbers it, keeps it
-/// for resume and fans it out on every node (a bus that is down is the
-/// hub's to log: the change itself is durable either way).
-async fn announce<const N: usize>(
+/// Announces `change` to the user's sockets (see the module's notes).
+async fn announce(
     state: &AppState,
     user: &UserId,
-    event: &str,
-    fields: [(&str, Value); N],
+    change: InboxChange<'_>,
 ) -> Result<(), ApiError> {
-    let unread = state.store.unread_count(user).await?;
-    let mut data: serde_json::Map<String, Value> =
-        fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    data.insert("unreadCount".to_owned(), json!(unread));
-    state
-        .realtime
-        .publish(vec![Outgoing {
-            event: event.to_owned(),
-            event_id: uuid::Uuid::new_v4().to_string(),
-            rooms: vec![format!("user:{}", user.as_str())],
-            data,
-        }])
-        .await;
+    receipts::announce(&state.realtime, &state.store, user, change).await?;
     Ok(())
 }
 

@@ -371,7 +371,7 @@ fn operation(path: &str, method: &str) -> Value {
                     ) } }
                 })),
                 json!({
-                    "200": ok("Unsubscribed (`changed`: false when it was already off).", object(
+                    "200": or_page(ok("Unsubscribed (`changed`: false when it was already off); the page's own form gets the confirmation page.", object(
                         &["unsubscribed", "category", "channel", "changed"],
                         json!({
                             "unsubscribed": { "const": true },
@@ -379,9 +379,9 @@ fn operation(path: &str, method: &str) -> Value {
                             "channel": external_channels(),
                             "changed": { "type": "boolean" },
                         }),
-                    )),
-                    "403": problem("`forbidden`: the link is not valid; nothing changes."),
-                    "410": problem("`link_expired`: the link has expired; nothing changes."),
+                    ))),
+                    "403": or_page(problem("`forbidden`: the link is not valid; nothing changes. The page's own form (`confirm=page`) gets the page instead.")),
+                    "410": or_page(problem("`link_expired`: the link has expired; nothing changes. The page's own form (`confirm=page`) gets the page instead.")),
                     "422": problem("`validation_failed`: the body is not `List-Unsubscribe=One-Click` (`field`: `List-Unsubscribe`)."),
                 }),
             ),
@@ -799,6 +799,13 @@ fn token_param() -> Value {
         "The signed token of an email's `List-Unsubscribe` or an SMS's hint.",
         json!({ "type": "string", "minLength": 1 }),
     )
+}
+
+/// A response that is problem+json for a mail client and an HTML page for
+/// the confirmation page's own form.
+fn or_page(mut response: Value) -> Value {
+    response["content"]["text/html"] = json!({ "schema": string() });
+    response
 }
 
 /// A response that is an HTML page.
@@ -1303,7 +1310,7 @@ fn preferences() -> Value {
             "digests": digests(),
             "locale": nullable(json!({
                 "type": "string",
-                "pattern": "^([Rr][Uu]|[Ee][Nn])([-_].*)?$",
+                "pattern": "^([Rr][Uu]|[Ee][Nn])([-_][^\\u0000]*)?$",
                 "description": "ru or en; a region is ignored (`ru-RU`, `en_GB`). Stored with the contact.",
             })),
         }),
