@@ -232,7 +232,9 @@ pub fn start_herald_worker(paths: &Paths, env: &HeraldEnv) -> Result<Proc> {
     cmd.arg("worker")
         .current_dir(&paths.root)
         .envs(env.vars.iter().map(|(k, v)| (k, v)))
-        .env("HERALD__SERVER__PORT", free_port()?.to_string());
+        .env("HERALD__SERVER__PORT", free_port()?.to_string())
+        // Its /metrics listener, on a port of its own: several may run.
+        .env("HERALD__WORKER__METRICS_PORT", free_port()?.to_string());
     Ok(Proc {
         name: "herald worker".into(),
         child: spawn(cmd, "herald worker", Stdout::Ignore)?,
