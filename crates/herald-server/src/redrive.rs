@@ -252,21 +252,31 @@ pub fn parse_time(field: &str, value: &str) -> Result<i64, ValidationError> {
 
 /// The text a page's cursor travels as.
 pub fn encode_cursor(cursor: &Cursor) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{}", cursor.updated_at, cursor.id))
+    encode_position(cursor.updated_at, &cursor.id)
 }
 
 /// A cursor this API returned, or a `cursor` error.
 pub fn decode_cursor(text: &str) -> Result<Cursor, ValidationError> {
+    let (updated_at, id) = decode_position(text)?;
+    Ok(Cursor { updated_at, id })
+}
+
+/// A position in a newest-first admin list (a time, and the row's uuid
+/// breaking ties) as the opaque text its `cursor` travels as; the
+/// deliveries' and the audit log's lists share it.
+pub fn encode_position(at: i64, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{at}:{id}"))
+}
+
+/// A position [`encode_position`] wrote, or a `cursor` error.
+pub fn decode_position(text: &str) -> Result<(i64, String), ValidationError> {
     let bad = || ValidationError::new("cursor", "is not a cursor this API returned");
     let raw = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let (at, id) = raw.split_once(':').ok_or_else(bad)?;
-    let updated_at = at.parse().map_err(|_| bad())?;
-    let id: DeliveryId = id.parse().map_err(|_| bad())?;
-    Ok(Cursor {
-        updated_at,
-        id: id.to_string(),
-    })
+    let at = at.parse().map_err(|_| bad())?;
+    let id: uuid::Uuid = id.parse().map_err(|_| bad())?;
+    Ok((at, id.to_string()))
 }
 
 /// A page of the list to read.

@@ -10,8 +10,6 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::State;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_core::{Role, ValidationError};
 use herald_store::audit::{Actor, AuditCursor, AuditEntry, AuditFilter, AuditKind};
 use serde::Serialize;
@@ -19,7 +17,7 @@ use serde::Serialize;
 use crate::auth::Caller;
 use crate::extract::ApiQuery;
 use crate::problem::ApiError;
-use crate::redrive::{DEFAULT_LIMIT, MAX_LIMIT, parse_time};
+use crate::redrive::{self, DEFAULT_LIMIT, MAX_LIMIT, parse_time};
 use crate::startup::AppState;
 
 /// The caller as an audit row names them.
@@ -109,18 +107,10 @@ pub async fn list(
 }
 
 fn encode_cursor(cursor: &AuditCursor) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{}", cursor.at, cursor.id))
+    redrive::encode_position(cursor.at, &cursor.id)
 }
 
 fn decode_cursor(text: &str) -> Result<AuditCursor, ValidationError> {
-    let bad = || ValidationError::new("cursor", "is not a cursor this API returned");
-    let raw = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
-    let raw = String::from_utf8(raw).map_err(|_| bad())?;
-    let (at, id) = raw.split_once(':').ok_or_else(bad)?;
-    let at = at.parse().map_err(|_| bad())?;
-    let id: uuid::Uuid = id.parse().map_err(|_| bad())?;
-    Ok(AuditCursor {
-        at,
-        id: id.to_string(),
-    })
+    let (at, id) = redrive::decode_position(text)?;
+    Ok(AuditCursor { at, id })
 }
