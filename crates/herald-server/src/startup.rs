@@ -97,17 +97,7 @@ impl Application {
         store.migrate().await?;
         let routing =
             LiveRouting::start(store.clone(), routing, settings.routing.file.clone()).await?;
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-            .await
-            .map_err(|e| {
-                ConfigError::new(
-                    "server.port",
-                    format!(
-                        "cannot listen on {}:{}: {e}",
-                        settings.server.host, settings.server.port
-                    ),
-                )
-            })?;
+        let listener = listen(&settings.server.host, settings.server.port, "server.port").await?;
         // One registry for the whole process, so `/metrics` is one exposition.
         let metrics = prometheus::Registry::new();
         let realtime = Hub::start(
@@ -265,6 +255,13 @@ impl Application {
         store.close().await;
         Ok(served?)
     }
+}
+
+/// Binds `host:port`; a port in use stops the start naming `key`.
+pub(crate) async fn listen(host: &str, port: u16, key: &str) -> Result<TcpListener, ConfigError> {
+    TcpListener::bind((host, port))
+        .await
+        .map_err(|e| ConfigError::new(key, format!("cannot listen on {host}:{port}: {e}")))
 }
 
 /// The routing table and the templates, as configured.

@@ -22,13 +22,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::config::{ConfigError, Secret, Settings};
+use crate::config::{Secret, Settings};
 use crate::delivery::{Components, DeliveryRuntime};
 use crate::lifecycle::Purger;
 use crate::problem::ApiError;
 use crate::routes::{admin, health};
 use crate::routing::LiveRouting;
-use crate::startup::load_policy;
+use crate::startup::{listen, load_policy};
 
 /// A built, bound, not yet running `herald worker`.
 #[derive(Debug)]
@@ -72,18 +72,7 @@ impl Worker {
             LiveRouting::start(store.clone(), routing, settings.routing.file.clone()).await?;
         let w = &settings.worker;
         let listener = if w.metrics {
-            let listener = TcpListener::bind((w.metrics_host.as_str(), w.metrics_port))
-                .await
-                .map_err(|e| {
-                    ConfigError::new(
-                        "worker.metrics_port",
-                        format!(
-                            "cannot listen on {}:{}: {e}",
-                            w.metrics_host, w.metrics_port
-                        ),
-                    )
-                })?;
-            Some(listener)
+            Some(listen(&w.metrics_host, w.metrics_port, "worker.metrics_port").await?)
         } else {
             None
         };
