@@ -575,8 +575,9 @@ impl Dispatcher {
                         claim.digest_key.as_deref().unwrap_or_default()
                     )),
                 });
-                tracing::info_span!("render", locale = %locale, digest = items.len())
-                    .in_scope(|| self.render_digest(claim, channel, locale, items))
+                tracing::info_span!("render", locale = %locale, digest = items.len()).in_scope(
+                    || self.render_digest(claim, channel, locale, items, unsubscribe.as_deref()),
+                )
             }
             None => tracing::info_span!("render", locale = %locale).in_scope(|| {
                 self.templates.render_with(
@@ -686,6 +687,7 @@ impl Dispatcher {
         channel: ChannelKind,
         locale: herald_core::Locale,
         items: &[DigestItem],
+        unsubscribe: Option<&str>,
     ) -> Result<crate::Rendered, Error> {
         // Items come oldest first; reversed, a stable sort keeps the newest
         // first among equals, even those published in the same millisecond.
@@ -709,7 +711,8 @@ impl Dispatcher {
                 .then_some(category),
             group: claim.digest_key.as_deref().unwrap_or("quiet"),
         };
-        self.templates.render_digest(channel, locale, &text)
+        self.templates
+            .render_digest(channel, locale, &text, unsubscribe)
     }
 
     /// 2 for a critical event, 1 for a high-priority one, else 0.

@@ -217,7 +217,20 @@ impl Templates {
         data: &Map<String, Json>,
         unsubscribe: Option<&str>,
     ) -> Result<Rendered, Error> {
-        let mut rendered = self.render_plain(kind, channel, locale, data, unsubscribe)?;
+        let rendered = self.render_plain(kind, channel, locale, data, unsubscribe)?;
+        self.with_unsubscribe(rendered, channel, locale, unsubscribe)
+    }
+
+    /// Adds the unsubscribe link to a rendered message that does not show
+    /// it yet: the email's text part and, unless its template printed it,
+    /// its HTML part; an SMS's text. Push carries none.
+    fn with_unsubscribe(
+        &self,
+        mut rendered: Rendered,
+        channel: ChannelKind,
+        locale: Locale,
+        unsubscribe: Option<&str>,
+    ) -> Result<Rendered, Error> {
         let Some(url) = unsubscribe else {
             return Ok(rendered);
         };
@@ -325,12 +338,14 @@ impl Templates {
     }
 
     /// One message for the events of a digest, in `locale` (else the
-    /// default locale).
+    /// default locale), with the recipient's unsubscribe link shown as
+    /// [`Templates::render_with`] shows it (`None`: a mandatory message).
     pub fn render_digest(
         &self,
         channel: ChannelKind,
         locale: Locale,
         digest: &DigestText<'_>,
+        unsubscribe: Option<&str>,
     ) -> Result<Rendered, Error> {
         let locale = if self.env.get_template(&digest_name(locale)).is_ok() {
             locale
@@ -363,7 +378,7 @@ impl Templates {
                 .map(|s| s.trim().to_owned())
                 .map_err(fail)
         };
-        Ok(match channel {
+        let rendered = match channel {
             ChannelKind::Email => {
                 let (subject, text) = (block("title")?, block("text")?);
                 let html = self.builtin(
@@ -386,7 +401,8 @@ impl Templates {
                 text: block("body")?,
                 html: None,
             },
-        })
+        };
+        self.with_unsubscribe(rendered, channel, locale, unsubscribe)
     }
 
     /// One of the built-in templates.
@@ -697,7 +713,12 @@ mod tests {
         };
         let one = [("+10 баллов", "Пельменная №1")];
         let push = t
-            .render_digest(ChannelKind::Push, Locale::Ru, &digest(1, one.to_vec()))
+            .render_digest(
+                ChannelKind::Push,
+                Locale::Ru,
+                &digest(1, one.to_vec()),
+                None,
+            )
             .unwrap();
         assert_eq!(
             push.subject.as_deref(),
@@ -712,22 +733,27 @@ mod tests {
         ] {
             let items = three[..2.min(n as usize)].to_vec();
             let r = t
-                .render_digest(ChannelKind::Push, Locale::Ru, &digest(n, items.clone()))
+                .render_digest(
+                    ChannelKind::Push,
+                    Locale::Ru,
+                    &digest(n, items.clone()),
+                    None,
+                )
                 .unwrap();
             assert!(r.subject.unwrap().ends_with(ru));
             let r = t
-                .render_digest(ChannelKind::Push, Locale::En, &digest(n, items))
+                .render_digest(ChannelKind::Push, Locale::En, &digest(n, items), None)
                 .unwrap();
             assert!(r.subject.unwrap().ends_with(en));
         }
         let mut mixed = digest(6, three.to_vec());
         mixed.category = None;
         let sms = t
-            .render_digest(ChannelKind::Sms, Locale::En, &mixed)
+            .render_digest(ChannelKind::Sms, Locale::En, &mixed, None)
             .unwrap();
         assert_eq!(sms.text, "6 updates: a; b; c and 3 more");
         let email = t
-            .render_digest(ChannelKind::Email, Locale::Ru, &mixed)
+            .render_digest(ChannelKind::Email, Locale::Ru, &mixed, None)
             .unwrap();
         assert_eq!(
             email.subject.as_deref(),
@@ -744,6 +770,29 @@ mod tests {
             email.text
         );
         assert!(email.html.unwrap().contains("<p>• a. x</p>"));
+        // A digest shows the way out as a single message does.
+        let url = "https://herald.example/u/abc";
+        let email = t
+            .render_digest(ChannelKind::Email, Locale::En, &mixed, Some(url))
+            .unwrap();
+        assert!(
+            email.text.ends_with(&format!("Unsubscribe: {url}")),
+            "{}",
+            email.text
+        );
+        let html = email.html.unwrap();
+        assert!(
+            html.contains("Unsubscribe</a>") && html.contains("herald.example"),
+            "{html}"
+        );
+        let sms = t
+            .render_digest(ChannelKind::Sms, Locale::Ru, &mixed, Some(url))
+            .unwrap();
+        assert!(
+            sms.text.ends_with(&format!("Отписаться: {url}")),
+            "{}",
+            sms.text
+        );
     }
 
     #[test]
