@@ -322,6 +322,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user}", delete(privacy::erase))
         .route("/v1/users/{user}/export", get(privacy::export))
         .route("/v1/admin/stats", get(admin::stats))
+        .route("/v1/admin/connections", get(admin::connections))
         .route("/v1/admin/deliveries", get(deliveries::list))
         .route("/v1/admin/audit", get(audit::list))
         .route(
