@@ -64,6 +64,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/readyz", "get"),
     ("/metrics", "get"),
     ("/openapi.json", "get"),
+    ("/console", "get"),
     ("/u/{token}", "get"),
     ("/u/{token}", "post"),
 ];
@@ -345,6 +346,17 @@ fn operation(path: &str, method: &str) -> Value {
                         }),
                     ),
                 ) }),
+            ),
+            ("/console", _) => (
+                "The browser console: notification centre and preferences for anyone with a token, connections, deliveries and routing for admins. Give the token once as `?token=`; the page keeps it in the tab and removes it from the address bar",
+                Who::Anyone,
+                vec![query(
+                    "token",
+                    "A Herald token, once: the page takes it out of the address bar and keeps it in the tab's storage.",
+                    string(),
+                )],
+                None,
+                json!({ "200": html("The console's page (its script and stylesheet are under `/console/`).") }),
             ),
             ("/u/{token}", "get") => (
                 "The page an unsubscribe link opens: what it turns off, a button that does it (a GET changes nothing), a link to all settings; in the recipient's language",
