@@ -5,7 +5,7 @@
 
 import { HeraldClient, type EventName } from "@herald/client";
 import { HeraldProvider, useHerald, useNotifications } from "@herald/client/react";
-import { createContext, useCallback, useContext, useEffect, useMemo, useRef, useState } from "react";
+import { createContext, useCallback, useContext, useEffect, useMemo, useRef, useState, type RefObject } from "react";
 
 import { Centre } from "./Centre";
 import { Connections } from "./admin/Connections";
@@ -70,6 +70,12 @@ function Shell({ session, onSignOut }: { session: Session; onSignOut: () => void
   const t = STRINGS[lang];
   const [page, setPage] = useState<Page>(() => pageFromHash(admin));
   const [open, setOpen] = useState(false);
+  const bellRef = useRef<HTMLButtonElement>(null);
+  const closeCentre = useCallback(() => {
+    setOpen(false);
+    bellRef.current?.focus();
+  }, []);
+  const toggleCentre = useCallback(() => setOpen((o) => !o), []);
   const live = useLiveFeed();
 
   // The user's language comes from their preferences, unless chosen here.
@@ -123,7 +129,7 @@ function Shell({ session, onSignOut }: { session: Session; onSignOut: () => void
             ))}
           </select>
         </label>
-        <Bell open={open} onToggle={() => setOpen((o) => !o)} />
+        <Bell open={open} onToggle={toggleCentre} onClose={closeCentre} buttonRef={bellRef} />
         <button type="button" className="quiet" onClick={onSignOut}>
           {t.signOut}
         </button>
@@ -135,7 +141,7 @@ function Shell({ session, onSignOut }: { session: Session; onSignOut: () => void
           </a>
         ))}
       </nav>
-      {open && <Centre onClose={() => setOpen(false)} />}
+      {open && <Centre onClose={closeCentre} />}
       <main className="page">
         {page === "live" && <Live events={live} />}
         {page === "preferences" && <PreferencesPage />}
@@ -178,32 +184,35 @@ function ConnectionBadge() {
   );
 }
 
-function Bell({ open, onToggle }: { open: boolean; onToggle: () => void }) {
+interface BellProps {
+  open: boolean;
+  onToggle: () => void;
+  /** Closes the centre and gives the bell its focus back. */
+  onClose: () => void;
+  buttonRef: RefObject<HTMLButtonElement | null>;
+}
+
+function Bell({ open, onToggle, onClose, buttonRef }: BellProps) {
   const { t } = useUi();
   const { unreadCount } = useNotifications();
-  const ref = useRef<HTMLButtonElement>(null);
-  const toggle = useCallback(() => onToggle(), [onToggle]);
-  // Escape anywhere closes the centre and gives the bell its focus back.
+  // Escape anywhere closes the centre.
   useEffect(() => {
     if (!open) return;
     const onKey = (e: KeyboardEvent) => {
-      if (e.key === "Escape") {
-        onToggle();
-        ref.current?.focus();
-      }
+      if (e.key === "Escape") onClose();
     };
     window.addEventListener("keydown", onKey);
     return () => window.removeEventListener("keydown", onKey);
-  }, [open, onToggle]);
+  }, [open, onClose]);
   return (
     <button
-      ref={ref}
+      ref={buttonRef}
       type="button"
       className="bell"
       aria-label={t.bell(unreadCount)}
       aria-expanded={open}
       aria-controls="centre"
-      onClick={toggle}
+      onClick={onToggle}
       data-count={unreadCount}
     >
       <svg aria-hidden="true" viewBox="0 0 24 24" width="22" height="22">

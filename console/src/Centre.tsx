@@ -16,7 +16,7 @@ import { TraceTable } from "./Trace";
 const CATEGORIES = ["points", "card", "account", "restaurant", "system"] as const;
 type Category = (typeof CATEGORIES)[number];
 
-export function Centre({ onClose: _onClose }: { onClose: () => void }) {
+export function Centre({ onClose }: { onClose: () => void }) {
   const { t } = useUi();
   const { items, unreadCount, hasMore, loading, error, markAllRead, loadMore } = useNotifications();
   const [category, setCategory] = useState<Category | "all">("all");
@@ -51,6 +51,9 @@ export function Centre({ onClose: _onClose }: { onClose: () => void }) {
         <span className="muted">{t.unread(unreadCount)}</span>
         <button type="button" onClick={() => void markAllRead()} disabled={unreadCount === 0}>
           {t.markAllRead}
+        </button>
+        <button type="button" className="quiet close" aria-label={t.close} onClick={onClose}>
+          ×
         </button>
       </div>
       <div className="filters" role="group" aria-label={t.categoryFilter}>

@@ -38,6 +38,7 @@ const en = {
   categories: { points: "Points", card: "Card", account: "Account", restaurant: "Restaurant", system: "System" },
   categoryFilter: "Category",
   dismiss: "Dismiss",
+  close: "Close notifications",
   connection: { idle: "Offline", connecting: "Connecting…", connected: "Live", reconnecting: "Reconnecting…", closed: "Offline" },
   nav: "Sections",
   pages: {
@@ -162,6 +163,7 @@ const ru: Strings = {
   categories: { points: "Баллы", card: "Карта", account: "Аккаунт", restaurant: "Ресторан", system: "Система" },
   categoryFilter: "Категория",
   dismiss: "Закрыть",
+  close: "Закрыть уведомления",
   connection: { idle: "Нет связи", connecting: "Подключение…", connected: "В сети", reconnecting: "Переподключение…", closed: "Нет связи" },
   nav: "Разделы",
   pages: {

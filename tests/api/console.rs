@@ -192,6 +192,7 @@ async fn a_live_event_toasts_rings_the_bell_and_reading_it_clears_every_tab() {
     assert_eq!(keyboard["bellFocused"], true, "{keyboard}");
     assert_eq!(keyboard["headingFocused"], true, "{keyboard}");
     assert_eq!(keyboard["expanded"], "true");
+    assert_eq!(keyboard["closedToBell"], true, "{keyboard}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,8 +57,8 @@ async function bellShows(page, n, lang = "en") {
   return bellLabel(page);
 }
 
-async function shot(page, name) {
-  if (config.shots) await page.screenshot({ path: join(config.shots, `${name}.png`) });
+async function shot(page, name, options = {}) {
+  if (config.shots) await page.screenshot({ path: join(config.shots, `${name}.png`), ...options });
 }
 
 const scenarios = {
@@ -122,7 +122,12 @@ const scenarios = {
     await one.keyboard.press("Enter");
     await centre.waitFor(WAIT);
     const headingFocused = await one.evaluate(() => document.activeElement?.id === "centre-title");
-    say({ step: "keyboard", bellFocused, headingFocused, expanded: await bell(one).getAttribute("aria-expanded") });
+    const expanded = await bell(one).getAttribute("aria-expanded");
+    // The centre's own close button (for touch screens) does as Escape does.
+    await centre.getByRole("button", { name: "Close notifications" }).click();
+    await centre.waitFor({ state: "detached", ...WAIT });
+    const closedToBell = await bell(one).evaluate((el) => el === document.activeElement);
+    say({ step: "keyboard", bellFocused, headingFocused, expanded, closedToBell });
     await context.close();
   },
 
@@ -139,7 +144,8 @@ const scenarios = {
     await page.getByRole("button", { name: "Save" }).click();
     await page.getByText("Saved.").waitFor(WAIT);
     say({ step: "saved", before, after: await email.isChecked() });
-    await shot(page, "preferences");
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await shot(page, "preferences", { fullPage: true });
 
     const eventId = await publish("redeemed");
     await bellShows(page, 1);
