@@ -120,6 +120,8 @@ pub(crate) struct Registered {
 struct Entry {
     conn: Arc<Conn>,
     rooms: HashSet<String>,
+    /// Epoch milliseconds, for [`Hub::connections`].
+    connected_at: i64,
 }
 
 #[derive(Debug, Default)]
@@ -201,6 +203,41 @@ pub struct Stats {
 pub struct TransportStats {
     pub socketio: usize,
     pub ws: usize,
+}
+
+/// `GET /v1/admin/connections`: a page of this node's connected users,
+/// by user id, each with their sockets (oldest first) and rooms. A copy
+/// taken under the registry's read lock; nothing in it is live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connections {
+    pub server_id: String,
+    /// Distinct users with a socket on this node, on every page.
+    pub total_users: usize,
+    pub users: Vec<UserSockets>,
+    /// The last user id of this page when more follow (pass it as `after`).
+    pub next_after: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSockets {
+    pub user_id: String,
+    pub role: &'static str,
+    pub restaurant_id: Option<String>,
+    pub sockets: Vec<SocketInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketInfo {
+    /// This node's number for the socket (not stable across restarts).
+    pub id: u64,
+    pub transport: &'static str,
+    /// Epoch milliseconds.
+    pub connected_at: i64,
+    /// Sorted.
+    pub rooms: Vec<String>,
 }
 
 /// The realtime hub; cheap to clone.
@@ -538,6 +575,7 @@ impl Hub {
             Entry {
                 conn: conn.clone(),
                 rooms: HashSet::new(),
+                connected_at: now_ms(),
             },
         );
         for room in &rooms {
@@ -637,6 +675,53 @@ impl Hub {
                 socketio: by(Transport::SocketIo),
                 ws: by(Transport::Ws),
             },
+        }
+    }
+
+    /// Up to `limit` users with a socket here, by user id, after `after`.
+    pub fn connections(&self, after: Option<&str>, limit: usize) -> Connections {
+        let reg = self.inner.registry.read().expect("registry lock");
+        let mut by_user: std::collections::BTreeMap<&str, Vec<&Entry>> = Default::default();
+        for entry in reg.conns.values() {
+            let user = entry.conn.principal.user_id.as_str();
+            if after.is_none_or(|a| user > a) {
+                by_user.entry(user).or_default().push(entry);
+            }
+        }
+        let more = by_user.len() > limit;
+        let users: Vec<UserSockets> = by_user
+            .into_iter()
+            .take(limit)
+            .map(|(user, mut entries)| {
+                entries.sort_by_key(|e| (e.connected_at, e.conn.id));
+                let principal = &entries[0].conn.principal;
+                UserSockets {
+                    user_id: user.to_owned(),
+                    role: principal.role.as_str(),
+                    restaurant_id: principal.restaurant_id.clone(),
+                    sockets: entries
+                        .iter()
+                        .map(|e| {
+                            let mut rooms: Vec<String> = e.rooms.iter().cloned().collect();
+                            rooms.sort();
+                            SocketInfo {
+                                id: e.conn.id,
+                                transport: e.conn.transport.as_str(),
+                                connected_at: e.connected_at,
+                                rooms,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Connections {
+            server_id: self.inner.server_id.clone(),
+            total_users: reg.users.len(),
+            next_after: more
+                .then(|| users.last().map(|u| u.user_id.clone()))
+                .flatten(),
+            users,
         }
     }
 

@@ -44,7 +44,7 @@ use axum::routing::get;
 use herald_core::auth::Principal;
 
 pub use config::RealtimeConfig;
-pub use hub::{Hub, Outgoing, Stats};
+pub use hub::{Connections, Hub, Outgoing, Stats};
 
 /// Checks tokens for the gateway. The server implements it with its
 /// configured algorithm and keys.

@@ -30,7 +30,7 @@ use crate::ingest::Publisher;
 use crate::lifecycle::Purger;
 use crate::problem::ApiError;
 use crate::routes::{
-    admin, admin_routing, audit, deliveries, demo, events, health, inbox, openapi, privacy,
+    admin, admin_routing, audit, console, deliveries, events, health, inbox, openapi, privacy,
     unsubscribe, users, webhooks,
 };
 use crate::routing::LiveRouting;
@@ -322,6 +322,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user}", delete(privacy::erase))
         .route("/v1/users/{user}/export", get(privacy::export))
         .route("/v1/admin/stats", get(admin::stats))
+        .route("/v1/admin/connections", get(admin::connections))
         .route("/v1/admin/deliveries", get(deliveries::list))
         .route("/v1/admin/audit", get(audit::list))
         .route(
@@ -337,7 +338,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/webhooks/twilio", post(webhooks::twilio))
         .route("/v1/webhooks/sendgrid", post(webhooks::sendgrid))
-        .route("/demo", get(demo::page))
+        .route("/console", get(console::page))
+        .route("/console/", get(console::page))
+        .route("/console/{asset}", get(console::asset))
+        .route("/demo", get(console::demo))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(admin::metrics))

@@ -49,6 +49,27 @@ export type AuditEntry = {
   target: string | null;
 };
 
+export type Connections = {
+  /** Pass as `after` for the next page; null on the last page. */
+  nextAfter: string | null;
+  serverId: string;
+  /** Distinct users with a socket on this node. */
+  totalUsers: number;
+  users: Array<{
+    restaurantId: string | null;
+    role: "admin" | "restaurant" | "cashier" | "guest" | "service";
+    sockets: Array<{
+      /** Epoch milliseconds. */
+      connectedAt: number;
+      /** This node's number for the socket. */
+      id: number;
+      rooms: Array<string>;
+      transport: "socketio" | "ws";
+    }>;
+    userId: string;
+  }>;
+};
+
 /** A field left out is cleared, except `role` and `restaurantId`, which are kept. A user's own role and restaurant come from their token. */
 export type Contact = {
   /** An email address: one `@`, a dot in the domain (neither first nor last), no whitespace; at most 254 bytes. */

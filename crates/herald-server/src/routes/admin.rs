@@ -1,17 +1,21 @@
-//! Operators' views: realtime stats for admins, Prometheus metrics for
-//! scrapers.
+//! Operators' views: realtime stats and connections for admins,
+//! Prometheus metrics for scrapers.
+
+use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
-use herald_core::Role;
+use herald_core::{Role, ValidationError};
+use herald_realtime::Connections;
 use prometheus::{Encoder, TextEncoder};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
 use crate::config::Secret;
+use crate::extract::ApiQuery;
 use crate::problem::ApiError;
 use crate::startup::AppState;
 
@@ -47,6 +51,50 @@ pub async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json
         .collect();
     stats["queue"] = json!({ "jobs": jobs, "deliveries": deliveries });
     Ok(Json(stats))
+}
+
+/// Users per page of `GET /v1/admin/connections`, by default and at most.
+pub const CONNECTIONS_DEFAULT_LIMIT: usize = 100;
+pub const CONNECTIONS_MAX_LIMIT: usize = 1_000;
+
+/// `GET /v1/admin/connections?after=&limit=`: this node's connected users
+/// by user id, each with their sockets (transport, when connected, rooms),
+/// `limit` users a page; `nextAfter` continues. Admins only. In a cluster
+/// each node answers for its own sockets (`serverId` says which).
+#[tracing::instrument(skip_all, fields(principal = %caller.0.user_id))]
+pub async fn connections(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
+) -> Result<Json<Connections>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let (mut after, mut limit) = (None, CONNECTIONS_DEFAULT_LIMIT);
+    for (key, value) in &params {
+        match key.as_str() {
+            "after" if !value.is_empty() => after = Some(value.as_str()),
+            "after" => {}
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=CONNECTIONS_MAX_LIMIT).contains(l))
+                    .ok_or_else(|| {
+                        ValidationError::new(
+                            "limit",
+                            format!("must be 1 to {CONNECTIONS_MAX_LIMIT}"),
+                        )
+                    })?;
+            }
+            other => {
+                return Err(ValidationError::new(
+                    other,
+                    "is not a query parameter of this endpoint",
+                )
+                .into());
+            }
+        }
+    }
+    Ok(Json(state.realtime.connections(after, limit)))
 }
 
 /// `GET /metrics`: Prometheus text exposition of this process's registry —

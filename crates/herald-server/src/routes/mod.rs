@@ -4,8 +4,8 @@
 pub mod admin;
 pub mod admin_routing;
 pub mod audit;
+pub mod console;
 pub mod deliveries;
-pub mod demo;
 pub mod events;
 pub mod health;
 pub mod inbox;

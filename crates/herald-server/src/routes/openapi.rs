@@ -52,6 +52,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/users/{user}", "delete"),
     ("/v1/users/{user}/export", "get"),
     ("/v1/admin/stats", "get"),
+    ("/v1/admin/connections", "get"),
     ("/v1/admin/deliveries", "get"),
     ("/v1/admin/deliveries/retry", "post"),
     ("/v1/admin/deliveries/{id}/retry", "post"),
@@ -63,6 +64,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/readyz", "get"),
     ("/metrics", "get"),
     ("/openapi.json", "get"),
+    ("/console", "get"),
     ("/u/{token}", "get"),
     ("/u/{token}", "post"),
 ];
@@ -345,6 +347,17 @@ fn operation(path: &str, method: &str) -> Value {
                     ),
                 ) }),
             ),
+            ("/console", _) => (
+                "The browser console: notification centre and preferences for anyone with a token, connections, deliveries and routing for admins. Give the token once as `?token=`; the page keeps it in the tab and removes it from the address bar",
+                Who::Anyone,
+                vec![query(
+                    "token",
+                    "A Herald token, once: the page takes it out of the address bar and keeps it in the tab's storage.",
+                    string(),
+                )],
+                None,
+                json!({ "200": html("The console's page (its script and stylesheet are under `/console/`).") }),
+            ),
             ("/u/{token}", "get") => (
                 "The page an unsubscribe link opens: what it turns off, a button that does it (a GET changes nothing), a link to all settings; in the recipient's language",
                 Who::Anyone,
@@ -540,6 +553,28 @@ fn operation(path: &str, method: &str) -> Value {
                 vec![],
                 None,
                 json!({ "200": ok("This node's sockets; the backlog shared by all nodes.", schema_ref("Stats")) }),
+            ),
+            ("/v1/admin/connections", _) => (
+                "Connected users, their sockets and rooms (this node)",
+                Who::Admin,
+                vec![
+                    query(
+                        "after",
+                        "A `nextAfter` this endpoint returned: the users after it.",
+                        string(),
+                    ),
+                    query(
+                        "limit",
+                        &format!(
+                            "Users per page, 1 to {} ({} by default).",
+                            super::admin::CONNECTIONS_MAX_LIMIT,
+                            super::admin::CONNECTIONS_DEFAULT_LIMIT
+                        ),
+                        integer(1, super::admin::CONNECTIONS_MAX_LIMIT as i64),
+                    ),
+                ],
+                None,
+                json!({ "200": ok("This node's connected users by user id, each socket oldest first with its rooms.", schema_ref("Connections")) }),
             ),
             ("/v1/admin/deliveries", _) => (
                 "Deliveries newest first, by default the failed and expired ones",
@@ -1163,6 +1198,22 @@ fn schemas() -> Value {
                     "additionalProperties": integer(0, i64::MAX),
                 },
             })),
+        })),
+        "Connections": object(&["serverId", "totalUsers", "users", "nextAfter"], json!({
+            "serverId": string(),
+            "totalUsers": { "type": "integer", "minimum": 0, "description": "Distinct users with a socket on this node." },
+            "users": { "type": "array", "items": object(&["userId", "role", "restaurantId", "sockets"], json!({
+                "userId": string(),
+                "role": { "type": "string", "enum": ["admin", "restaurant", "cashier", "guest", "service"] },
+                "restaurantId": nullable(string()),
+                "sockets": { "type": "array", "items": object(&["id", "transport", "connectedAt", "rooms"], json!({
+                    "id": { "type": "integer", "minimum": 0, "description": "This node's number for the socket." },
+                    "transport": { "type": "string", "enum": ["socketio", "ws"] },
+                    "connectedAt": millis(),
+                    "rooms": { "type": "array", "items": string() },
+                })) },
+            })) },
+            "nextAfter": { "type": ["string", "null"], "description": "Pass as `after` for the next page; null on the last page." },
         })),
         "AdminDelivery": object(
             &["id", "notificationId", "eventId", "event", "recipient", "channel", "provider", "status", "reason", "attempts", "lastError", "nextAttemptAt", "redrivenAt", "createdAt", "updatedAt"],
