@@ -21,29 +21,33 @@ export function TraceTable({ delivery: d }: { delivery: DeliveryRecord }) {
           </span>
         )}
       </p>
-      <table>
-        <caption className="sr-only">{t.admin.traceOf(d.channel, d.recipient)}</caption>
-        <thead>
-          <tr>
-            <th scope="col">{t.admin.at}</th>
-            <th scope="col">{t.admin.step}</th>
-            <th scope="col">{t.admin.outcome}</th>
-            <th scope="col">{t.admin.detail}</th>
-            <th scope="col">{t.admin.actor}</th>
-          </tr>
-        </thead>
-        <tbody>
-          {d.trace.map((s, i) => (
-            <tr key={i} className="trace-step" data-step={s.step}>
-              <td>{formatTime(lang, s.at)}</td>
-              <td>{s.step}</td>
-              <td>{s.outcome ?? t.admin.none}</td>
-              <td>{[s.provider, s.detail].filter(Boolean).join(" · ") || t.admin.none}</td>
-              <td>{s.actor ?? t.admin.none}</td>
+      {d.trace.length === 0 ? (
+        <p className="muted trace-none">{t.admin.decidedWhenRouted}</p>
+      ) : (
+        <table>
+          <caption className="sr-only">{t.admin.traceOf(d.channel, d.recipient)}</caption>
+          <thead>
+            <tr>
+              <th scope="col">{t.admin.at}</th>
+              <th scope="col">{t.admin.step}</th>
+              <th scope="col">{t.admin.outcome}</th>
+              <th scope="col">{t.admin.detail}</th>
+              <th scope="col">{t.admin.actor}</th>
             </tr>
-          ))}
-        </tbody>
-      </table>
+          </thead>
+          <tbody>
+            {d.trace.map((s, i) => (
+              <tr key={i} className="trace-step" data-step={s.step}>
+                <td>{formatTime(lang, s.at)}</td>
+                <td>{s.step}</td>
+                <td>{s.outcome ?? t.admin.none}</td>
+                <td>{[s.provider, s.detail].filter(Boolean).join(" · ") || t.admin.none}</td>
+                <td>{s.actor ?? t.admin.none}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
     </div>
   );
 }
