@@ -11,6 +11,7 @@ mod clients;
 mod cluster;
 mod cors;
 mod delivery;
+mod directory;
 mod dispatch;
 mod engineio;
 mod guard;
