@@ -5,6 +5,8 @@
 //! cache (this node's and, on PostgreSQL, every other's) drops it.
 
 pub mod cache;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap};
 
