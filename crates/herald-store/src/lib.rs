@@ -6,7 +6,7 @@
 //! | [`deliveries`] | delivery state: claims in batches with a lease, finishes by compare-and-set with their trace, both by group commit (`deliveries::writer`); sweep |
 //! | [`events`] | ingest: events, inbox entries and deliveries in one transaction of multi-row statements; concurrent batches share it (group commit, `events::writer`) |
 //! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
-//! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
+//! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing; the cache ingest reads them through, kept true by every write here (and, on PostgreSQL, by LISTEN/NOTIFY across nodes: `directory::cache`) |
 //! | [`redrive`] | the admin's list of failed and expired deliveries; re-drive by compare-and-set, traced |
 //! | [`smart`] | digests folded exactly once, throttle counts, whether an event was seen (holds, escalation) |
 //! | [`realtime`] | the realtime log (events by offset and room) and its epochs: what a resume falls back on when Redis lost its history |

@@ -648,10 +648,11 @@ mod tests {
             (staff, vec![user("s1"), user("s2")]),
         ]);
         cache.offer_members(ticket, &read);
-        // Three members do not fit in two: the least recent group went.
+        // Three members do not fit in two: the group offered first (the
+        // least recent) went.
         let (found, missing, _) = cache.members(&wanted);
-        assert_eq!(found.len() + missing.len(), 2);
-        assert_eq!(found.values().map(Vec::len).sum::<usize>(), 2);
+        assert_eq!((found.len(), missing.len()), (1, 1));
+        assert!(found.values().map(Vec::len).sum::<usize>() <= 2);
         // Too big a group is never kept.
         let big = Selector::Staff("r2".to_owned());
         let (_, _, ticket) = cache.members(&BTreeSet::from([big.clone()]));
