@@ -81,8 +81,10 @@ async fn every_write_keeps_this_nodes_cache_true(db: TestDb) {
     assert_eq!(admins(store).await, Vec::<UserId>::new());
 
     // Preferences.
-    let mut prefs = Preferences::default();
-    prefs.enabled = false;
+    let prefs = Preferences {
+        enabled: false,
+        ..Preferences::default()
+    };
     store.put_preferences(&ann, &prefs).await.unwrap();
     assert!(!profile(store, "ann").await.unwrap().preferences.enabled);
 
@@ -207,8 +209,10 @@ async fn another_node_hears_every_change() {
     assert!(profile(&other, "cat").await.unwrap().preferences.enabled);
     assert_eq!(admins(&other).await, vec![cat.clone()]);
 
-    let mut prefs = Preferences::default();
-    prefs.enabled = false;
+    let prefs = Preferences {
+        enabled: false,
+        ..Preferences::default()
+    };
     db.store.put_preferences(&cat, &prefs).await.unwrap();
     eventually(
         "the other node sees the preferences",
