@@ -11,6 +11,7 @@ mod cluster;
 mod console;
 mod cors;
 mod delivery;
+mod directory;
 mod dispatch;
 mod engineio;
 mod guard;

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::fanout::{Publisher, closed_loop};
 use crate::population::Population;
+use crate::proc::Switches;
 use crate::server::{self, Db, HeraldSpec, Paths};
 
 #[derive(Debug, Clone, Serialize)]
@@ -22,6 +23,12 @@ pub struct Ingest {
     pub seconds: f64,
     pub events_per_s: f64,
     pub server_cpu_s: f64,
+    /// Accepted events per CPU-second of the server process.
+    pub events_per_cpu_s: f64,
+    /// Context switches of the server's threads over the step (`perf
+    /// stat -e context-switches -p`), when perf could count them.
+    pub context_switches: Option<u64>,
+    pub switches_per_event: Option<f64>,
 }
 
 pub async fn run(
@@ -44,11 +51,14 @@ pub async fn run(
     seq += warm.events + 10;
     let mut results = Vec::new();
     for &(batch, concurrency) in runs {
+        let switches = Switches::start(herald.pid());
         let before = herald.sample()?;
         let r = closed_loop(&p, None, seq, concurrency, duration, batch, 5_000_000).await;
         seq += r.events + batch;
         let after = herald.sample()?;
+        let context_switches = switches.and_then(Switches::stop);
         let accepted = r.events - r.errors;
+        let server_cpu_s = after.cpu_secs - before.cpu_secs;
         let result = Ingest {
             db: db.as_str(),
             batch,
@@ -57,12 +67,20 @@ pub async fn run(
             errors: r.errors,
             seconds: r.seconds,
             events_per_s: accepted as f64 / r.seconds,
-            server_cpu_s: after.cpu_secs - before.cpu_secs,
+            server_cpu_s,
+            events_per_cpu_s: accepted as f64 / server_cpu_s.max(0.01),
+            context_switches,
+            switches_per_event: context_switches.map(|n| n as f64 / accepted.max(1) as f64),
         };
         eprintln!(
-            "  Herald on {}: batch {batch} × {concurrency} in flight: {:.0} events/s ({} errors)",
+            "  Herald on {}: batch {batch} × {concurrency} in flight: {:.0} events/s, \
+             {:.0} events per server CPU-s, {} context switches per event ({} errors)",
             db.as_str(),
             result.events_per_s,
+            result.events_per_cpu_s,
+            result
+                .switches_per_event
+                .map_or("?".to_owned(), |s| format!("{s:.2}")),
             r.errors
         );
         results.push(result);

@@ -74,6 +74,9 @@ struct Args {
     /// Measure Herald alone (profiling runs); the table then has no ratios.
     #[arg(long)]
     herald_only: bool,
+    /// The databases scenario (c) runs on: sqlite, postgres.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    ingest_db: Vec<String>,
     /// Seconds per measured step.
     #[arg(long, default_value_t = 5)]
     step_seconds: u64,
@@ -104,8 +107,9 @@ async fn main() -> Result<()> {
         node: "node".into(),
         scratch: scratch.clone(),
     };
+    // Herald alone (`--herald-only`) needs none of the Node peers.
     anyhow::ensure!(
-        paths.peers().join("node_modules").is_dir(),
+        args.herald_only || paths.peers().join("node_modules").is_dir(),
         "the Node peers are not installed: npm ci --prefix benches/peers"
     );
     let secret = format!("herald-bench-{:032x}", rand::random::<u128>());
@@ -178,7 +182,10 @@ async fn main() -> Result<()> {
         eprintln!("(c) durable ingest");
         let runs: &[(u64, usize)] = &[(1, 64), (100, 8)];
         let duration = if args.smoke { step } else { step * 2 };
-        for db in [Db::Sqlite, Db::Postgres] {
+        for db in [Db::Sqlite, Db::Postgres]
+            .into_iter()
+            .filter(|db| args.ingest_db.iter().any(|d| d == db.key()))
+        {
             results
                 .ingest
                 .extend(ingest::run(&paths, &secret, db, runs, duration).await?);

@@ -43,3 +43,66 @@ pub fn reset_peak(pid: u32) {
     // Best effort: without permission the peak is the process's lifetime peak.
     let _ = fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
+
+/// Counts a process's context switches (all its threads) from now until
+/// [`Switches::stop`], with `perf stat -e context-switches -p PID`: the
+/// cost of each hand-off between threads (the HTTP runtime, SQLite's
+/// connection threads) that CPU seconds alone do not show. `None` when
+/// perf is missing or not permitted; the figure is then left out.
+#[derive(Debug)]
+pub struct Switches {
+    child: std::process::Child,
+}
+
+impl Switches {
+    pub fn start(pid: u32) -> Option<Switches> {
+        let child = std::process::Command::new("perf")
+            .args(["stat", "-x", ",", "-e", "context-switches", "-p"])
+            .arg(pid.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        // (perf attaches within milliseconds of starting: against a step
+        // of seconds, the switches it misses meanwhile do not show.)
+        Some(Switches { child })
+    }
+
+    /// Stops counting (SIGINT, as Ctrl-C: perf prints its count) and
+    /// returns it.
+    pub fn stop(self) -> Option<u64> {
+        let Switches { child } = self;
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().ok()?;
+        parse_switches(&String::from_utf8_lossy(&out.stderr))
+    }
+}
+
+/// The count in `perf stat -x ,` output: `12345,,context-switches,…`.
+fn parse_switches(stderr: &str) -> Option<u64> {
+    stderr.lines().find_map(|line| {
+        let mut fields = line.split(',');
+        let count = fields.next()?;
+        let event = fields.nth(1)?;
+        (event.starts_with("context-switches") || event.starts_with("cs"))
+            .then(|| count.trim().parse().ok())
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn perf_counts_are_read_from_its_csv() {
+        let out = "41234,,context-switches,2000123456,100.00,,\n";
+        assert_eq!(super::parse_switches(out), Some(41234));
+        assert_eq!(
+            super::parse_switches("<not counted>,,context-switches,0,0,,"),
+            None
+        );
+        assert_eq!(super::parse_switches("Error: no permission"), None);
+    }
+}

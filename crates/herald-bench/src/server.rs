@@ -86,6 +86,14 @@ impl Db {
             Db::Postgres => "PostgreSQL",
         }
     }
+
+    /// As `--ingest-db` names it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Db::Sqlite => "sqlite",
+            Db::Postgres => "postgres",
+        }
+    }
 }
 
 pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";

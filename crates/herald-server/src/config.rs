@@ -137,6 +137,11 @@ pub struct DatabaseSettings {
     /// `sqlite://…` or `postgres://…`.
     pub url: Secret,
     pub max_connections: u32,
+    /// Users' profiles (and group members) `herald serve` keeps in memory
+    /// for ingest, least recently used evicted first; 0 turns the cache
+    /// off. Kept true by every write; on PostgreSQL each node listens for
+    /// the others' changes on a connection of its own.
+    pub directory_cache: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,7 +4,11 @@
 //! validate → route (the table) → look up recipients (the store) → plan
 //! (preferences) → render inbox text (templates) → one transaction. A batch
 //! is validated whole before anything is written, and written whole or not
-//! at all; recipients and profiles are looked up once per batch.
+//! at all; recipients and profiles are looked up once per batch, through
+//! the store's directory cache, so a publish whose recipients are known
+//! reads nothing from the database. Its one hop to the database is the
+//! write, which concurrent publishes share (the store's group commit); an
+//! address that `guest_registered` fills in is part of that write.
 //!
 //! After the transaction commits, every newly accepted event (not a
 //! duplicate) is handed to the realtime hub for its rooms; the hub reaches
@@ -17,15 +21,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use herald_core::ids::MAX_KEY_LEN;
-use herald_core::routing::{Decision, Route, Selector};
+use herald_core::routing::{Decision, Profile, Route, Selector};
 use herald_core::{
-    ChannelKind, DeliveryId, EventId, Locale, NotificationId, SharedRouting, ValidatedEvent,
-    ValidationError,
+    ChannelKind, DeliveryId, EventId, Locale, NotificationId, SharedRouting, UserId,
+    ValidatedEvent, ValidationError,
 };
 use herald_delivery::{Clock, InboxText, Queue, Templates};
 use herald_realtime::{Hub, Outgoing};
 use herald_store::{
-    DeliveryStatus, Ingested, NewDelivery, NewEvent, NewNotification, Schedule, Store,
+    DeliveryStatus, EmailFill, Ingested, NewDelivery, NewEvent, NewNotification, Schedule, Store,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -279,21 +283,24 @@ impl Publisher {
         now: chrono::DateTime<chrono::Utc>,
         traceparent: Option<String>,
     ) -> Result<(Vec<NewEvent>, Vec<Outgoing>), ApiError> {
-        self.fill_contacts(&prepared).await?;
         let groups: Vec<Selector> = prepared
             .iter()
             .flat_map(|p| p.route.groups().cloned())
             .collect();
-        let members = self.store.members(&groups).await?;
+        let members = self.store.cached_members(&groups).await?;
         let users: BTreeSet<_> = prepared
             .iter()
             .flat_map(|p| p.route.users(&members))
             .collect();
-        let profiles = self.store.profiles(&users).await?;
+        let mut profiles = self.store.cached_profiles(&users).await?;
+        let fills: Vec<Option<EmailFill>> = prepared
+            .iter()
+            .map(|p| fill_contact(p, &mut profiles))
+            .collect();
 
         let mut events = Vec::with_capacity(prepared.len());
         let mut outgoing = Vec::with_capacity(prepared.len());
-        for p in prepared {
+        for (p, fill_email) in prepared.into_iter().zip(fills) {
             // A scheduled event is planned for its time: quiet hours then.
             let at = p.send_at.unwrap_or(now);
             let plans = p.route.plan(&members, &profiles, at);
@@ -355,31 +362,10 @@ impl Publisher {
                     at: at.timestamp_millis(),
                     rooms: p.route.rooms.clone(),
                 }),
+                fill_email,
             });
         }
         Ok((events, outgoing))
-    }
-
-    /// `guest_registered` names the guest's email: it becomes their
-    /// contact address when Herald has none, before routing looks, so the
-    /// welcome email has somewhere to go. An address on file wins.
-    async fn fill_contacts(&self, prepared: &[Prepared]) -> Result<(), ApiError> {
-        for p in prepared {
-            if p.event.kind != herald_core::EventKind::GuestRegistered {
-                continue;
-            }
-            let (Some(guest), Some(email)) = (
-                p.event.data.get("guestId").and_then(Value::as_str),
-                p.event.data.get("email").and_then(Value::as_str),
-            ) else {
-                continue;
-            };
-            // (The catalog has checked that it looks like an address.)
-            self.store
-                .fill_contact_email(&herald_core::UserId(guest.to_owned()), email)
-                .await?;
-        }
-        Ok(())
     }
 
     /// Hands the new events' open deliveries to the queue. The events are
@@ -453,6 +439,29 @@ impl Publisher {
             send_at,
         })
     }
+}
+
+/// `guest_registered` names the guest's email: it becomes their contact
+/// address when Herald has none, before routing looks, so the welcome
+/// email has somewhere to go. An address on file wins. Routing sees it in
+/// `profiles` at once; the store writes it with the event, in the same
+/// transaction (and only where the stored contact still has none).
+fn fill_contact(p: &Prepared, profiles: &mut HashMap<UserId, Profile>) -> Option<EmailFill> {
+    if p.event.kind != herald_core::EventKind::GuestRegistered {
+        return None;
+    }
+    let guest = p.event.data.get("guestId").and_then(Value::as_str)?;
+    // (The catalog has checked that it looks like an address.)
+    let email = p.event.data.get("email").and_then(Value::as_str)?;
+    let user = UserId(guest.to_owned());
+    let profile = profiles.entry(user.clone()).or_default();
+    if profile.contact.email.as_deref().is_none_or(str::is_empty) {
+        profile.contact.email = Some(email.to_owned());
+    }
+    Some(EmailFill {
+        user,
+        email: email.to_owned(),
+    })
 }
 
 fn delivery(channel: ChannelKind, decision: &Decision) -> NewDelivery {

@@ -89,9 +89,12 @@ impl Application {
         herald_channels::http::install_crypto();
         let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
         let (routing, templates) = load_policy(&settings)?;
-        let store = Store::connect(
+        let store = Store::connect_with(
             settings.database.url.expose(),
-            settings.database.max_connections,
+            herald_store::Options {
+                max_connections: settings.database.max_connections,
+                directory_cache: settings.database.directory_cache,
+            },
         )
         .await?;
         store.migrate().await?;

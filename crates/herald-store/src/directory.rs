@@ -1,6 +1,12 @@
 //! Who people are and how to reach them: contacts (with the role and
 //! restaurant that group recipients expand through), preferences and push
-//! devices. Also the two look-ups routing needs before it can plan.
+//! devices. Also the two look-ups routing needs before it can plan, and
+//! their cache (`cache`): every write here names what it changed, so the
+//! cache (this node's and, on PostgreSQL, every other's) drops it.
+
+pub mod cache;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -14,6 +20,7 @@ use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use crate::audit::{self, Actor, AuditKind, Change};
 use crate::records::{ContactRecord, Device, DeviceKind};
 use crate::{Error, Result, Store, now_ms, parse_named, placeholders};
+use cache::Change as DirectoryChange;
 
 /// One recorded change to a user's preferences.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -99,27 +106,9 @@ impl Store {
             };
             audit::record(&mut tx, actor, change, now).await?;
         }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Gives `user` an email address when Herald has none for them (the
-    /// platform named it in an event); an address already on file, set by
-    /// the user or the platform, is never overwritten. Returns whether it
-    /// filled one.
-    #[tracing::instrument(level = "debug", skip_all, fields(user = %user))]
-    pub async fn fill_contact_email(&self, user: &UserId, email: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO contacts (user_id, email, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (user_id) DO UPDATE SET email = $2, updated_at = $3 \
-             WHERE contacts.email IS NULL OR contacts.email = ''",
-        )
-        .bind(user.as_str())
-        .bind(email)
-        .bind(now_ms())
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        // The role or restaurant may have changed: group membership too.
+        self.commit_change(tx, &DirectoryChange::membership(user))
+            .await
     }
 
     /// A user's preferences; defaults when they never set any.
@@ -188,8 +177,7 @@ impl Store {
             };
             audit::record(&mut tx, actor, change, now).await?;
         }
-        tx.commit().await?;
-        Ok(())
+        self.commit_change(tx, &DirectoryChange::user(user)).await
     }
 
     /// Turns `scope` (an event category) × `channel` off in `user`'s
@@ -298,7 +286,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            tx.commit().await?;
+            self.commit_change(tx, &DirectoryChange::user(user)).await?;
             return Ok(true);
         }
     }
@@ -455,7 +443,7 @@ impl Store {
             };
             audit::record(&mut tx, actor, change, now).await?;
         }
-        tx.commit().await?;
+        self.commit_change(tx, &DirectoryChange::user(user)).await?;
         Ok((added, created))
     }
 
@@ -504,7 +492,7 @@ impl Store {
             };
             audit::record(&mut tx, actor, change, now_ms()).await?;
         }
-        tx.commit().await?;
+        self.commit_change(tx, &DirectoryChange::user(user)).await?;
         Ok(true)
     }
 
@@ -517,12 +505,19 @@ impl Store {
         user: &UserId,
         token: &str,
     ) -> Result<Option<DeviceId>> {
+        let mut tx = self.write.begin().await?;
         let row = sqlx::query("DELETE FROM devices WHERE user_id = $1 AND token = $2 RETURNING id")
             .bind(user.as_str())
             .bind(token)
-            .fetch_optional(&self.write)
+            .fetch_optional(&mut *tx)
             .await?;
-        row.map(|r| parse_named(&r, "id")).transpose()
+        let Some(row) = row else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let id = parse_named(&row, "id")?;
+        self.commit_change(tx, &DirectoryChange::user(user)).await?;
+        Ok(Some(id))
     }
 
     /// Expands group selectors (`role:admin`, `staff:{restaurant}`) to users,
@@ -620,6 +615,57 @@ impl Store {
         }
         Ok(out)
     }
+
+    /// [`Store::members`] through the directory cache: only groups it does
+    /// not hold are read (one query each), and offered back to it.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn cached_members<'a>(
+        &self,
+        groups: impl IntoIterator<Item = &'a Selector>,
+    ) -> Result<HashMap<Selector, Vec<UserId>>> {
+        let wanted: BTreeSet<Selector> = groups.into_iter().cloned().collect();
+        let (mut found, missing, ticket) = self.directory.members(&wanted);
+        if !missing.is_empty() {
+            let read = self.members(&missing).await?;
+            self.directory.offer_members(ticket, &read);
+            found.extend(read);
+        }
+        Ok(found)
+    }
+
+    /// [`Store::profiles`] through the directory cache: only users it does
+    /// not hold are read (one query), and offered back to it. Ingest plans
+    /// with these; the delivery worker reads [`Store::profiles`] again
+    /// before it sends.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn cached_profiles(
+        &self,
+        users: &BTreeSet<UserId>,
+    ) -> Result<HashMap<UserId, Profile>> {
+        let (mut found, missing, ticket) = self.directory.profiles(users);
+        if !missing.is_empty() {
+            let read = self.profiles(&missing).await?;
+            self.directory.offer_profiles(ticket, &missing, &read);
+            found.extend(read);
+        }
+        Ok(found)
+    }
+
+    /// Ends a transaction that changed the directory: announces `change`
+    /// in it (other nodes hear it when it commits), commits, and applies
+    /// it to this node's cache. Applied even when the commit fails: a
+    /// commit whose answer was lost may have happened.
+    pub(crate) async fn commit_change(
+        &self,
+        mut tx: Transaction<'_, Any>,
+        change: &DirectoryChange,
+    ) -> Result<()> {
+        cache::announce(&mut tx, change).await?;
+        let done = tx.commit().await;
+        self.directory.invalidate(change);
+        done?;
+        Ok(())
+    }
 }
 
 /// A contact as [`Store::contact`] reads it.
@@ -709,4 +755,27 @@ async fn preferences_view_in(tx: &mut Transaction<'_, Any>, user: &UserId) -> Re
 
 fn parse_preferences(doc: &str) -> Result<Preferences> {
     serde_json::from_str(doc).map_err(|e| Error::Corrupt(format!("preferences: {e}")))
+}
+
+/// Gives `user` the email address an event named when Herald has none for
+/// them; an address on file, set by the user or the platform, is never
+/// overwritten. Written in ingest's transaction; returns whether it filled
+/// one (the directory changed).
+pub(crate) async fn fill_email_in(
+    tx: &mut Transaction<'_, Any>,
+    user: &UserId,
+    email: &str,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO contacts (user_id, email, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id) DO UPDATE SET email = $2, updated_at = $3 \
+         WHERE contacts.email IS NULL OR contacts.email = ''",
+    )
+    .bind(user.as_str())
+    .bind(email)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

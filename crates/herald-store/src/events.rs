@@ -35,10 +35,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use herald_core::{EventId, EventKind, UserId};
+
+use crate::directory::cache::{Change as DirectoryChange, announce};
+use crate::directory::fill_email_in;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
 use tokio::sync::oneshot;
 
-use crate::records::{DeliveryStatus, EventRecord, Ingested, NewEvent, NewNotification};
+use crate::records::{DeliveryStatus, EmailFill, EventRecord, Ingested, NewEvent, NewNotification};
 use crate::{Backend, Error, Result, Store};
 
 pub(crate) mod writer;
@@ -78,8 +81,12 @@ impl Store {
 }
 
 /// Writes `batch` in `tx`: all of it, or an error after which the caller
-/// rolls back. Outcomes are in batch order.
-async fn write(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Result<Vec<Ingested>> {
+/// rolls back. Outcomes are in batch order, with what changed in the
+/// directory (announced in `tx`; the caller applies it once `tx` ends).
+async fn write(
+    tx: &mut Transaction<'_, Any>,
+    batch: &[NewEvent],
+) -> Result<(Vec<Ingested>, DirectoryChange)> {
     let backend = backend_of(tx);
     let ids: Vec<String> = batch.iter().map(|ev| ev.id.to_string()).collect();
     // Events are written in id order, so concurrent batches sharing ids
@@ -163,10 +170,38 @@ async fn write(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Result<Vec<
     if !scheduled.is_empty() {
         insert_schedules(tx, backend, &scheduled).await?;
     }
-    Ok(outcomes
+    let change = fill_emails(tx, batch).await?;
+    let outcomes = outcomes
         .into_iter()
         .map(|o| o.expect("every event has an outcome"))
-        .collect())
+        .collect();
+    Ok((outcomes, change))
+}
+
+/// The addresses events named for users who have none on file
+/// ([`NewEvent::fill_email`]), written in user order (after the counters,
+/// so the lock order holds), for duplicates as well: a publish whose event
+/// was seen before still fills in an address missing since. Returns the
+/// users whose contact changed, announced to other nodes.
+async fn fill_emails(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Result<DirectoryChange> {
+    let mut fills: Vec<&EmailFill> = batch
+        .iter()
+        .filter_map(|ev| ev.fill_email.as_ref())
+        .collect();
+    // Stable: of two addresses for one user, the first in the batch wins.
+    fills.sort_by(|a, b| a.user.cmp(&b.user));
+    let mut change = DirectoryChange::default();
+    let now = crate::now_ms();
+    for fill in fills {
+        if change.users.last() == Some(&fill.user) {
+            continue;
+        }
+        if fill_email_in(tx, &fill.user, &fill.email, now).await? {
+            change.users.push(fill.user.clone());
+        }
+    }
+    announce(tx, &change).await?;
+    Ok(change)
 }
 
 /// The database a connection speaks to.

@@ -6,7 +6,7 @@
 //! | [`deliveries`] | delivery state: claims in batches with a lease, finishes by compare-and-set with their trace, both by group commit (`deliveries::writer`); sweep |
 //! | [`events`] | ingest: events, inbox entries and deliveries in one transaction of multi-row statements; concurrent batches share it (group commit, `events::writer`) |
 //! | [`inbox`] | the notification centre: listing, unread count, read, delete, delivery traces |
-//! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing |
+//! | [`directory`] | contacts, roles, preferences and devices; group expansion for routing; the cache ingest reads them through, kept true by every write here (and, on PostgreSQL, by LISTEN/NOTIFY across nodes: `directory::cache`) |
 //! | [`redrive`] | the admin's list of failed and expired deliveries; re-drive by compare-and-set, traced |
 //! | [`smart`] | digests folded exactly once, throttle counts, whether an event was seen (holds, escalation) |
 //! | [`realtime`] | the realtime log (events by offset and room) and its epochs: what a resume falls back on when Redis lost its history |
@@ -53,7 +53,10 @@ pub mod smart;
 mod testing;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use directory::cache::DirectoryCache;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
@@ -163,6 +166,23 @@ pub struct Store {
     /// The queue of the delivery writer lanes (claims and finishes by group
     /// commit, [`deliveries`]); they stop with the last clone too.
     deliveries: tokio::sync::mpsc::Sender<deliveries::writer::Request>,
+    /// What ingest reads of the directory, kept true by every write that
+    /// changes it ([`directory::cache`]).
+    directory: std::sync::Arc<directory::cache::DirectoryCache>,
+    /// Dropped with the last clone: stops the PostgreSQL listener that
+    /// hears other nodes' directory changes.
+    _listening: Option<std::sync::Arc<tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// How to connect; see [`Store::connect_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// The pool's size (SQLite: the readers'; there is one writer).
+    pub max_connections: u32,
+    /// Users (and group members) the directory cache holds; 0 turns it
+    /// off. On PostgreSQL a cache also holds a connection of its own, that
+    /// listens for other nodes' changes.
+    pub directory_cache: usize,
 }
 
 /// The most ingest writer lanes on PostgreSQL.
@@ -171,9 +191,28 @@ const MAX_INGEST_LANES: u32 = 4;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 impl Store {
-    /// Connects to `url` (`sqlite://data/herald.db`, `postgres://…`). A SQLite
+    /// Connects to `url` (`sqlite://data/herald.db`, `postgres://…`), with
+    /// no directory cache (processes that do not ingest). A SQLite
     /// file and its directory are created when missing, and put in WAL mode.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        Store::connect_with(
+            url,
+            Options {
+                max_connections,
+                directory_cache: 0,
+            },
+        )
+        .await
+    }
+
+    /// Connects as [`Store::connect`], with a directory cache of
+    /// `options.directory_cache`. On PostgreSQL the cache is armed once its
+    /// listener listens (before this returns).
+    pub async fn connect_with(url: &str, options: Options) -> Result<Store> {
+        let Options {
+            max_connections,
+            directory_cache,
+        } = options;
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -206,14 +245,20 @@ impl Store {
                 // WAL is a property of the file: set once, it stays.
                 write.execute("PRAGMA journal_mode = WAL").await?;
                 let read = pool(max_connections.max(1)).connect_with(options).await?;
+                // One process writes a SQLite file (`herald worker` beside
+                // `herald serve` is the one exception, see the cache's
+                // docs): every change passes through this store.
+                let directory = Arc::new(DirectoryCache::new(directory_cache, true));
                 // One writer connection, one lane.
-                let (ingest, _) = events::writer::spawn(&write, 1);
+                let (ingest, _) = events::writer::spawn(&write, 1, &directory);
                 let deliveries = deliveries::writer::spawn(&write, 1);
                 Ok(Store {
                     read,
                     write,
                     ingest,
                     deliveries,
+                    directory,
+                    _listening: None,
                 })
             }
             Backend::Postgres => {
@@ -222,13 +267,23 @@ impl Store {
                 // A few lanes, so that one group commits while the next is
                 // written; at most half the pool, the rest stays for reads.
                 let lanes = (max_connections / 2).clamp(1, MAX_INGEST_LANES);
-                let (ingest, _) = events::writer::spawn(&pool, lanes as usize);
+                let directory = Arc::new(DirectoryCache::new(directory_cache, false));
+                let listening = if directory_cache > 0 {
+                    Some(Arc::new(
+                        directory::cache::listen(url, Arc::clone(&directory)).await?,
+                    ))
+                } else {
+                    None
+                };
+                let (ingest, _) = events::writer::spawn(&pool, lanes as usize, &directory);
                 let deliveries = deliveries::writer::spawn(&pool, lanes as usize);
                 Ok(Store {
                     read: pool.clone(),
                     write: pool,
                     ingest,
                     deliveries,
+                    directory,
+                    _listening: listening,
                 })
             }
         }
@@ -244,6 +299,11 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         Ok(())
+    }
+
+    /// The directory cache ingest reads through.
+    pub fn directory_cache(&self) -> &DirectoryCache {
+        &self.directory
     }
 
     /// Closes the pools, waiting for connections in use to be returned.

@@ -632,7 +632,10 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
+        // Their contact (and so their groups), preferences and devices are
+        // gone: every node's directory cache forgets them.
+        self.commit_change(tx, &crate::directory::cache::Change::membership(user))
+            .await?;
         Ok(Some(out))
     }
 

@@ -48,6 +48,17 @@ pub struct NewEvent {
     /// For a scheduled event (`sendAt`): when it is released, and the
     /// rooms it then fans out to. Its open deliveries fall due then too.
     pub schedule: Option<Schedule>,
+    /// An address the event names for a user who may have none on file
+    /// (`guest_registered`'s guest): written with the event, only where
+    /// Herald has no address for them.
+    pub fill_email: Option<EmailFill>,
+}
+
+/// See [`NewEvent::fill_email`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailFill {
+    pub user: UserId,
+    pub email: String,
 }
 
 /// When a scheduled event is released.

@@ -11,6 +11,8 @@ use crate::scratch::ScratchDatabase;
 #[derive(Debug)]
 pub(crate) struct TestDb {
     pub store: Store,
+    /// For a second store (another node) on the same database.
+    pub url: String,
     /// Removed when dropped.
     _dir: Option<tempfile::TempDir>,
     /// Dropped when dropped.
@@ -35,11 +37,18 @@ impl TestDb {
                 (database.url().to_owned(), None, Some(database))
             }
         };
-        let store = Store::connect(&url, max_connections)
+        // With a directory cache, as `herald serve` has: every test then
+        // checks that the writes it makes keep it true.
+        let options = crate::Options {
+            max_connections,
+            directory_cache: 1_000,
+        };
+        let store = Store::connect_with(&url, options)
             .await
             .expect("store connects");
         store.migrate().await.expect("migrations apply");
         Some(TestDb {
+            url,
             store,
             _dir: dir,
             _database: database,

@@ -279,6 +279,14 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// The database's URL, so that another node can share it.
+    pub fn database_url(&self) -> String {
+        match &self._database {
+            Some(database) => database.url().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("herald.db").display()),
+        }
+    }
+
     /// Where the development outbox writes.
     pub fn outbox_dir(&self) -> PathBuf {
         self.data_dir.join("outbox")

@@ -48,6 +48,7 @@ async fn pending_traced(
             hash: id.to_string(),
             payload: payload.to_string(),
             schedule: None,
+            fill_email: None,
             received_at: AT,
             traceparent: traceparent.map(str::to_owned),
             notifications: vec![NewNotification {

@@ -35,6 +35,7 @@ fn points_added(id: EventId, amount: i64, recipient: &str) -> NewEvent {
         hash: format!("{:x}-{}", payload.len(), amount),
         payload,
         schedule: None,
+        fill_email: None,
         received_at: 1_764_000_000_000,
         traceparent: None,
         notifications: vec![NewNotification {
@@ -223,7 +224,7 @@ async fn a_conflict_in_a_merged_group_fails_only_its_request(db: TestDb) {
     let (r1, a1) = request(vec![e1.clone(), e2.clone()]);
     let (r2, a2) = request(vec![e3.clone(), x_changed]);
     let (r3, a3) = request(vec![e4.clone(), x_again]);
-    writer::write_group(&store.write, vec![r1, r2, r3], ()).await;
+    writer::write_group(&store.write, &store.directory, vec![r1, r2, r3], ()).await;
 
     let a1 = a1
         .await
@@ -268,7 +269,7 @@ async fn requests_merged_into_one_group_see_each_other(db: TestDb) {
     let y_again = event_with_hash("y", "h-y", "u4");
     let (ra, aa) = request(vec![y.clone()]);
     let (rb, ab) = request(vec![z.clone(), y_again]);
-    writer::write_group(&store.write, vec![ra, rb], ()).await;
+    writer::write_group(&store.write, &store.directory, vec![ra, rb], ()).await;
     assert_eq!(
         aa.await.expect("answered").expect("written"),
         vec![Ingested::Accepted(super::record(&y))]
@@ -291,7 +292,7 @@ async fn a_request_whose_caller_left_is_still_written(db: TestDb) {
     let (r1, a1) = request(vec![gone.clone()]);
     let (r2, a2) = request(vec![stays.clone()]);
     drop(a1);
-    writer::write_group(&store.write, vec![r1, r2], ()).await;
+    writer::write_group(&store.write, &store.directory, vec![r1, r2], ()).await;
     assert_eq!(
         a2.await.expect("answered").expect("written"),
         vec![Ingested::Accepted(super::record(&stays))]
@@ -340,7 +341,7 @@ async fn concurrent_single_event_ingests_number_without_gaps(db: TestDb) {
 }
 
 async fn lanes_stop_when_their_queue_closes(db: TestDb) {
-    let (queue, lanes) = writer::spawn(&db.store.write, 3);
+    let (queue, lanes) = writer::spawn(&db.store.write, 3, &db.store.directory);
     let ev = event_with_hash("last", "h-last", "u6");
     let (r, answer) = request(vec![ev.clone()]);
     queue.send(r).await.expect("queued");

@@ -39,9 +39,10 @@ use sqlx::AnyPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::write;
-use crate::Result;
+use super::{backend_of, write};
+use crate::directory::cache::DirectoryCache;
 use crate::records::{Ingested, NewEvent};
+use crate::{Backend, Result};
 
 /// The most events a lane merges into one transaction (a single request
 /// larger than this is written alone, whole).
@@ -83,12 +84,18 @@ impl Queue {
 }
 
 /// Starts `lanes` writers on `pool`. They end when every sender is dropped
-/// and the queue is empty.
-pub(crate) fn spawn(pool: &AnyPool, lanes: usize) -> (mpsc::Sender<Request>, Vec<JoinHandle<()>>) {
+/// and the queue is empty. What a group changes in the directory (an
+/// address filled in) is applied to `directory` once it commits.
+pub(crate) fn spawn(
+    pool: &AnyPool,
+    lanes: usize,
+    directory: &Arc<DirectoryCache>,
+) -> (mpsc::Sender<Request>, Vec<JoinHandle<()>>) {
     let (tx, queue) = Queue::new();
     let handles = (0..lanes.max(1))
         .map(|_| {
             let (pool, queue) = (pool.clone(), Arc::clone(&queue));
+            let directory = Arc::clone(directory);
             tokio::spawn(async move {
                 loop {
                     let mut turn = Arc::clone(&queue).lock_owned().await;
@@ -96,12 +103,14 @@ pub(crate) fn spawn(pool: &AnyPool, lanes: usize) -> (mpsc::Sender<Request>, Vec
                         return;
                     };
                     let events: usize = group.iter().map(|r| r.batch.len()).sum();
-                    let pool = pool.clone();
+                    let (pool, directory) = (pool.clone(), Arc::clone(&directory));
                     let written = if events >= PARALLEL_GROUP_EVENTS {
                         drop(turn);
-                        tokio::spawn(async move { write_group(&pool, group, ()).await })
+                        tokio::spawn(async move { write_group(&pool, &directory, group, ()).await })
                     } else {
-                        tokio::spawn(async move { write_group(&pool, group, turn).await })
+                        tokio::spawn(
+                            async move { write_group(&pool, &directory, group, turn).await },
+                        )
                     };
                     if let Err(error) = written.await {
                         tracing::error!(%error, "an ingest group failed to write");
@@ -147,7 +156,12 @@ pub(crate) async fn next_group(queue: &mut Queue, max_events: usize) -> Option<V
         events = group.iter().map(|r| r.batch.len()).sum::<usize>(),
     )
 )]
-pub(crate) async fn write_group<T>(pool: &AnyPool, group: Vec<Request>, turn: T) {
+pub(crate) async fn write_group<T>(
+    pool: &AnyPool,
+    directory: &DirectoryCache,
+    group: Vec<Request>,
+    turn: T,
+) {
     let mut merged = Vec::with_capacity(group.iter().map(|r| r.batch.len()).sum());
     let mut parts: Vec<(Range<usize>, oneshot::Sender<_>)> = Vec::with_capacity(group.len());
     for request in group {
@@ -155,7 +169,7 @@ pub(crate) async fn write_group<T>(pool: &AnyPool, group: Vec<Request>, turn: T)
         merged.extend(request.batch);
         parts.push((start..merged.len(), request.reply));
     }
-    let result = in_transaction(pool, &merged, turn).await;
+    let result = in_transaction(pool, directory, &merged, turn).await;
     if parts.len() == 1 {
         let (_, reply) = parts.pop().expect("one part");
         // The caller may have gone: the write stands (or not) all the same.
@@ -177,20 +191,35 @@ pub(crate) async fn write_group<T>(pool: &AnyPool, group: Vec<Request>, turn: T)
                 "a merged ingest failed; writing its requests one by one"
             );
             for (range, reply) in parts {
-                let _ = reply.send(in_transaction(pool, &merged[range], ()).await);
+                let _ = reply.send(in_transaction(pool, directory, &merged[range], ()).await);
             }
         }
     }
 }
 
 /// Writes `batch` in a transaction of its own, dropping `turn` before the
-/// commit (or the rollback).
+/// commit (or the rollback), and applies what it changed in the directory
+/// to this node's cache once it ends.
 #[tracing::instrument(level = "debug", skip_all, fields(events = batch.len()))]
-async fn in_transaction<T>(pool: &AnyPool, batch: &[NewEvent], turn: T) -> Result<Vec<Ingested>> {
+async fn in_transaction<T>(
+    pool: &AnyPool,
+    directory: &DirectoryCache,
+    batch: &[NewEvent],
+    turn: T,
+) -> Result<Vec<Ingested>> {
     let mut tx = pool.begin().await?;
+    if directory.capacity() > 0 && backend_of(&tx) == Backend::Sqlite {
+        // Did another process write the file since? See the cache's docs.
+        let version: i64 = sqlx::query_scalar("PRAGMA data_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        directory.saw_file_version(version);
+    }
     let written = write(&mut tx, batch).await;
     drop(turn);
-    let outcomes = written?;
-    tx.commit().await?;
+    let (outcomes, change) = written?;
+    let done = tx.commit().await;
+    directory.invalidate(&change);
+    done?;
     Ok(outcomes)
 }

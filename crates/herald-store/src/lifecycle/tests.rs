@@ -27,6 +27,7 @@ fn event(recipient: Option<&str>, status: DeliveryStatus) -> NewEvent {
         hash: id.to_string(),
         payload,
         schedule: None,
+        fill_email: None,
         received_at: T0,
         traceparent: None,
         notifications: recipient

@@ -43,6 +43,7 @@ async fn delivery(
             hash: id.to_string(),
             payload,
             schedule: None,
+            fill_email: None,
             received_at: 1_764_000_000_000,
             traceparent: None,
             notifications: vec![NewNotification {

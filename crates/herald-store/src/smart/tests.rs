@@ -39,6 +39,7 @@ async fn push(
             received_at: AT,
             traceparent: None,
             schedule: None,
+            fill_email: None,
             notifications: vec![NewNotification {
                 id: notification,
                 recipient: UserId(recipient.to_owned()),
