@@ -34,11 +34,11 @@ use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::actions::Actions;
-use crate::bus::RedisBus;
+use crate::bus::{EpochInfo, RedisBus};
 use crate::durable::DurableLog;
 use crate::history::{Delivery, MemoryLog, Snapshot, Stored, next_offset};
 use crate::metrics::Metrics;
-use crate::protocol::{CloseReason, ErrorCode, Refusal, auto_rooms};
+use crate::protocol::{CloseReason, Refusal, auto_rooms};
 use crate::{Error, RealtimeConfig, Verifier};
 
 pub(crate) type ConnId = u64;
@@ -178,7 +178,7 @@ impl Outage {
 
 /// Where room streams live.
 #[derive(Debug)]
-pub(crate) enum Log {
+enum Log {
     Memory(Mutex<MemoryLog>),
     Redis(RedisBus),
 }
@@ -206,30 +206,33 @@ pub struct TransportStats {
 /// The realtime hub; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Hub {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub config: RealtimeConfig,
-    pub server_id: String,
-    pub verifier: Arc<dyn Verifier>,
-    pub metrics: Metrics,
-    pub actions: Actions,
+/// The hub's state. Private: the bus, the action relay and the transports
+/// see it only through [`Hub`]'s methods (dispatch, join/leave, the
+/// watermark, the shutdown signal, the engine's session table, verify).
+struct Inner {
+    config: RealtimeConfig,
+    server_id: String,
+    verifier: Arc<dyn Verifier>,
+    metrics: Metrics,
+    actions: Actions,
     /// Where read receipts are recorded.
-    pub store: Store,
-    pub log: Log,
+    store: Store,
+    log: Log,
     registry: RwLock<Registry>,
     /// The bus was down when this node published (clustered only).
     outage: Outage,
     /// The realtime log in the database (clustered only).
-    pub(crate) durable: Option<Arc<DurableLog>>,
+    durable: Option<Arc<DurableLog>>,
     next_id: AtomicU64,
     closing: AtomicBool,
     emptied: Notify,
     /// Background tasks stop when this turns true.
-    pub stop: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
     /// The Engine.IO sessions of `/socket.io/`.
-    pub engine: crate::engineio::Engine,
+    engine: crate::engineio::Engine,
 }
 
 impl std::fmt::Debug for Inner {
@@ -332,6 +335,50 @@ impl Hub {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Who a token names and when it stops being valid, or a message safe
+    /// to show the client: the one check both transports (through
+    /// [`crate::admission`]) and the handshake guard make.
+    pub(crate) fn verify(&self, token: &str) -> Result<(Principal, u64), String> {
+        self.inner.verifier.verify(token)
+    }
+
+    /// The Engine.IO sessions of `/socket.io/`.
+    pub(crate) fn engine(&self) -> &crate::engineio::Engine {
+        &self.inner.engine
+    }
+
+    /// Turns true when the hub shuts down: background tasks (the bus
+    /// reader, the engine's sweeper, the action relay) end on it.
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.inner.stop.subscribe()
+    }
+
+    /// The `action_confirm` recorder and relay.
+    pub(crate) fn actions(&self) -> &Actions {
+        &self.inner.actions
+    }
+
+    /// Where read receipts are recorded.
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The Redis bus, when the hub is clustered.
+    pub(crate) fn bus(&self) -> Option<&RedisBus> {
+        match &self.inner.log {
+            Log::Redis(bus) => Some(bus),
+            Log::Memory(_) => None,
+        }
+    }
+
+    /// Records an epoch of the shared history in the database's realtime
+    /// log (clustered only; see [`crate::durable`]).
+    pub(crate) async fn note_epoch(&self, epoch: &EpochInfo) {
+        if let Some(log) = &self.inner.durable {
+            log.note_epoch(epoch).await;
+        }
     }
 
     fn is_clustered(&self) -> bool {
@@ -513,10 +560,7 @@ impl Hub {
         transport: Transport,
     ) -> Result<Registered, Refusal> {
         if self.inner.closing.load(Ordering::SeqCst) {
-            return Err(Refusal::new(
-                ErrorCode::ServerError,
-                "Herald is restarting; reconnect shortly",
-            ));
+            return Err(crate::admission::restarting());
         }
         let (tx, outbound) = mpsc::channel(self.inner.config.outbound_queue);
         let (kill, _) = watch::channel(None);

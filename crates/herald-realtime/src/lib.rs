@@ -2,6 +2,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`admission`] | the one way in for both transports: the token, the registry, the rate limit |
 //! | [`config`] | the `[realtime]` settings: every limit, typed and checked |
 //! | [`protocol`] | the wire protocol without I/O: rooms, subscription rules, error codes, resume and `action_confirm` shapes |
 //! | [`hub`] | connections, rooms and fan-out: each event serialised once, each socket served once, slow sockets cut off |
@@ -24,6 +25,7 @@
 //! process exits. Nothing here knows the server's other routes.
 
 pub mod actions;
+pub mod admission;
 pub mod bus;
 pub mod config;
 pub mod durable;

@@ -391,8 +391,7 @@ impl Session {
                 };
                 match self
                     .hub
-                    .inner
-                    .actions
+                    .actions()
                     .record(&self.conn.principal, &action)
                     .await
                 {
@@ -403,7 +402,7 @@ impl Session {
             "seen" | "read" => {
                 let user = self.conn.principal.user_id.clone();
                 let hub = self.hub.clone();
-                let store = &hub.inner.store;
+                let store = hub.store();
                 match crate::receipts::receipt(&hub, store, &user, &event, &data).await {
                     Ok(ack) => self.reply(reply, &ack),
                     Err(refusal) => self.refuse(reply, &refusal),
@@ -642,8 +641,7 @@ pub(crate) struct WsSession {
 
 impl WsSession {
     pub fn new(hub: Hub, registered: Registered, socket: WebSocket, exp: u64) -> WsSession {
-        let config = hub.config();
-        let bucket = Bucket::new(config.rate_limit_per_second, config.rate_limit_burst);
+        let bucket = crate::admission::rate_limit(&hub);
         let (session, feed) = Session::new(hub, registered, exp, Wire::Json);
         WsSession {
             session,
