@@ -36,7 +36,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
 
-use crate::history::{Delivery, Snapshot, Stored, ms_offset, recoverable};
+use crate::history::{Delivery, Snapshot, Stored, lost, ms_offset, recoverable};
 use crate::hub::Hub;
 use crate::protocol::CloseReason;
 use crate::{Error, RealtimeConfig};
@@ -395,7 +395,12 @@ impl RedisBus {
             }
             let ok = *offset <= head
                 && recoverable(*offset, horizon, events.first().map(|d| d.offset), boundary);
-            rooms.push((room.clone(), ok.then_some(events)));
+            let verdict = if ok {
+                Ok(events)
+            } else {
+                Err(lost(*offset, head))
+            };
+            rooms.push((room.clone(), verdict));
         }
         Ok(Snapshot { epoch, head, rooms })
     }

@@ -35,10 +35,11 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::actions::Actions;
 use crate::bus::{EpochInfo, RedisBus};
-use crate::durable::DurableLog;
+use crate::durable::{DurableLog, Recovered};
 use crate::history::{Delivery, MemoryLog, Snapshot, Stored, next_offset};
 use crate::metrics::Metrics;
 use crate::protocol::{CloseReason, Refusal, auto_rooms};
+use crate::resume::Reason;
 use crate::{Error, RealtimeConfig, Verifier};
 
 pub(crate) type ConnId = u64;
@@ -271,6 +272,7 @@ impl Hub {
             Log::Memory(Mutex::new(MemoryLog::new(
                 config.history_max_events,
                 (config.history_max_age_seconds * 1000) as i64,
+                config.history_bytes,
             )))
         } else {
             Log::Redis(RedisBus::connect(&config).await?)
@@ -705,8 +707,8 @@ impl Hub {
         }
     }
 
-    /// Per room, the events after its starting offset (or `None` where the
-    /// room cannot be recovered).
+    /// Per room, the events after its starting offset, or why the room
+    /// cannot be recovered.
     pub(crate) async fn snapshot(&self, from: &[(String, u64)]) -> Result<Snapshot, Error> {
         match &self.inner.log {
             Log::Memory(log) => Ok(log.lock().expect("history lock").snapshot(from, now_ms())),
@@ -715,18 +717,18 @@ impl Hub {
     }
 
     /// What a client at epoch `old` missed since `from`, when the history
-    /// changed epoch only because Redis restarted (see [`crate::durable`]).
+    /// changed epoch only because Redis restarted (see [`crate::durable`]);
+    /// otherwise why not.
     pub(crate) async fn recover_across_epochs(
         &self,
         old: &str,
         from: &[(String, u64)],
-    ) -> Result<Option<(String, u64, Vec<Arc<Delivery>>)>, Error> {
+    ) -> Result<Result<Recovered, Reason>, Error> {
         match (&self.inner.log, &self.inner.durable) {
-            (Log::Redis(bus), Some(log)) => Ok(log
-                .recover(bus, old, from)
-                .await?
-                .map(|(epoch, head, missed)| (epoch.epoch, head, missed))),
-            _ => Ok(None),
+            (Log::Redis(bus), Some(log)) => log.recover(bus, old, from).await,
+            // One node's history lives as long as its process: another
+            // epoch is a history that is gone.
+            _ => Ok(Err(Reason::EpochChanged)),
         }
     }
 
@@ -836,3 +838,4 @@ impl herald_core::realtime::Broadcast for Hub {
         tokio::spawn(async move { hub.publish(vec![outgoing]).await });
     }
 }
+
