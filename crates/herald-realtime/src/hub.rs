@@ -839,3 +839,216 @@ impl herald_core::realtime::Broadcast for Hub {
     }
 }
 
+/// The registry, through the hub's own interface: no network, no Redis;
+/// a single-node hub as `config/default.toml` configures it.
+#[cfg(test)]
+mod tests {
+    use herald_core::{Role, UserId};
+
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    struct NoTokens;
+
+    impl Verifier for NoTokens {
+        fn verify(&self, _: &str) -> Result<(Principal, u64), String> {
+            Err("no tokens in these tests".into())
+        }
+    }
+
+    fn config() -> RealtimeConfig {
+        let file: toml::Table = toml::from_str(include_str!("../../../config/default.toml"))
+            .expect("config/default.toml parses");
+        file["realtime"]
+            .clone()
+            .try_into()
+            .expect("the [realtime] defaults are a RealtimeConfig")
+    }
+
+    async fn hub_with(config: RealtimeConfig) -> Hub {
+        let store = Store::connect("sqlite::memory:", 1)
+            .await
+            .expect("in-memory SQLite");
+        Hub::start(
+            config,
+            Arc::new(NoTokens),
+            store,
+            &prometheus::Registry::new(),
+        )
+        .await
+        .expect("a single-node hub starts")
+    }
+
+    fn who(role: Role, id: &str) -> Principal {
+        Principal {
+            user_id: UserId(id.into()),
+            role,
+            restaurant_id: matches!(role, Role::Restaurant | Role::Cashier).then(|| "r1".into()),
+        }
+    }
+
+    fn event(id: &str, rooms: &[&str]) -> Outgoing {
+        Outgoing {
+            event: "system_alert".into(),
+            event_id: id.into(),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            data: Map::new(),
+        }
+    }
+
+    /// The event ids waiting in a connection's queue.
+    fn drain(registered: &mut Registered) -> Vec<String> {
+        let mut ids = Vec::new();
+        while let Ok(d) = registered.outbound.try_recv() {
+            ids.push(d.event_id.clone());
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn register_and_unregister_keep_users_sockets_and_rooms_counted() {
+        let hub = hub_with(config()).await;
+        let g1 = hub
+            .register(who(Role::Guest, "g1"), Transport::SocketIo)
+            .unwrap();
+        let g2 = hub.register(who(Role::Guest, "g1"), Transport::Ws).unwrap();
+        let admin = hub
+            .register(who(Role::Admin, "a1"), Transport::SocketIo)
+            .unwrap();
+        let staff = hub
+            .register(who(Role::Cashier, "c1"), Transport::Ws)
+            .unwrap();
+        assert_eq!(g1.rooms, ["user:g1"]);
+        assert_eq!(admin.rooms, ["user:a1", "admin"]);
+        assert_eq!(staff.rooms, ["user:c1", "restaurant:r1"]);
+        assert_ne!(g1.conn.id, g2.conn.id);
+        let stats = hub.stats();
+        assert_eq!(stats.connected_users, 3, "g1 twice is one user");
+        assert_eq!(stats.total_sockets, 4);
+        assert_eq!(stats.rooms, 5);
+        assert_eq!(stats.transports, TransportStats { socketio: 2, ws: 2 });
+
+        hub.unregister(&g1.conn, CloseReason::ClientDisconnect);
+        let stats = hub.stats();
+        assert_eq!(stats.connected_users, 3, "g1 still has a socket");
+        assert_eq!(stats.rooms, 5, "user:g1 still has a member");
+        hub.unregister(&g2.conn, CloseReason::ClientDisconnect);
+        // Twice is harmless.
+        hub.unregister(&g2.conn, CloseReason::ClientDisconnect);
+        let stats = hub.stats();
+        assert_eq!(stats.connected_users, 2);
+        assert_eq!(stats.total_sockets, 2);
+        assert_eq!(stats.rooms, 4, "user:g1 is gone with its last member");
+        assert_eq!(stats.transports, TransportStats { socketio: 1, ws: 1 });
+    }
+
+    #[tokio::test]
+    async fn join_and_leave_change_membership_once() {
+        let hub = hub_with(config()).await;
+        let a = hub.register(who(Role::Guest, "a"), Transport::Ws).unwrap();
+        let b = hub.register(who(Role::Guest, "b"), Transport::Ws).unwrap();
+        assert!(hub.join(a.conn.id, "guest:a"));
+        assert!(!hub.join(a.conn.id, "guest:a"), "already in it");
+        assert!(hub.join(b.conn.id, "guest:a"));
+        assert!(!hub.join(999_999, "guest:a"), "no such connection");
+        assert_eq!(hub.stats().rooms, 3);
+        hub.leave(a.conn.id, "guest:a");
+        assert_eq!(hub.stats().rooms, 3, "b is still in guest:a");
+        hub.leave(b.conn.id, "guest:a");
+        assert_eq!(hub.stats().rooms, 2);
+        // Leaving a room one is not in changes nothing.
+        hub.leave(b.conn.id, "guest:a");
+        hub.leave(b.conn.id, "user:a");
+        assert_eq!(hub.stats().rooms, 2);
+        // A connection's rooms go with it.
+        assert!(hub.join(a.conn.id, "admin:events"));
+        hub.unregister(&a.conn, CloseReason::ClientDisconnect);
+        assert_eq!(hub.stats().rooms, 1);
+    }
+
+    #[tokio::test]
+    async fn dispatch_reaches_each_member_once_and_nobody_else() {
+        let hub = hub_with(config()).await;
+        let mut a = hub.register(who(Role::Guest, "a"), Transport::Ws).unwrap();
+        let mut b = hub
+            .register(who(Role::Guest, "b"), Transport::SocketIo)
+            .unwrap();
+        let mut admin = hub
+            .register(who(Role::Admin, "root"), Transport::Ws)
+            .unwrap();
+        hub.join(a.conn.id, "guest:a");
+        hub.publish(vec![
+            // a is in both rooms: it gets the event once.
+            event("e1", &["user:a", "guest:a"]),
+            event("e2", &["admin", "user:b"]),
+            event("e3", &["user:nobody"]),
+        ])
+        .await;
+        assert_eq!(drain(&mut a), ["e1"]);
+        assert_eq!(drain(&mut b), ["e2"]);
+        assert_eq!(drain(&mut admin), ["e2"]);
+        // After leaving, a room's events no longer arrive.
+        hub.leave(a.conn.id, "guest:a");
+        hub.publish(vec![event("e4", &["guest:a"])]).await;
+        assert!(drain(&mut a).is_empty());
+        // A connection registered later starts above what was dispatched.
+        let c = hub.register(who(Role::Guest, "c"), Transport::Ws).unwrap();
+        let (_, head) = hub.position().await.unwrap();
+        assert!(c.watermark >= a.watermark && c.watermark <= head);
+        let offset = hub.offset_of("e4").await.unwrap().expect("e4 is held");
+        assert!(c.watermark >= offset);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_cuts_off_its_slow_consumer_alone() {
+        let mut config = config();
+        config.outbound_queue = 2;
+        let hub = hub_with(config).await;
+        let slow = hub.register(who(Role::Guest, "s"), Transport::Ws).unwrap();
+        let mut fast = hub.register(who(Role::Guest, "f"), Transport::Ws).unwrap();
+        for i in 0..3 {
+            hub.publish(vec![event(&format!("e{i}"), &["user:s", "user:f"])])
+                .await;
+            drain(&mut fast);
+        }
+        assert_eq!(slow.conn.killed(), Some(CloseReason::SlowConsumer));
+        assert_eq!(fast.conn.killed(), None);
+    }
+
+    #[tokio::test]
+    async fn kill_all_then_shutdown_closes_every_connection_and_refuses_new_ones() {
+        let hub = hub_with(config()).await;
+        let a = hub.register(who(Role::Guest, "a"), Transport::Ws).unwrap();
+        let b = hub
+            .register(who(Role::Admin, "b"), Transport::SocketIo)
+            .unwrap();
+        let kill = a.conn.kill_signal();
+        hub.kill_all(CloseReason::Timeout);
+        assert_eq!(a.conn.killed(), Some(CloseReason::Timeout));
+        assert_eq!(b.conn.killed(), Some(CloseReason::Timeout));
+        assert!(kill.has_changed().unwrap());
+        // The first reason wins.
+        hub.kill_all(CloseReason::ServerRestart);
+        assert_eq!(a.conn.killed(), Some(CloseReason::Timeout));
+        // Shutdown waits for the sessions to leave; here they leave at once.
+        let hub2 = hub.clone();
+        let (a_conn, b_conn) = (a.conn.clone(), b.conn.clone());
+        let leave = tokio::spawn(async move {
+            hub2.unregister(&a_conn, CloseReason::ServerRestart);
+            hub2.unregister(&b_conn, CloseReason::ServerRestart);
+        });
+        let mut stop = hub.stop_signal();
+        hub.shutdown(Duration::from_secs(30)).await;
+        leave.await.unwrap();
+        assert_eq!(hub.stats().total_sockets, 0);
+        assert!(
+            *stop.borrow_and_update(),
+            "background tasks are told to stop"
+        );
+        assert!(hub.is_closing());
+        let refused = hub
+            .register(who(Role::Guest, "late"), Transport::Ws)
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::ServerError);
+    }
+}
