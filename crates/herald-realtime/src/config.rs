@@ -288,3 +288,33 @@ impl RealtimeConfig {
         Duration::from_secs(self.history_max_age_seconds)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> RealtimeConfig {
+        let file: toml::Table = toml::from_str(include_str!("../../../config/default.toml"))
+            .expect("config/default.toml parses");
+        file["realtime"].clone().try_into().expect("[realtime]")
+    }
+
+    #[test]
+    fn the_history_budget_is_checked_and_named() {
+        let config = defaults();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.history_bytes, 64 << 20);
+        for bad in [0, (64 << 10) - 1, (64 << 30) + 1] {
+            let config = RealtimeConfig {
+                history_bytes: bad,
+                ..defaults()
+            };
+            let err = config.validate().unwrap_err();
+            assert!(
+                matches!(&err, Error::Config { key, .. } if key == "history_bytes"),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().starts_with("realtime.history_bytes: "));
+        }
+    }
+}
