@@ -383,6 +383,13 @@ impl Hub {
         }
     }
 
+    /// The resume window's size, as `/metrics` shows it.
+    fn count_history(&self, log: &MemoryLog) {
+        let (events, bytes) = log.held_bytes();
+        self.inner.metrics.history_events.set(events as i64);
+        self.inner.metrics.history_bytes.set(bytes as i64);
+    }
+
     fn is_clustered(&self) -> bool {
         matches!(self.inner.log, Log::Redis(_))
     }
@@ -421,6 +428,7 @@ impl Hub {
                     let delivery = log.append(s, now);
                     self.dispatch(&delivery);
                 }
+                self.count_history(&log);
             }
             Log::Redis(bus) => {
                 if !self.inner.outage.try_bus() {
@@ -815,7 +823,9 @@ async fn sweep_memory(hub: Hub) {
         tokio::select! {
             _ = tick.tick() => {
                 if let Log::Memory(log) = &hub.inner.log {
-                    log.lock().expect("history lock").sweep(now_ms());
+                    let mut log = log.lock().expect("history lock");
+                    log.sweep(now_ms());
+                    hub.count_history(&log);
                 }
             }
             _ = stop.wait_for(|s| *s) => return,
@@ -991,6 +1001,9 @@ mod tests {
         hub.leave(a.conn.id, "guest:a");
         hub.publish(vec![event("e4", &["guest:a"])]).await;
         assert!(drain(&mut a).is_empty());
+        // Every event is held for resume, reached anyone or not.
+        assert_eq!(hub.metrics().history_events.get(), 4);
+        assert!(hub.metrics().history_bytes.get() > 0);
         // A connection registered later starts above what was dispatched.
         let c = hub.register(who(Role::Guest, "c"), Transport::Ws).unwrap();
         let (_, head) = hub.position().await.unwrap();
