@@ -156,6 +156,59 @@ async fn resume_by_offset_and_by_event_id() {
     assert_eq!(other_epoch["reason"], "epoch_changed");
 }
 
+/// A single node holds history within `realtime.history_bytes`, all rooms
+/// together: a gap whose start was evicted is `too_old`, the recent window
+/// still replays.
+#[tokio::test]
+async fn a_gap_evicted_by_the_byte_budget_is_too_old_and_the_rest_replays() {
+    let app = spawn_app_with(Backend::Sqlite, |s| s.realtime.history_bytes = 64 << 10)
+        .await
+        .unwrap();
+    let (quiet, busy) = (user("ws-bytes-quiet"), user("ws-bytes-busy"));
+    let quiet_token = app.token(Role::Guest, &quiet, None);
+    let busy_token = app.token(Role::Guest, &busy, None);
+    let (quiet_ws, connected) = Ws::connect(&app, &quiet_token).await;
+    drop(quiet_ws);
+    let epoch = connected["epoch"].as_str().unwrap().to_owned();
+    publish_ok(&app, &points_for(&quiet, 1)).await;
+    // Another guest's events, enough to push the quiet one out: each event
+    // costs the window more than a kilobyte.
+    let (mut busy_ws, _) = Ws::connect(&app, &busy_token).await;
+    let mut last = Value::Null;
+    for round in 0..4 {
+        let batch: Vec<Value> = (0..40).map(|i| points_for(&busy, round * 40 + i)).collect();
+        publish_ok(&app, &Value::Array(batch)).await;
+        for _ in 0..40 {
+            last = busy_ws.event("points_added").await;
+        }
+    }
+
+    // The quiet guest missed one event, which the window no longer holds.
+    let (mut again, _) = Ws::connect(&app, &quiet_token).await;
+    let outcome = again
+        .request(
+            "resume",
+            json!({"offset": connected["offset"], "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(
+        (outcome["recovered"].as_bool(), outcome["reason"].as_str()),
+        (Some(false), Some("too_old")),
+        "{outcome}"
+    );
+    assert_eq!(outcome["rooms"], json!([format!("user:{quiet}")]));
+
+    // The busy guest's recent past is still there, replayed once.
+    let (mut busy_again, _) = Ws::connect(&app, &busy_token).await;
+    let before_last = last["offset"].as_u64().unwrap() - 1;
+    let (outcome, replayed) = busy_again
+        .request_collect("resume", json!({"offset": before_last, "epoch": epoch}))
+        .await;
+    assert_eq!(outcome["recovered"], true, "{outcome}");
+    assert_eq!(outcome["replayed"], 1);
+    assert_eq!(replayed[0]["data"]["eventId"], last["data"]["eventId"]);
+}
+
 #[tokio::test]
 async fn garbage_frames_get_bad_request_and_the_socket_survives() {
     let app = app().await;

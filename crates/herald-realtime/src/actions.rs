@@ -303,7 +303,7 @@ impl Webhook {
 /// The relay worker: claim due rows, post them, record the outcome; sleep
 /// until the next is due, a new one is recorded, or the hub stops.
 async fn relay(hub: Hub, actions: Actions, webhook: Arc<Webhook>) {
-    let mut stop = hub.inner.stop.subscribe();
+    let mut stop = hub.stop_signal();
     let lease_ms = (webhook.timeout.as_millis() as i64) * 2 + 1000;
     // Rows written by other nodes are found by polling at least this often.
     let poll_ms = 5_000;

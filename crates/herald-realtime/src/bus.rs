@@ -36,7 +36,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
 
-use crate::history::{Delivery, Snapshot, Stored, ms_offset, recoverable};
+use crate::history::{Delivery, Snapshot, Stored, lost, ms_offset, recoverable};
 use crate::hub::Hub;
 use crate::protocol::CloseReason;
 use crate::{Error, RealtimeConfig};
@@ -395,7 +395,12 @@ impl RedisBus {
             }
             let ok = *offset <= head
                 && recoverable(*offset, horizon, events.first().map(|d| d.offset), boundary);
-            rooms.push((room.clone(), ok.then_some(events)));
+            let verdict = if ok {
+                Ok(events)
+            } else {
+                Err(lost(*offset, head))
+            };
+            rooms.push((room.clone(), verdict));
         }
         Ok(Snapshot { epoch, head, rooms })
     }
@@ -450,10 +455,10 @@ const RECONNECT: Backoff = Backoff::doubling(Duration::from_millis(100), Duratio
 /// Follows `P:all` from the position at start and dispatches every event
 /// to this node's sockets, reconnecting with backoff when Redis fails.
 async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<AtomicBool>, start: u64) {
-    let crate::hub::Log::Redis(bus) = &hub.inner.log else {
+    let Some(bus) = hub.bus() else {
         return;
     };
-    let mut stop = hub.inner.stop.subscribe();
+    let mut stop = hub.stop_signal();
     let key = format!("{prefix}all");
     let mut last = start;
     // Connections that failed in a row.
@@ -506,9 +511,7 @@ async fn read_loop(hub: Hub, client: Client, prefix: String, reading: Arc<Atomic
         // Redis restarted (the scripts start a new epoch when its run_id
         // changes): what the sockets were sent may not be in its history.
         if let Ok((now, _)) = bus.position_with_epoch().await {
-            if let Some(log) = &hub.inner.durable {
-                log.note_epoch(&now).await;
-            }
+            hub.note_epoch(&now).await;
             if epoch.as_ref().is_some_and(|e| *e != now.epoch) {
                 tracing::warn!(
                     "realtime bus: Redis lost its history (a new epoch); asking this node's sockets to resume"

@@ -56,6 +56,12 @@ pub struct RealtimeConfig {
     pub history_max_events: usize,
     /// …and none older than this.
     pub history_max_age_seconds: u64,
+    /// A single node's history, all rooms together, in bytes: each event
+    /// held once (its encoded frames, shared by every room it went to),
+    /// the oldest evicted first past this budget. A resume from before what
+    /// is kept answers `recovered: false` (`too_old`). With `redis_url`
+    /// the history lives in Redis, bounded per room by `history_max_events`.
+    pub history_bytes: usize,
     /// On shutdown, clients are told to reconnect after this many ms…
     pub reconnect_delay_ms: u64,
     /// …plus a random share of this many, so they do not return at once.
@@ -138,6 +144,7 @@ impl fmt::Debug for RealtimeConfig {
             .field("write_buffer_bytes", &self.write_buffer_bytes)
             .field("history_max_events", &self.history_max_events)
             .field("history_max_age_seconds", &self.history_max_age_seconds)
+            .field("history_bytes", &self.history_bytes)
             .field("reconnect_delay_ms", &self.reconnect_delay_ms)
             .field("reconnect_jitter_ms", &self.reconnect_jitter_ms)
             .field("shutdown_grace_ms", &self.shutdown_grace_ms)
@@ -197,6 +204,9 @@ impl RealtimeConfig {
         }
         if self.history_max_age_seconds == 0 {
             return bad("history_max_age_seconds", "must be at least 1");
+        }
+        if !(64 << 10..=64 << 30).contains(&self.history_bytes) {
+            return bad("history_bytes", "must be 64 KiB to 64 GiB");
         }
         if !self.redis_url.is_empty() && !self.redis_url.starts_with("redis://") {
             return bad("redis_url", "must be empty or start with redis://");
@@ -276,5 +286,35 @@ impl RealtimeConfig {
 
     pub fn history_max_age(&self) -> Duration {
         Duration::from_secs(self.history_max_age_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> RealtimeConfig {
+        let file: toml::Table = toml::from_str(include_str!("../../../config/default.toml"))
+            .expect("config/default.toml parses");
+        file["realtime"].clone().try_into().expect("[realtime]")
+    }
+
+    #[test]
+    fn the_history_budget_is_checked_and_named() {
+        let config = defaults();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.history_bytes, 64 << 20);
+        for bad in [0, (64 << 10) - 1, (64 << 30) + 1] {
+            let config = RealtimeConfig {
+                history_bytes: bad,
+                ..defaults()
+            };
+            let err = config.validate().unwrap_err();
+            assert!(
+                matches!(&err, Error::Config { key, .. } if key == "history_bytes"),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().starts_with("realtime.history_bytes: "));
+        }
     }
 }

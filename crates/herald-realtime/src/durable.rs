@@ -33,6 +33,11 @@ use crate::Error;
 use crate::bus::{EpochInfo, RedisBus};
 use crate::history::{Delivery, Stored, ms_offset};
 use crate::hub::now_ms;
+use crate::resume::Reason;
+
+/// A resume served across epochs: the current epoch, the head, and the
+/// missed events in offset order.
+pub(crate) type Recovered = (String, u64, Vec<Arc<Delivery>>);
 
 /// Batches waiting for the writer before the log gives up on completeness
 /// (and owes a resync).
@@ -128,24 +133,27 @@ impl DurableLog {
 
     /// What a client at `old` epoch missed, per `(room, offset)`, when the
     /// epochs since then are all Redis restarts: from the log up to the
-    /// current epoch's start, then from Redis. `None` when that cannot be
-    /// vouched for (an unknown or resynced epoch, too old, too many).
+    /// current epoch's start, then from Redis. Otherwise why that cannot be
+    /// vouched for: [`Reason::HistoryLost`] across a resynced epoch,
+    /// [`Reason::EpochChanged`] for an unknown epoch, a gap too old or too
+    /// long.
     pub async fn recover(
         &self,
         bus: &RedisBus,
         old: &str,
         from: &[(String, u64)],
-    ) -> Result<Option<(EpochInfo, u64, Vec<Arc<Delivery>>)>, Error> {
+    ) -> Result<Result<Recovered, Reason>, Error> {
         let db = |e: herald_store::Error| Error::Bus(format!("realtime log: {e}"));
         let (current, _) = bus.position_with_epoch().await?;
         self.note_epoch(&current).await;
         let Some(epochs) = self.store.epochs_since(old).await.map_err(db)? else {
-            return Ok(None);
+            return Ok(Err(Reason::EpochChanged));
         };
-        if epochs.iter().skip(1).any(|e| e.kind == "resync")
-            || !epochs.iter().any(|e| e.epoch == current.epoch)
-        {
-            return Ok(None);
+        if epochs.iter().skip(1).any(|e| e.kind == "resync") {
+            return Ok(Err(Reason::HistoryLost));
+        }
+        if !epochs.iter().any(|e| e.epoch == current.epoch) {
+            return Ok(Err(Reason::EpochChanged));
         }
         let boundary = ms_offset(now_ms() - self.max_age_ms);
         let limit = u32::try_from(self.max_events).unwrap_or(u32::MAX);
@@ -153,7 +161,7 @@ impl DurableLog {
         let mut missed = Vec::new();
         for (room, offset) in from {
             if *offset < boundary {
-                return Ok(None);
+                return Ok(Err(Reason::EpochChanged));
             }
             let after = i64::try_from(*offset).unwrap_or(i64::MAX);
             let logged = self
@@ -162,7 +170,7 @@ impl DurableLog {
                 .await
                 .map_err(db)?;
             if logged.len() > self.max_events {
-                return Ok(None);
+                return Ok(Err(Reason::EpochChanged));
             }
             for (offset, frame) in logged {
                 let stored: Stored =
@@ -177,17 +185,17 @@ impl DurableLog {
             .collect();
         let snapshot = bus.snapshot(&since).await?;
         if snapshot.epoch != current.epoch {
-            return Ok(None);
+            return Ok(Err(Reason::EpochChanged));
         }
         for (_, events) in snapshot.rooms {
-            let Some(events) = events else {
-                return Ok(None);
+            let Ok(events) = events else {
+                return Ok(Err(Reason::EpochChanged));
             };
             missed.extend(events);
         }
         missed.sort_by_key(|d| d.offset);
         missed.dedup_by_key(|d| d.offset);
-        Ok(Some((current, snapshot.head, missed)))
+        Ok(Ok((current.epoch, snapshot.head, missed)))
     }
 }
 

@@ -260,18 +260,18 @@ pub(crate) async fn serve(
             (false, _) => open_polling(&hub, conversation),
             (true, Ok(ws)) => configure(&hub, ws).on_upgrade(move |socket| async move {
                 let sid = new_sid();
-                hub.inner.engine.insert(&hub, &sid, Entry::WebSocket);
+                hub.engine().insert(&hub, &sid, Entry::WebSocket);
                 let mut socket = socket;
                 let hello = handshake(&hub, &sid, false);
                 if socket.send(Message::Text(hello.into())).await.is_ok() {
                     run(&hub, socket, conversation, None).await;
                 }
-                hub.inner.engine.remove(&hub, &sid);
+                hub.engine().remove(&hub, &sid);
             }),
             (true, Err(_)) => Refused::BadRequest.into_response(),
         };
     };
-    let Some(entry) = hub.inner.engine.polling(sid) else {
+    let Some(entry) = hub.engine().polling(sid) else {
         return Refused::UnknownSid.into_response();
     };
     if websocket {
@@ -360,7 +360,7 @@ fn open_polling(hub: &Hub, conversation: Conversation) -> Response {
         next_ping: AtomicI64::new(now + hub.config().ping_interval_ms as i64),
         mode: AtomicU8::new(POLLING),
     });
-    hub.inner.engine.insert(hub, &sid, Entry::Polling(slot));
+    hub.engine().insert(hub, &sid, Entry::Polling(slot));
     text_response(handshake(hub, &sid, true))
 }
 
@@ -383,7 +383,7 @@ fn payload(frames: &[Utf8Bytes]) -> Response {
 /// Closes a long-polling session from one of its requests.
 async fn end_polling(hub: &Hub, slot: &Slot, reason: CloseReason) {
     slot.talk.lock().await.conversation.finish(reason);
-    hub.inner.engine.remove(hub, &slot.sid);
+    hub.engine().remove(hub, &slot.sid);
     slot.wake.notify_one();
 }
 
@@ -441,7 +441,7 @@ async fn poll(hub: &Hub, slot: &Arc<Slot>) -> Response {
             if conversation.is_closed() {
                 out.push(Utf8Bytes::from_static("1"));
                 drop(talk);
-                hub.inner.engine.remove(hub, &slot.sid);
+                hub.engine().remove(hub, &slot.sid);
                 return payload(&out);
             }
             if now >= slot.next_ping.load(Ordering::Relaxed) {
@@ -555,7 +555,7 @@ async fn post(hub: &Hub, slot: &Arc<Slot>, body: Body) -> Response {
         talk.conversation.finish(reason);
         if reason == CloseReason::ClientDisconnect {
             drop(talk);
-            hub.inner.engine.remove(hub, &slot.sid);
+            hub.engine().remove(hub, &slot.sid);
         }
     }
     slot.wake.notify_one();
@@ -620,7 +620,7 @@ async fn upgrade(hub: Hub, slot: Arc<Slot>, mut socket: WebSocket) {
     };
     // The session is the socket's now: the table keeps just its sid.
     {
-        let mut sessions = hub.inner.engine.sessions.lock().expect("sessions lock");
+        let mut sessions = hub.engine().sessions.lock().expect("sessions lock");
         if let Some(entry) = sessions.get_mut(&*slot.sid) {
             *entry = Entry::WebSocket;
         }
@@ -628,7 +628,7 @@ async fn upgrade(hub: Hub, slot: Arc<Slot>, mut socket: WebSocket) {
     let sid = slot.sid.clone();
     drop(slot);
     run(&hub, socket, conversation, feed).await;
-    hub.inner.engine.remove(&hub, &sid);
+    hub.engine().remove(&hub, &sid);
 }
 
 /// Why a WebSocket session's loop ended, and whether the socket can still
@@ -689,7 +689,7 @@ async fn run(
     let write_timeout = config.ping_timeout();
     let mut heard = now_ms();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    let mut stop = hub.inner.stop.subscribe();
+    let mut stop = hub.stop_signal();
     let ending: Ending = 'session: loop {
         // Write what is queued.
         for frame in std::mem::take(&mut conversation.out) {
@@ -830,7 +830,7 @@ pub(crate) async fn sweep(hub: Hub) {
     let silence = (config.ping_interval() + config.ping_timeout()).as_millis() as i64;
     let every = (config.ping_interval().min(config.connect_timeout()) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut stop = hub.inner.stop.subscribe();
+    let mut stop = hub.stop_signal();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -839,7 +839,7 @@ pub(crate) async fn sweep(hub: Hub) {
             _ = stop.wait_for(|s| *s) => return,
         }
         let slots: Vec<Arc<Slot>> = {
-            let sessions = hub.inner.engine.sessions.lock().expect("sessions lock");
+            let sessions = hub.engine().sessions.lock().expect("sessions lock");
             sessions
                 .values()
                 .filter_map(|entry| match entry {
@@ -860,7 +860,7 @@ pub(crate) async fn sweep(hub: Hub) {
             if abandoned {
                 talk.conversation.finish(CloseReason::Timeout);
                 drop(talk);
-                hub.inner.engine.remove(&hub, &slot.sid);
+                hub.engine().remove(&hub, &slot.sid);
                 continue;
             }
             let killed = slot
@@ -875,7 +875,7 @@ pub(crate) async fn sweep(hub: Hub) {
                 if !live {
                     // Never authenticated: nothing to say, nothing kept.
                     drop(talk);
-                    hub.inner.engine.remove(&hub, &slot.sid);
+                    hub.engine().remove(&hub, &slot.sid);
                 }
                 // Otherwise the next poll gets the goodbye and the close
                 // packet (or the session is abandoned, above).

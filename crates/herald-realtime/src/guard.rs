@@ -253,8 +253,8 @@ pub(crate) async fn check(
     }
     let hub = &guard.hub;
     let config = hub.config();
-    let authenticated = token(&request, matches!(kind, Kind::Ws))
-        .is_some_and(|t| hub.inner.verifier.verify(&t).is_ok());
+    let authenticated =
+        token(&request, matches!(kind, Kind::Ws)).is_some_and(|t| hub.verify(&t).is_ok());
     if authenticated {
         return next.run(request).await;
     }

@@ -34,11 +34,12 @@ use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::actions::Actions;
-use crate::bus::RedisBus;
-use crate::durable::DurableLog;
+use crate::bus::{EpochInfo, RedisBus};
+use crate::durable::{DurableLog, Recovered};
 use crate::history::{Delivery, MemoryLog, Snapshot, Stored, next_offset};
 use crate::metrics::Metrics;
-use crate::protocol::{CloseReason, ErrorCode, Refusal, auto_rooms};
+use crate::protocol::{CloseReason, Refusal, auto_rooms};
+use crate::resume::Reason;
 use crate::{Error, RealtimeConfig, Verifier};
 
 pub(crate) type ConnId = u64;
@@ -180,7 +181,7 @@ impl Outage {
 
 /// Where room streams live.
 #[derive(Debug)]
-pub(crate) enum Log {
+enum Log {
     Memory(Mutex<MemoryLog>),
     Redis(RedisBus),
 }
@@ -243,30 +244,33 @@ pub struct SocketInfo {
 /// The realtime hub; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Hub {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub config: RealtimeConfig,
-    pub server_id: String,
-    pub verifier: Arc<dyn Verifier>,
-    pub metrics: Metrics,
-    pub actions: Actions,
+/// The hub's state. Private: the bus, the action relay and the transports
+/// see it only through [`Hub`]'s methods (dispatch, join/leave, the
+/// watermark, the shutdown signal, the engine's session table, verify).
+struct Inner {
+    config: RealtimeConfig,
+    server_id: String,
+    verifier: Arc<dyn Verifier>,
+    metrics: Metrics,
+    actions: Actions,
     /// Where read receipts are recorded.
-    pub store: Store,
-    pub log: Log,
+    store: Store,
+    log: Log,
     registry: RwLock<Registry>,
     /// The bus was down when this node published (clustered only).
     outage: Outage,
     /// The realtime log in the database (clustered only).
-    pub(crate) durable: Option<Arc<DurableLog>>,
+    durable: Option<Arc<DurableLog>>,
     next_id: AtomicU64,
     closing: AtomicBool,
     emptied: Notify,
     /// Background tasks stop when this turns true.
-    pub stop: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
     /// The Engine.IO sessions of `/socket.io/`.
-    pub engine: crate::engineio::Engine,
+    engine: crate::engineio::Engine,
 }
 
 impl std::fmt::Debug for Inner {
@@ -305,6 +309,7 @@ impl Hub {
             Log::Memory(Mutex::new(MemoryLog::new(
                 config.history_max_events,
                 (config.history_max_age_seconds * 1000) as i64,
+                config.history_bytes,
             )))
         } else {
             Log::Redis(RedisBus::connect(&config).await?)
@@ -371,6 +376,57 @@ impl Hub {
         &self.inner.metrics
     }
 
+    /// Who a token names and when it stops being valid, or a message safe
+    /// to show the client: the one check both transports (through
+    /// [`crate::admission`]) and the handshake guard make.
+    pub(crate) fn verify(&self, token: &str) -> Result<(Principal, u64), String> {
+        self.inner.verifier.verify(token)
+    }
+
+    /// The Engine.IO sessions of `/socket.io/`.
+    pub(crate) fn engine(&self) -> &crate::engineio::Engine {
+        &self.inner.engine
+    }
+
+    /// Turns true when the hub shuts down: background tasks (the bus
+    /// reader, the engine's sweeper, the action relay) end on it.
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.inner.stop.subscribe()
+    }
+
+    /// The `action_confirm` recorder and relay.
+    pub(crate) fn actions(&self) -> &Actions {
+        &self.inner.actions
+    }
+
+    /// Where read receipts are recorded.
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The Redis bus, when the hub is clustered.
+    pub(crate) fn bus(&self) -> Option<&RedisBus> {
+        match &self.inner.log {
+            Log::Redis(bus) => Some(bus),
+            Log::Memory(_) => None,
+        }
+    }
+
+    /// Records an epoch of the shared history in the database's realtime
+    /// log (clustered only; see [`crate::durable`]).
+    pub(crate) async fn note_epoch(&self, epoch: &EpochInfo) {
+        if let Some(log) = &self.inner.durable {
+            log.note_epoch(epoch).await;
+        }
+    }
+
+    /// The resume window's size, as `/metrics` shows it.
+    fn count_history(&self, log: &MemoryLog) {
+        let (events, bytes) = log.held_bytes();
+        self.inner.metrics.history_events.set(events as i64);
+        self.inner.metrics.history_bytes.set(bytes as i64);
+    }
+
     fn is_clustered(&self) -> bool {
         matches!(self.inner.log, Log::Redis(_))
     }
@@ -409,6 +465,7 @@ impl Hub {
                     let delivery = log.append(s, now);
                     self.dispatch(&delivery);
                 }
+                self.count_history(&log);
             }
             Log::Redis(bus) => {
                 if !self.inner.outage.try_bus() {
@@ -550,10 +607,7 @@ impl Hub {
         transport: Transport,
     ) -> Result<Registered, Refusal> {
         if self.inner.closing.load(Ordering::SeqCst) {
-            return Err(Refusal::new(
-                ErrorCode::ServerError,
-                "Herald is restarting; reconnect shortly",
-            ));
+            return Err(crate::admission::restarting());
         }
         let (tx, outbound) = mpsc::channel(self.inner.config.outbound_queue);
         let (kill, _) = watch::channel(None);
@@ -746,8 +800,8 @@ impl Hub {
         }
     }
 
-    /// Per room, the events after its starting offset (or `None` where the
-    /// room cannot be recovered).
+    /// Per room, the events after its starting offset, or why the room
+    /// cannot be recovered.
     pub(crate) async fn snapshot(&self, from: &[(String, u64)]) -> Result<Snapshot, Error> {
         match &self.inner.log {
             Log::Memory(log) => Ok(log.lock().expect("history lock").snapshot(from, now_ms())),
@@ -756,18 +810,18 @@ impl Hub {
     }
 
     /// What a client at epoch `old` missed since `from`, when the history
-    /// changed epoch only because Redis restarted (see [`crate::durable`]).
+    /// changed epoch only because Redis restarted (see [`crate::durable`]);
+    /// otherwise why not.
     pub(crate) async fn recover_across_epochs(
         &self,
         old: &str,
         from: &[(String, u64)],
-    ) -> Result<Option<(String, u64, Vec<Arc<Delivery>>)>, Error> {
+    ) -> Result<Result<Recovered, Reason>, Error> {
         match (&self.inner.log, &self.inner.durable) {
-            (Log::Redis(bus), Some(log)) => Ok(log
-                .recover(bus, old, from)
-                .await?
-                .map(|(epoch, head, missed)| (epoch.epoch, head, missed))),
-            _ => Ok(None),
+            (Log::Redis(bus), Some(log)) => log.recover(bus, old, from).await,
+            // One node's history lives as long as its process: another
+            // epoch is a history that is gone.
+            _ => Ok(Err(Reason::EpochChanged)),
         }
     }
 
@@ -854,7 +908,9 @@ async fn sweep_memory(hub: Hub) {
         tokio::select! {
             _ = tick.tick() => {
                 if let Log::Memory(log) = &hub.inner.log {
-                    log.lock().expect("history lock").sweep(now_ms());
+                    let mut log = log.lock().expect("history lock");
+                    log.sweep(now_ms());
+                    hub.count_history(&log);
                 }
             }
             _ = stop.wait_for(|s| *s) => return,
@@ -875,5 +931,222 @@ impl herald_core::realtime::Broadcast for Hub {
             data: event.data,
         };
         tokio::spawn(async move { hub.publish(vec![outgoing]).await });
+    }
+}
+
+/// The registry, through the hub's own interface: no network, no Redis;
+/// a single-node hub as `config/default.toml` configures it.
+#[cfg(test)]
+mod tests {
+    use herald_core::{Role, UserId};
+
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    struct NoTokens;
+
+    impl Verifier for NoTokens {
+        fn verify(&self, _: &str) -> Result<(Principal, u64), String> {
+            Err("no tokens in these tests".into())
+        }
+    }
+
+    fn config() -> RealtimeConfig {
+        let file: toml::Table = toml::from_str(include_str!("../../../config/default.toml"))
+            .expect("config/default.toml parses");
+        file["realtime"]
+            .clone()
+            .try_into()
+            .expect("the [realtime] defaults are a RealtimeConfig")
+    }
+
+    async fn hub_with(config: RealtimeConfig) -> Hub {
+        let store = Store::connect("sqlite::memory:", 1)
+            .await
+            .expect("in-memory SQLite");
+        Hub::start(
+            config,
+            Arc::new(NoTokens),
+            store,
+            &prometheus::Registry::new(),
+        )
+        .await
+        .expect("a single-node hub starts")
+    }
+
+    fn who(role: Role, id: &str) -> Principal {
+        Principal {
+            user_id: UserId(id.into()),
+            role,
+            restaurant_id: matches!(role, Role::Restaurant | Role::Cashier).then(|| "r1".into()),
+        }
+    }
+
+    fn event(id: &str, rooms: &[&str]) -> Outgoing {
+        Outgoing {
+            event: "system_alert".into(),
+            event_id: id.into(),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            data: Map::new(),
+        }
+    }
+
+    /// The event ids waiting in a connection's queue.
+    fn drain(registered: &mut Registered) -> Vec<String> {
+        let mut ids = Vec::new();
+        while let Ok(d) = registered.outbound.try_recv() {
+            ids.push(d.event_id.clone());
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn register_and_unregister_keep_users_sockets_and_rooms_counted() {
+        let hub = hub_with(config()).await;
+        let g1 = hub
+            .register(who(Role::Guest, "g1"), Transport::SocketIo)
+            .unwrap();
+        let g2 = hub.register(who(Role::Guest, "g1"), Transport::Ws).unwrap();
+        let admin = hub
+            .register(who(Role::Admin, "a1"), Transport::SocketIo)
+            .unwrap();
+        let staff = hub
+            .register(who(Role::Cashier, "c1"), Transport::Ws)
+            .unwrap();
+        assert_eq!(g1.rooms, ["user:g1"]);
+        assert_eq!(admin.rooms, ["user:a1", "admin"]);
+        assert_eq!(staff.rooms, ["user:c1", "restaurant:r1"]);
+        assert_ne!(g1.conn.id, g2.conn.id);
+        let stats = hub.stats();
+        assert_eq!(stats.connected_users, 3, "g1 twice is one user");
+        assert_eq!(stats.total_sockets, 4);
+        assert_eq!(stats.rooms, 5);
+        assert_eq!(stats.transports, TransportStats { socketio: 2, ws: 2 });
+
+        hub.unregister(&g1.conn, CloseReason::ClientDisconnect);
+        let stats = hub.stats();
+        assert_eq!(stats.connected_users, 3, "g1 still has a socket");
+        assert_eq!(stats.rooms, 5, "user:g1 still has a member");
+        hub.unregister(&g2.conn, CloseReason::ClientDisconnect);
+        // Twice is harmless.
+        hub.unregister(&g2.conn, CloseReason::ClientDisconnect);
+        let stats = hub.stats();
+        assert_eq!(stats.connected_users, 2);
+        assert_eq!(stats.total_sockets, 2);
+        assert_eq!(stats.rooms, 4, "user:g1 is gone with its last member");
+        assert_eq!(stats.transports, TransportStats { socketio: 1, ws: 1 });
+    }
+
+    #[tokio::test]
+    async fn join_and_leave_change_membership_once() {
+        let hub = hub_with(config()).await;
+        let a = hub.register(who(Role::Guest, "a"), Transport::Ws).unwrap();
+        let b = hub.register(who(Role::Guest, "b"), Transport::Ws).unwrap();
+        assert!(hub.join(a.conn.id, "guest:a"));
+        assert!(!hub.join(a.conn.id, "guest:a"), "already in it");
+        assert!(hub.join(b.conn.id, "guest:a"));
+        assert!(!hub.join(999_999, "guest:a"), "no such connection");
+        assert_eq!(hub.stats().rooms, 3);
+        hub.leave(a.conn.id, "guest:a");
+        assert_eq!(hub.stats().rooms, 3, "b is still in guest:a");
+        hub.leave(b.conn.id, "guest:a");
+        assert_eq!(hub.stats().rooms, 2);
+        // Leaving a room one is not in changes nothing.
+        hub.leave(b.conn.id, "guest:a");
+        hub.leave(b.conn.id, "user:a");
+        assert_eq!(hub.stats().rooms, 2);
+        // A connection's rooms go with it.
+        assert!(hub.join(a.conn.id, "admin:events"));
+        hub.unregister(&a.conn, CloseReason::ClientDisconnect);
+        assert_eq!(hub.stats().rooms, 1);
+    }
+
+    #[tokio::test]
+    async fn dispatch_reaches_each_member_once_and_nobody_else() {
+        let hub = hub_with(config()).await;
+        let mut a = hub.register(who(Role::Guest, "a"), Transport::Ws).unwrap();
+        let mut b = hub
+            .register(who(Role::Guest, "b"), Transport::SocketIo)
+            .unwrap();
+        let mut admin = hub
+            .register(who(Role::Admin, "root"), Transport::Ws)
+            .unwrap();
+        hub.join(a.conn.id, "guest:a");
+        hub.publish(vec![
+            // a is in both rooms: it gets the event once.
+            event("e1", &["user:a", "guest:a"]),
+            event("e2", &["admin", "user:b"]),
+            event("e3", &["user:nobody"]),
+        ])
+        .await;
+        assert_eq!(drain(&mut a), ["e1"]);
+        assert_eq!(drain(&mut b), ["e2"]);
+        assert_eq!(drain(&mut admin), ["e2"]);
+        // After leaving, a room's events no longer arrive.
+        hub.leave(a.conn.id, "guest:a");
+        hub.publish(vec![event("e4", &["guest:a"])]).await;
+        assert!(drain(&mut a).is_empty());
+        // Every event is held for resume, reached anyone or not.
+        assert_eq!(hub.metrics().history_events.get(), 4);
+        assert!(hub.metrics().history_bytes.get() > 0);
+        // A connection registered later starts above what was dispatched.
+        let c = hub.register(who(Role::Guest, "c"), Transport::Ws).unwrap();
+        let (_, head) = hub.position().await.unwrap();
+        assert!(c.watermark >= a.watermark && c.watermark <= head);
+        let offset = hub.offset_of("e4").await.unwrap().expect("e4 is held");
+        assert!(c.watermark >= offset);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_cuts_off_its_slow_consumer_alone() {
+        let mut config = config();
+        config.outbound_queue = 2;
+        let hub = hub_with(config).await;
+        let slow = hub.register(who(Role::Guest, "s"), Transport::Ws).unwrap();
+        let mut fast = hub.register(who(Role::Guest, "f"), Transport::Ws).unwrap();
+        for i in 0..3 {
+            hub.publish(vec![event(&format!("e{i}"), &["user:s", "user:f"])])
+                .await;
+            drain(&mut fast);
+        }
+        assert_eq!(slow.conn.killed(), Some(CloseReason::SlowConsumer));
+        assert_eq!(fast.conn.killed(), None);
+    }
+
+    #[tokio::test]
+    async fn kill_all_then_shutdown_closes_every_connection_and_refuses_new_ones() {
+        let hub = hub_with(config()).await;
+        let a = hub.register(who(Role::Guest, "a"), Transport::Ws).unwrap();
+        let b = hub
+            .register(who(Role::Admin, "b"), Transport::SocketIo)
+            .unwrap();
+        let kill = a.conn.kill_signal();
+        hub.kill_all(CloseReason::Timeout);
+        assert_eq!(a.conn.killed(), Some(CloseReason::Timeout));
+        assert_eq!(b.conn.killed(), Some(CloseReason::Timeout));
+        assert!(kill.has_changed().unwrap());
+        // The first reason wins.
+        hub.kill_all(CloseReason::ServerRestart);
+        assert_eq!(a.conn.killed(), Some(CloseReason::Timeout));
+        // Shutdown waits for the sessions to leave; here they leave at once.
+        let hub2 = hub.clone();
+        let (a_conn, b_conn) = (a.conn.clone(), b.conn.clone());
+        let leave = tokio::spawn(async move {
+            hub2.unregister(&a_conn, CloseReason::ServerRestart);
+            hub2.unregister(&b_conn, CloseReason::ServerRestart);
+        });
+        let mut stop = hub.stop_signal();
+        hub.shutdown(Duration::from_secs(30)).await;
+        leave.await.unwrap();
+        assert_eq!(hub.stats().total_sockets, 0);
+        assert!(
+            *stop.borrow_and_update(),
+            "background tasks are told to stop"
+        );
+        assert!(hub.is_closing());
+        let refused = hub
+            .register(who(Role::Guest, "late"), Transport::Ws)
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::ServerError);
     }
 }

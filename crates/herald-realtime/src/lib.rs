@@ -2,10 +2,12 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`admission`] | the one way in for both transports: the token, the registry, the rate limit |
 //! | [`config`] | the `[realtime]` settings: every limit, typed and checked |
 //! | [`protocol`] | the wire protocol without I/O: rooms, subscription rules, error codes, resume and `action_confirm` shapes |
 //! | [`hub`] | connections, rooms and fan-out: each event serialised once, each socket served once, slow sockets cut off |
-//! | [`history`] | room streams: offsets, the per-room history resume reads, single-node storage |
+//! | [`history`] | room streams: offsets, the history resume reads; single-node storage, one byte-bounded window of shared frames |
+//! | [`resume`] | the resume decision: replay what a client missed, or say why not ([`resume::Reason`]) |
 //! | [`bus`] | the same streams in Redis, and the reader that fans out events published on any node |
 //! | [`durable`] | the realtime log and its epochs in the database: resume after Redis lost its history |
 //! | [`session`] | one connection's life on either transport: `connected`, resume, messages in order, the close; the `/ws` session loop |
@@ -24,6 +26,7 @@
 //! process exits. Nothing here knows the server's other routes.
 
 pub mod actions;
+pub mod admission;
 pub mod bus;
 pub mod config;
 pub mod durable;
@@ -35,6 +38,7 @@ pub mod metrics;
 pub mod origin;
 pub mod protocol;
 pub mod receipts;
+pub mod resume;
 pub mod session;
 pub mod socketio;
 pub mod ws;

@@ -43,6 +43,10 @@ pub struct Metrics {
     /// Engine.IO sessions open on this node, authenticated or not, on
     /// either transport.
     pub engine_sessions: IntGauge,
+    /// A single node's resume window: the bytes it holds (against
+    /// `history_bytes`), and its events.
+    pub history_bytes: IntGauge,
+    pub history_events: IntGauge,
 }
 
 impl Metrics {
@@ -119,6 +123,22 @@ impl Metrics {
         registry
             .register(Box::new(events_published.clone()))
             .expect("unique metric");
+        let history_bytes = IntGauge::with_opts(opts(
+            "history_bytes",
+            "Bytes of events a single node's resume window holds",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(history_bytes.clone()))
+            .expect("unique metric");
+        let history_events = IntGauge::with_opts(opts(
+            "history_events",
+            "Events a single node's resume window holds",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(history_events.clone()))
+            .expect("unique metric");
         let bus_up = IntGauge::with_opts(opts("bus_up", "1 while the cross-node bus works"))
             .expect("valid metric");
         registry
@@ -158,6 +178,8 @@ impl Metrics {
             handshakes_refused,
             pending_handshakes,
             engine_sessions,
+            history_bytes,
+            history_events,
         }
     }
 }

@@ -14,6 +14,8 @@ use herald_core::auth::Principal;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use crate::resume::Reason;
+
 /// Contract §3's error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -382,10 +384,10 @@ pub struct ResumeOutcome {
     pub recovered: bool,
     /// How many events were replayed.
     pub replayed: usize,
-    /// Why not, when `recovered` is false: `too_old`, `epoch_changed`,
-    /// `unknown_event`, `unknown_offset`, `history_unavailable`.
+    /// Why not, when `recovered` is false; see [`Reason::as_str`] for
+    /// the wire strings.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
+    pub reason: Option<Reason>,
     /// The stream position after the replay: the offset to resume from next.
     pub offset: u64,
     /// The history's identity; a different epoch means history was lost.

@@ -36,6 +36,7 @@ use crate::protocol::{
     ActionConfirm, CloseReason, ErrorCode, Refusal, ResumeOutcome, ResumeRequest, may_join,
     subscription_room,
 };
+use crate::resume;
 use crate::socketio;
 
 /// How a connection's frames are encoded.
@@ -391,8 +392,7 @@ impl Session {
                 };
                 match self
                     .hub
-                    .inner
-                    .actions
+                    .actions()
                     .record(&self.conn.principal, &action)
                     .await
                 {
@@ -403,7 +403,7 @@ impl Session {
             "seen" | "read" => {
                 let user = self.conn.principal.user_id.clone();
                 let hub = self.hub.clone();
-                let store = &hub.inner.store;
+                let store = hub.store();
                 match crate::receipts::receipt(&hub, store, &user, &event, &data).await {
                     Ok(ack) => self.reply(reply, &ack),
                     Err(refusal) => self.refuse(reply, &refusal),
@@ -468,38 +468,9 @@ impl Session {
         }
     }
 
-    /// The history could not be read (Redis or the database is down).
-    fn history_unavailable(&self, e: &crate::Error, epoch: String, head: u64) -> ResumeOutcome {
-        tracing::warn!(error = %e, "resume: history unavailable");
-        self.not_recovered("history_unavailable", epoch, head, Vec::new())
-    }
-
-    fn not_recovered(
-        &self,
-        reason: &'static str,
-        epoch: String,
-        head: u64,
-        rooms: Vec<String>,
-    ) -> ResumeOutcome {
-        self.hub
-            .metrics()
-            .resumes
-            .with_label_values(&["not_recovered"])
-            .inc();
-        tracing::info!(conn = self.conn.id, reason, "resume: not recovered");
-        ResumeOutcome {
-            recovered: false,
-            replayed: 0,
-            reason: Some(reason),
-            offset: head,
-            epoch,
-            rooms,
-        }
-    }
-
     /// Restores subscriptions, then replays what the client missed in
     /// every room it is in — all of it, in offset order, nothing it was
-    /// already sent — or says why not.
+    /// already sent — or says why not (see [`crate::resume`]).
     async fn resume(&mut self, request: ResumeRequest) -> ResumeOutcome {
         for subscription in &request.subscriptions {
             if let Err(refusal) = self.subscribe(subscription) {
@@ -514,116 +485,24 @@ impl Session {
                 refused.push(room.clone());
             }
         }
-        let (epoch, head) = match self.hub.position().await {
-            Ok(position) => position,
-            Err(e) => return self.history_unavailable(&e, String::new(), self.watermark),
-        };
-        if !refused.is_empty() {
-            return self.not_recovered("unauthorized", epoch, head, refused);
-        }
-        let base = match &request.last_event_id {
-            Some(id) => match self.hub.offset_of(id).await {
-                Ok(Some(offset)) => Some(offset),
-                Ok(None) => {
-                    return self.not_recovered("unknown_event", epoch, head, Vec::new());
-                }
-                Err(e) => return self.history_unavailable(&e, epoch, head),
-            },
-            None => request.offset,
-        };
-        let mut from: Vec<(String, u64)> = self
-            .rooms
-            .iter()
-            .filter_map(|room| {
-                request
-                    .offsets
-                    .get(room)
-                    .copied()
-                    .or(base)
-                    .map(|o| (room.clone(), o))
-            })
-            .collect();
-        from.sort();
-        let (epoch, head, missed) = match request.epoch.filter(|e| *e != epoch) {
-            // The history changed epoch since the client's offsets: served
-            // from the database when only Redis restarts lie between.
-            Some(old) => match self.hub.recover_across_epochs(&old, &from).await {
-                Ok(Some(recovered)) => recovered,
-                Ok(None) => {
-                    // Every room the client is in may miss something.
-                    let rooms = from.iter().map(|(room, _)| room.clone()).collect();
-                    return self.not_recovered("epoch_changed", epoch, head, rooms);
-                }
-                Err(e) => return self.history_unavailable(&e, epoch, head),
-            },
-            None => match self.snapshot(&from, epoch, head).await {
-                Ok(found) => found,
-                Err(outcome) => return outcome,
-            },
-        };
+        let replay =
+            match resume::find(&self.hub, &request, &self.rooms, refused, self.watermark).await {
+                Ok(replay) => replay,
+                Err(not) => return not.outcome(&self.hub, self.conn.id),
+            };
         let mut replayed = 0;
-        for d in &missed {
+        for d in &replay.missed {
             if self.seen.contains(d.offset) {
                 continue;
             }
             self.send_delivery(d);
             replayed += 1;
         }
-        for (room, offset) in from {
-            let floor = self.floors.entry(room).or_default();
-            *floor = (*floor).max(offset);
+        for (room, offset) in &replay.from {
+            let floor = self.floors.entry(room.clone()).or_default();
+            *floor = (*floor).max(*offset);
         }
-        self.hub
-            .metrics()
-            .resumes
-            .with_label_values(&["recovered"])
-            .inc();
-        tracing::info!(conn = self.conn.id, replayed, "resume: recovered");
-        ResumeOutcome {
-            recovered: true,
-            replayed,
-            reason: None,
-            offset: head.max(self.watermark),
-            epoch,
-            rooms: Vec::new(),
-        }
-    }
-
-    /// The events after `from` in the current epoch's history, or the
-    /// answer that says why they cannot be had.
-    async fn snapshot(
-        &self,
-        from: &[(String, u64)],
-        epoch: String,
-        head: u64,
-    ) -> Result<(String, u64, Vec<Arc<Delivery>>), ResumeOutcome> {
-        let snapshot = match self.hub.snapshot(from).await {
-            Ok(snapshot) => snapshot,
-            Err(e) => return Err(self.history_unavailable(&e, epoch, head)),
-        };
-        if snapshot.epoch != epoch {
-            let rooms = from.iter().map(|(room, _)| room.clone()).collect();
-            return Err(self.not_recovered("epoch_changed", snapshot.epoch, snapshot.head, rooms));
-        }
-        let lost: Vec<String> = snapshot
-            .rooms
-            .iter()
-            .filter(|(_, events)| events.is_none())
-            .map(|(room, _)| room.clone())
-            .collect();
-        if !lost.is_empty() {
-            let too_far = from.iter().any(|(_, o)| *o > snapshot.head);
-            let reason = if too_far { "unknown_offset" } else { "too_old" };
-            return Err(self.not_recovered(reason, epoch, snapshot.head, lost));
-        }
-        let mut missed: Vec<Arc<Delivery>> = snapshot
-            .rooms
-            .into_iter()
-            .flat_map(|(_, events)| events.unwrap_or_default())
-            .collect();
-        missed.sort_by_key(|d| d.offset);
-        missed.dedup_by_key(|d| d.offset);
-        Ok((epoch, snapshot.head, missed))
+        replay.outcome(&self.hub, self.conn.id, replayed, self.watermark)
     }
 }
 
@@ -642,8 +521,7 @@ pub(crate) struct WsSession {
 
 impl WsSession {
     pub fn new(hub: Hub, registered: Registered, socket: WebSocket, exp: u64) -> WsSession {
-        let config = hub.config();
-        let bucket = Bucket::new(config.rate_limit_per_second, config.rate_limit_burst);
+        let bucket = crate::admission::rate_limit(&hub);
         let (session, feed) = Session::new(hub, registered, exp, Wire::Json);
         WsSession {
             session,

@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::admission::{self, Admitted, Denied};
 use crate::guard::Ticket;
 use crate::history::Delivery;
 use crate::hub::{Hub, Transport};
@@ -324,24 +325,18 @@ impl Conversation {
             Some(Value::String(t)) if !t.is_empty() => Some(t.as_str()),
             _ => bearer.as_deref(),
         };
-        let Some(token) = token else {
-            self.push(connect_error_text(
-                "/",
-                "UNAUTHORIZED: missing token (send it as auth.token)",
-            ));
-            return None;
-        };
-        let (principal, exp) = match hub.inner.verifier.verify(token) {
-            Ok(who) => who,
-            Err(e) => {
-                self.push(connect_error_text("/", &format!("UNAUTHORIZED: {e}")));
-                return None;
-            }
-        };
-        let registered = match hub.register(principal, Transport::SocketIo) {
-            Ok(registered) => registered,
-            Err(r) => {
-                let message = format!("{}: {}", r.code.as_str(), r.message);
+        let admitted = admission::check(hub, token)
+            .and_then(|credentials| admission::enter(hub, credentials, Transport::SocketIo));
+        let Admitted { registered, exp } = match admitted {
+            Ok(admitted) => admitted,
+            Err(denied) => {
+                let message = match denied {
+                    Denied::MissingToken => {
+                        "UNAUTHORIZED: missing token (send it as auth.token)".to_owned()
+                    }
+                    Denied::InvalidToken(e) => format!("UNAUTHORIZED: {e}"),
+                    Denied::Refused(r) => format!("{}: {}", r.code.as_str(), r.message),
+                };
                 self.push(connect_error_text("/", &message));
                 return None;
             }
@@ -350,23 +345,14 @@ impl Conversation {
         if let Some(ticket) = ticket {
             ticket.settle();
         }
-        let conn = &registered.conn;
-        tracing::info!(
-            conn = conn.id,
-            user = %conn.principal.user_id.as_str(),
-            role = conn.principal.role.as_str(),
-            transport = "socketio",
-            "realtime connection opened"
-        );
         let (mut session, feed) = Session::new(hub.clone(), registered, exp, Wire::SocketIo);
         self.push(connect_text(&format!("{:032x}", rand::random::<u128>())));
         let resume = auth.get("resume").filter(|r| !r.is_null()).cloned();
         session.open(resume).await;
         self.out.append(&mut session.out);
-        let config = hub.config();
         self.state = State::Live {
             session: Box::new(session),
-            bucket: Bucket::new(config.rate_limit_per_second, config.rate_limit_burst),
+            bucket: admission::rate_limit(hub),
         };
         Some(feed)
     }

@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use herald_core::problem::Code;
 use serde_json::{Value, json};
 
+use crate::admission::{self, Credentials, Denied};
 use crate::hub::{Hub, Transport};
 use crate::protocol::{CloseReason, Refusal};
 use crate::session::{Inbound, Reply, WsSession};
@@ -81,19 +82,17 @@ pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let token = bearer(&headers).or_else(|| query.get("token").cloned().filter(|t| !t.is_empty()));
-    let Some(token) = token else {
-        return problem(
-            Code::Unauthorized,
-            "missing token: send `Authorization: Bearer …` or `?token=`",
-        );
+    let credentials = match admission::check(&hub, token.as_deref()) {
+        Ok(credentials) => credentials,
+        Err(Denied::MissingToken) => {
+            return problem(
+                Code::Unauthorized,
+                "missing token: send `Authorization: Bearer …` or `?token=`",
+            );
+        }
+        Err(Denied::InvalidToken(e)) => return problem(Code::Unauthorized, &e),
+        Err(Denied::Refused(r)) => return problem(Code::Unavailable, &r.message),
     };
-    let (principal, exp) = match hub.inner.verifier.verify(&token) {
-        Ok(who) => who,
-        Err(e) => return problem(Code::Unauthorized, &e),
-    };
-    if hub.is_closing() {
-        return problem(Code::Unavailable, "Herald is restarting; reconnect shortly");
-    }
     let resume = match handshake_resume(&query) {
         Ok(resume) => resume,
         Err(detail) => return problem(Code::BadRequest, &detail),
@@ -104,7 +103,7 @@ pub(crate) async fn upgrade(
         .max_write_buffer_size(c.write_buffer_bytes + 2 * c.max_message_bytes)
         .max_message_size(hard_cap(c.max_message_bytes))
         .max_frame_size(hard_cap(c.max_message_bytes))
-        .on_upgrade(move |socket| serve(hub, socket, principal, exp, resume))
+        .on_upgrade(move |socket| serve(hub, socket, credentials, resume))
 }
 
 /// The largest message the WebSocket layer reads whole: four times the
@@ -139,26 +138,12 @@ fn handshake_resume(query: &HashMap<String, String>) -> Result<Option<Value>, St
     Ok(Some(Value::Object(resume)))
 }
 
-async fn serve(
-    hub: Hub,
-    socket: WebSocket,
-    principal: herald_core::auth::Principal,
-    exp: u64,
-    resume: Option<Value>,
-) {
-    let registered = match hub.register(principal, Transport::Ws) {
-        Ok(registered) => registered,
-        Err(_) => return,
+async fn serve(hub: Hub, socket: WebSocket, credentials: Credentials, resume: Option<Value>) {
+    // Shutdown may have begun during the upgrade: the socket just closes.
+    let Ok(admitted) = admission::enter(&hub, credentials, Transport::Ws) else {
+        return;
     };
-    let conn = registered.conn.clone();
-    tracing::info!(
-        conn = conn.id,
-        user = %conn.principal.user_id.as_str(),
-        role = conn.principal.role.as_str(),
-        transport = "ws",
-        "realtime connection opened"
-    );
-    WsSession::new(hub, registered, socket, exp)
+    WsSession::new(hub, admitted.registered, socket, admitted.exp)
         .run(resume)
         .await;
 }
