@@ -358,7 +358,12 @@ pub struct Step {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub server_cpu_s: f64,
+    /// Server CPU per accepted event, microseconds.
+    pub cpu_us_per_event: f64,
     pub deliveries_per_cpu_s: f64,
+    /// The server's context switches over the step (see [`crate::proc`]).
+    pub ctx_switches: u64,
+    pub ctx_switches_per_event: f64,
     pub peak_rss_mib: f64,
     pub sustainable: bool,
 }
@@ -459,6 +464,17 @@ impl Bench<'_> {
             p99_ms: p99,
             p999_ms: q(0.999),
             server_cpu_s: cpu,
+            cpu_us_per_event: if accepted > 0 {
+                cpu * 1e6 / accepted as f64
+            } else {
+                0.0
+            },
+            ctx_switches: after.ctx_switches.saturating_sub(before.ctx_switches),
+            ctx_switches_per_event: if accepted > 0 {
+                after.ctx_switches.saturating_sub(before.ctx_switches) as f64 / accepted as f64
+            } else {
+                0.0
+            },
             deliveries_per_cpu_s: if cpu > 0.0 {
                 received as f64 / cpu
             } else {
@@ -485,6 +501,12 @@ pub struct Plan {
     pub bisections: usize,
     pub concurrency: usize,
     pub max_events: u64,
+    /// The fixed rate at which server CPU and context switches per event
+    /// are compared (issue #12: 1,000 events/s).
+    pub fixed_rate: f64,
+    /// How long that step lasts (long enough to attach `perf` to the
+    /// server, whose pid is printed as it starts).
+    pub fixed_step: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -497,8 +519,12 @@ pub struct Fanout {
     pub max_sustainable: f64,
     pub fastest_batch_1: Step,
     pub fastest_batch_10: Step,
+    /// At [`Plan::fixed_rate`].
+    pub fixed: Step,
     /// At another server's max sustainable rate, when given.
     pub at_rate: Option<Step>,
+    /// At twice that rate.
+    pub at_twice_rate: Option<Step>,
     pub disconnects: u64,
 }
 
@@ -527,6 +553,29 @@ pub async fn run(
             plan.step.min(Duration::from_secs(2)),
         )
         .await?;
+
+    eprintln!(
+        "  {name} (pid {}): fixed {:.0} ev/s for {} s",
+        server.pid(),
+        plan.fixed_rate,
+        plan.fixed_step.as_secs()
+    );
+    let fixed = bench
+        .step(
+            &format!("fixed {:.0}/s", plan.fixed_rate),
+            Load::Rate(plan.fixed_rate),
+            1,
+            plan.fixed_step,
+        )
+        .await?;
+    eprintln!(
+        "  {name}: fixed {:.0} ev/s: {:.1} µs CPU per event, {:.2} context switches per event, p99 {:.2} ms, lost {}",
+        plan.fixed_rate,
+        fixed.cpu_us_per_event,
+        fixed.ctx_switches_per_event,
+        fixed.p99_ms,
+        fixed.lost
+    );
 
     let mut sweep = Vec::new();
     let mut measure = async |bench: &mut Bench<'_>, rate: f64| -> Result<bool> {
@@ -594,15 +643,23 @@ pub async fn run(
             s.label, s.events_per_s, s.deliveries_per_s, s.deliveries_per_cpu_s, s.p99_ms
         );
     }
-    let at_rate = match at_rate {
+    let (at_rate, at_twice_rate) = match at_rate {
         Some(rate) if rate > 0.0 => {
-            let s = bench
-                .step(&format!("at {rate:.0}/s"), Load::Rate(rate), 1, plan.step)
-                .await?;
-            eprintln!("  {name}: at {rate:.0} ev/s: p99 {:.2} ms", s.p99_ms);
-            Some(s)
+            let mut at = Vec::new();
+            for rate in [rate, 2.0 * rate] {
+                let s = bench
+                    .step(&format!("at {rate:.0}/s"), Load::Rate(rate), 1, plan.step)
+                    .await?;
+                eprintln!(
+                    "  {name}: at {rate:.0} ev/s: p99 {:.2} ms, lost {}",
+                    s.p99_ms, s.lost
+                );
+                at.push(s);
+            }
+            let twice = at.pop();
+            (at.pop(), twice)
         }
-        _ => None,
+        _ => (None, None),
     };
     let disconnects = rec.disconnects.load(Ordering::SeqCst);
     let sockets = audience.sockets;
@@ -614,7 +671,9 @@ pub async fn run(
         max_sustainable: lo,
         fastest_batch_1,
         fastest_batch_10,
+        fixed,
         at_rate,
+        at_twice_rate,
         disconnects,
     })
 }

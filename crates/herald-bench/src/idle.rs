@@ -1,7 +1,8 @@
 //! Scenario (b): what an idle connection costs the server, and how fast it
 //! takes new ones. Sockets connect (Engine.IO handshake, JWT, the
 //! `connected` event) 256 at a time; the server's resident memory is read
-//! before and after, once the heap has settled.
+//! before and after, once the heap has settled. [`run_ws`] does the same
+//! over Herald's plain WebSocket at `/ws` (the peer has none).
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,9 @@ use serde::Serialize;
 use crate::fanout::{Audience, Recorder};
 use crate::population::token;
 use crate::server::Proc;
-use crate::sio::Socket;
+use crate::sio::{Socket, Ws};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Idle {
@@ -24,6 +27,8 @@ pub struct Idle {
     pub rss_after_mib: f64,
     pub kib_per_connection: f64,
     pub connect_cpu_s: f64,
+    /// Server CPU per connect, milliseconds.
+    pub connect_cpu_ms_each: f64,
 }
 
 pub async fn run(server: &Proc, secret: &str, n: u64) -> Result<Idle> {
@@ -65,6 +70,7 @@ pub async fn run(server: &Proc, secret: &str, n: u64) -> Result<Idle> {
         rss_after_mib: after.rss_kib as f64 / 1024.0,
         kib_per_connection: (after.rss_kib.saturating_sub(before.rss_kib)) as f64 / n as f64,
         connect_cpu_s: connected.cpu_secs - before.cpu_secs,
+        connect_cpu_ms_each: (connected.cpu_secs - before.cpu_secs) * 1000.0 / n as f64,
     };
     eprintln!(
         "  {}: {n} connections in {connect_seconds:.2} s ({:.0}/s), {:.2} KiB each",
@@ -73,6 +79,87 @@ pub async fn run(server: &Proc, secret: &str, n: u64) -> Result<Idle> {
     audience.close().await;
     drop(warm);
     Ok(result)
+}
+
+/// Scenario (b) over `/ws?token=`: `n` plain WebSocket clients that read
+/// (so pings are answered) and say nothing.
+pub async fn run_ws(server: &Proc, secret: &str, n: u64) -> Result<Idle> {
+    let limit = open_files_limit();
+    anyhow::ensure!(
+        limit >= n + 1024,
+        "{n} connections need `ulimit -n` ≥ {} (it is {limit})",
+        n + 1024
+    );
+    let port = server.port;
+    let warm = ws_connect(port, &token(secret, "idle-ws-warm", "guest", None)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = server.sample()?;
+    let start = Instant::now();
+    let sockets: Vec<Ws> = futures::stream::iter((0..n).map(|i| {
+        let token = token(secret, &format!("idle-ws-{i}"), "guest", None);
+        async move { ws_connect(port, &token).await }
+    }))
+    .buffer_unordered(256)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<Result<_>>()
+    .context("connecting idle /ws sockets")?;
+    let connect_seconds = start.elapsed().as_secs_f64();
+    let connected = server.sample()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut ws in sockets {
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = ws.next() => if !matches!(msg, Some(Ok(_))) { return },
+                    _ = stopped.changed() => break,
+                }
+            }
+            let _ = ws.close(None).await;
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = server.sample()?;
+    let result = Idle {
+        server: format!("{} /ws", server.name),
+        connections: n,
+        connect_seconds,
+        connects_per_s: n as f64 / connect_seconds,
+        rss_before_mib: before.rss_kib as f64 / 1024.0,
+        rss_after_mib: after.rss_kib as f64 / 1024.0,
+        kib_per_connection: (after.rss_kib.saturating_sub(before.rss_kib)) as f64 / n as f64,
+        connect_cpu_s: connected.cpu_secs - before.cpu_secs,
+        connect_cpu_ms_each: (connected.cpu_secs - before.cpu_secs) * 1000.0 / n as f64,
+    };
+    eprintln!(
+        "  {}: {n} connections in {connect_seconds:.2} s ({:.0}/s), {:.2} KiB each",
+        result.server, result.connects_per_s, result.kib_per_connection
+    );
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    drop(warm);
+    Ok(result)
+}
+
+/// A `/ws` client, once the server's `connected` frame has arrived.
+async fn ws_connect(port: u16, token: &str) -> Result<Ws> {
+    let url = format!("ws://127.0.0.1:{port}/ws?token={token}");
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .context("/ws upgrade")?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains("\"connected\"") => return Ok(ws),
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("/ws closed before `connected`: {other:?}"),
+        }
+    }
 }
 
 fn open_files_limit() -> u64 {

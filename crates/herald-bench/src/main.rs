@@ -8,7 +8,7 @@
 //! | [`sio`] | the Socket.IO v4 client both servers are driven with |
 //! | [`population`] | the seed scenario's people, tokens and events |
 //! | [`fanout`] | (a) fan-out: rate sweep, fastest, latency histograms |
-//! | [`idle`] | (b) idle memory per connection and connect rate |
+//! | [`idle`] | (b) idle memory per connection and connect rate, Socket.IO and `/ws` |
 //! | [`ingest`] | (c) durable ingest on SQLite and PostgreSQL |
 //! | [`queue`] | (d) email/SMS/push dispatch from a filled queue, Herald (PostgreSQL + Redis, and embedded) and BullMQ, and the fake provider |
 //! | [`e2e`] | (e) end to end: events over REST while the workers run, one email each |
@@ -44,11 +44,11 @@ struct Args {
     /// harness works; its figures mean nothing.
     #[arg(long)]
     smoke: bool,
-    /// Scenarios to run: fanout, idle, ingest, queue, e2e.
+    /// Scenarios to run: fanout, idle, idle-ws, ingest, queue, e2e.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fanout,idle,ingest,queue,e2e"
+        default_value = "fanout,idle,idle-ws,ingest,queue,e2e"
     )]
     only: Vec<String>,
     /// Where results.json, table.md and fanout-p99.svg go.
@@ -80,6 +80,13 @@ struct Args {
     /// Seconds per measured step.
     #[arg(long, default_value_t = 5)]
     step_seconds: u64,
+    /// The fixed rate of fan-out's CPU-per-event step, events/s.
+    #[arg(long, default_value_t = 1_000.0)]
+    fixed_rate: f64,
+    /// Seconds of that step (default: `--step-seconds`); longer to attach
+    /// `perf stat` / `perf record` to the server meanwhile.
+    #[arg(long)]
+    fixed_seconds: Option<u64>,
 }
 
 #[tokio::main]
@@ -134,6 +141,8 @@ async fn main() -> Result<()> {
                 bisections: 0,
                 concurrency: 8,
                 max_events: 2_000,
+                fixed_rate: 200.0,
+                fixed_step: step,
             }
         } else {
             fanout::Plan {
@@ -143,6 +152,8 @@ async fn main() -> Result<()> {
                 bisections: 3,
                 concurrency: 64,
                 max_events: 1_000_000,
+                fixed_rate: args.fixed_rate,
+                fixed_step: Duration::from_secs(args.fixed_seconds.unwrap_or(args.step_seconds)),
             }
         };
         let pop = if args.smoke {
@@ -176,6 +187,16 @@ async fn main() -> Result<()> {
         results
             .idle
             .insert(0, idle::run(&herald, &secret, n).await?);
+        herald.stop().await;
+    }
+    if wants("idle-ws") {
+        let n = if args.smoke { 200 } else { args.connections };
+        eprintln!("(b) idle /ws connections (Herald only): {n}");
+        let env = server::prepare_herald(&paths, &HeraldSpec::embedded(), &secret).await?;
+        let herald = server::start_herald(&paths, &env).await?;
+        results
+            .idle_ws
+            .push(idle::run_ws(&herald, &secret, n).await?);
         herald.stop().await;
     }
     if wants("ingest") {

@@ -1,5 +1,5 @@
 //! What a server process costs, read from `/proc`: CPU seconds (user +
-//! system), resident memory now and at its peak.
+//! system), resident memory now and at its peak, and context switches.
 
 use std::fs;
 
@@ -14,6 +14,10 @@ pub struct Sample {
     pub cpu_secs: f64,
     pub rss_kib: u64,
     pub peak_rss_kib: u64,
+    /// Voluntary and involuntary context switches of the process's live
+    /// threads (what `perf stat -e context-switches -p` counts, for the
+    /// threads that outlive the window).
+    pub ctx_switches: u64,
 }
 
 pub fn sample(pid: u32) -> Result<Sample> {
@@ -35,7 +39,31 @@ pub fn sample(pid: u32) -> Result<Sample> {
         cpu_secs: ticks as f64 / TICKS,
         rss_kib: kib("VmRSS:"),
         peak_rss_kib: kib("VmHWM:"),
+        ctx_switches: context_switches(pid),
     })
+}
+
+/// The sum over the process's threads of `voluntary_ctxt_switches` and
+/// `nonvoluntary_ctxt_switches` (the process's own status line counts its
+/// main thread only).
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// Starts a new peak: the kernel resets VmHWM to the current RSS.

@@ -22,6 +22,7 @@ pub struct Results {
     pub herald_commit: String,
     pub fanout: Vec<Fanout>,
     pub idle: Vec<Idle>,
+    pub idle_ws: Vec<Idle>,
     pub ingest: Vec<Ingest>,
     pub dispatch: Vec<Dispatch>,
     pub e2e: Vec<EndToEnd>,
@@ -105,7 +106,7 @@ impl Results {
                     Some(hs.deliveries_per_cpu_s),
                     Some(ps.deliveries_per_cpu_s),
                     ratio(hs.deliveries_per_cpu_s, ps.deliveries_per_cpu_s),
-                    if label == "batch 10" { "≥ 10×" } else { "" },
+                    if label == "batch 1" { "≥ 4×" } else { "" },
                 );
                 row(
                     &format!("fan-out, as fast as possible, {label}: p50 / p99 / p99.9 ms"),
@@ -152,6 +153,55 @@ impl Results {
                 String::new(),
                 "Herald ≤ 10 ms",
             );
+            row(
+                &format!(
+                    "p99 ms at twice the peer's max sustainable rate ({} events/s)",
+                    num(2.0 * p.max_sustainable)
+                ),
+                h.at_twice_rate.as_ref().map(|s| s.p99_ms),
+                None,
+                h.at_twice_rate
+                    .as_ref()
+                    .map_or(String::new(), |s| format!("Herald lost {}", s.lost)),
+                "Herald ≤ 10 ms",
+            );
+            let (hf, pf) = (&h.fixed, &p.fixed);
+            row(
+                &format!(
+                    "fan-out at {} events/s: server CPU µs per event",
+                    num(hf.offered.unwrap_or(0.0))
+                ),
+                Some(hf.cpu_us_per_event),
+                Some(pf.cpu_us_per_event),
+                ratio(hf.cpu_us_per_event, pf.cpu_us_per_event),
+                "≤ 0.25×",
+            );
+            row(
+                &format!(
+                    "fan-out at {} events/s: server context switches per event",
+                    num(hf.offered.unwrap_or(0.0))
+                ),
+                Some(hf.ctx_switches_per_event),
+                Some(pf.ctx_switches_per_event),
+                ratio(hf.ctx_switches_per_event, pf.ctx_switches_per_event),
+                "",
+            );
+            row(
+                &format!(
+                    "fan-out at {} events/s: p99 ms / lost",
+                    num(hf.offered.unwrap_or(0.0))
+                ),
+                None,
+                None,
+                format!(
+                    "Herald {} / {}; peer {} / {}",
+                    num(hf.p99_ms),
+                    hf.lost,
+                    num(pf.p99_ms),
+                    pf.lost
+                ),
+                "",
+            );
         }
         let hi = Self::find(&self.idle, |i| i.server == "herald");
         let pi = Self::find(&self.idle, |i| i.server != "herald");
@@ -164,7 +214,14 @@ impl Results {
                 Some(h.kib_per_connection),
                 Some(p.kib_per_connection),
                 ratio(h.kib_per_connection, p.kib_per_connection),
-                "Herald ≤ 5 KiB",
+                "Herald ≤ 6 KiB",
+            );
+            row(
+                "server CPU ms per connect (handshake, JWT, `connected`)",
+                Some(h.connect_cpu_ms_each),
+                Some(p.connect_cpu_ms_each),
+                ratio(h.connect_cpu_ms_each, p.connect_cpu_ms_each),
+                "≤ 0.2×",
             );
             row(
                 "connect rate, connections/s (handshake, JWT, `connected`)",
@@ -172,6 +229,25 @@ impl Results {
                 Some(p.connects_per_s),
                 ratio(h.connects_per_s, p.connects_per_s),
                 "≥ 5×",
+            );
+        }
+        for h in &self.idle_ws {
+            row(
+                &format!(
+                    "idle memory per `/ws` connection, KiB ({} connections)",
+                    h.connections
+                ),
+                Some(h.kib_per_connection),
+                None,
+                "(the peer has no `/ws`)".to_owned(),
+                "Herald ≤ 4 KiB",
+            );
+            row(
+                "server CPU ms per `/ws` connect",
+                Some(h.connect_cpu_ms_each),
+                None,
+                String::new(),
+                "",
             );
         }
         for h in self

@@ -4,12 +4,15 @@
 //! Socket.IO's business ([`crate::socketio`]).
 //!
 //! **One connection, at most one task.** A WebSocket session is one task:
-//! it owns the socket and does its reads, its writes (events fanned out by
-//! the hub included), its pings and its timeouts in one `select!` loop. A
-//! long-polling session has no task at all: its state sits in the session
-//! table, a `GET` waits for something to send (an event, an answer, a
-//! ping) and writes it, a `POST` hands the client's packets to the session
-//! inline. One sweeper per node frees the sessions whose client stopped
+//! it does its reads, its own writes, its pings and its timeouts in one
+//! `select!` loop. Once the client authenticates, the socket moves into
+//! the connection's [`Outbox`](crate::outbox::Outbox), where the hub's
+//! fan-out writes events to it directly; the task writes only what had to
+//! be queued (a slow client's backlog, events that arrived while it
+//! answered), in one flush. A long-polling session has no task at all:
+//! its state sits in the session table, a `GET` waits for something to
+//! send (an event, an answer, a ping) and writes it, a `POST` hands the
+//! client's packets to the session inline. One sweeper per node frees the sessions whose client stopped
 //! polling for `ping_interval + ping_timeout`, and the unauthenticated ones
 //! after the connect timeout.
 //!
@@ -39,9 +42,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::guard::Ticket;
-use crate::hub::{Hub, now_ms};
+use crate::hub::{Conn, Hub, now_ms};
 use crate::protocol::CloseReason;
-use crate::session::{Feed, close_code};
+use crate::session::close_code;
 use crate::socketio::Conversation;
 
 /// Engine.IO's packet separator in a long-polling payload.
@@ -192,42 +195,14 @@ struct Slot {
     /// When the next ping is due (ms).
     next_ping: AtomicI64,
     mode: AtomicU8,
-    /// What the hub sends, once authenticated. The pending poll takes it
-    /// while it waits and puts it back however the request ends.
-    feed: Mutex<Option<Feed>>,
+    /// The connection, once authenticated: the hub queues its events in
+    /// its outbox, and the pending poll waits on it.
+    feed: Mutex<Option<Arc<Conn>>>,
 }
 
 #[derive(Debug)]
 struct Talk {
     conversation: Conversation,
-}
-
-/// The feed a pending poll waits on, put back into its slot when the poll
-/// ends — answered, or dropped because the client went away.
-struct Borrowed<'a> {
-    slot: &'a Slot,
-    feed: Option<Feed>,
-}
-
-impl Borrowed<'_> {
-    fn give_back(&mut self) {
-        let mut feed = self.slot.feed.lock().expect("feed lock");
-        // A feed handed over while the poll waited (the connection just
-        // authenticated) is the one; the poll had none then.
-        if feed.is_none() {
-            *feed = self.feed.take();
-        }
-    }
-
-    fn borrow(&mut self) {
-        self.feed = self.slot.feed.lock().expect("feed lock").take();
-    }
-}
-
-impl Drop for Borrowed<'_> {
-    fn drop(&mut self) {
-        self.give_back();
-    }
 }
 
 /// `GET|POST /socket.io/?EIO=4&transport=…[&sid=…]`.
@@ -407,24 +382,15 @@ async fn poll(hub: &Hub, slot: &Arc<Slot>) -> Response {
     let _polling = Polling(slot);
     slot.heard.store(now_ms(), Ordering::Relaxed);
     let ping_every = hub.config().ping_interval_ms as i64;
-    let mut borrowed = Borrowed { slot, feed: None };
-    let mut held: Option<Arc<crate::history::Delivery>> = None;
     loop {
         let deadline;
+        let conn;
         {
             let mut talk = slot.talk.lock().await;
-            borrowed.give_back();
             let conversation = &mut talk.conversation;
-            if let Some(d) = held.take() {
-                conversation.deliver(&d);
-            }
-            let mut killed = None;
-            if let Some(f) = slot.feed.lock().expect("feed lock").as_mut() {
-                while let Ok(d) = f.outbound.try_recv() {
-                    conversation.deliver(&d);
-                }
-                killed = *f.kill.borrow_and_update();
-            }
+            conversation.take_queued();
+            conn = slot.feed.lock().expect("feed lock").clone();
+            let killed = conn.as_ref().and_then(|c| c.killed());
             let mode = slot.mode.load(Ordering::SeqCst);
             if !conversation.is_closed() {
                 let reason = if mode == SHUT {
@@ -460,7 +426,6 @@ async fn poll(hub: &Hub, slot: &Arc<Slot>) -> Response {
             if !out.is_empty() {
                 return payload(&out);
             }
-            borrowed.borrow();
             let ping_at = Instant::now()
                 + Duration::from_millis(
                     (slot.next_ping.load(Ordering::Relaxed) - now).max(0) as u64
@@ -470,18 +435,12 @@ async fn poll(hub: &Hub, slot: &Arc<Slot>) -> Response {
                 .deadline()
                 .map_or(ping_at, |d| d.min(ping_at));
         }
-        match borrowed.feed.as_mut() {
-            Some(f) => {
+        // An event queued or a kill after the look above left a permit:
+        // no wake-up is lost between the look and the wait.
+        match conn {
+            Some(c) => {
                 tokio::select! {
-                    d = f.outbound.recv() => match d {
-                        Some(d) => held = Some(d),
-                        // The hub let go of the connection.
-                        None => {
-                            end_polling(hub, slot, CloseReason::ClientDisconnect).await;
-                            return payload(&[Utf8Bytes::from_static("1")]);
-                        }
-                    },
-                    _ = f.kill.changed() => {}
+                    () = c.outbox.notified() => {}
                     () = slot.wake.notified() => {}
                     () = tokio::time::sleep_until(deadline) => {}
                 }
@@ -654,33 +613,82 @@ impl From<CloseReason> for Ending {
 
 /// What woke a WebSocket session.
 enum Wake {
-    Killed,
-    Delivery(Option<Arc<crate::history::Delivery>>),
+    /// The connection's outbox: the kill signal, or a queue or a flush the
+    /// hub left to the task.
+    Hub,
     Frame(Option<Result<Message, axum::Error>>),
     Ping,
     Due,
     Stop,
 }
 
-/// The hub's next word for a connection: an event or the kill signal
-/// (never, before it authenticates).
-async fn from_hub(feed: &mut Option<Feed>) -> Wake {
-    match feed {
-        Some(f) => tokio::select! {
-            biased;
-            _ = f.kill.changed() => Wake::Killed,
-            d = f.outbound.recv() => Wake::Delivery(d),
-        },
+/// The hub's next word for a connection (never, before it authenticates).
+async fn from_hub(conn: &Option<Arc<Conn>>) {
+    match conn {
+        Some(c) => c.outbox.notified().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The client's next message: from the task's own socket until the
+/// connection authenticates, from its outbox after.
+async fn next_frame(
+    own: &mut Option<WebSocket>,
+    conn: &Option<Arc<Conn>>,
+) -> Option<Result<Message, axum::Error>> {
+    match (own, conn) {
+        (Some(socket), _) => socket.next().await,
+        (None, Some(c)) => c.outbox.next().await,
+        (None, None) => None,
+    }
+}
+
+/// Writes what the conversation queued, and once the connection is in
+/// the hub what the hub queued meanwhile, in one flush per round, until
+/// the outbox lets the hub write directly again.
+async fn write_out(
+    own: &mut Option<WebSocket>,
+    conn: &Option<Arc<Conn>>,
+    conversation: &mut Conversation,
+    timeout: Duration,
+) -> Result<(), Ending> {
+    let failed = |sent: Result<Result<(), axum::Error>, _>| match sent {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ending {
+            reason: CloseReason::TransportError,
+            close: None,
+        }),
+        Err(_) => Err(CloseReason::SlowConsumer.into()),
+    };
+    match (own.as_mut(), conn) {
+        (Some(socket), _) => {
+            for frame in std::mem::take(&mut conversation.out) {
+                failed(tokio::time::timeout(timeout, socket.send(Message::Text(frame))).await)?;
+            }
+            Ok(())
+        }
+        (None, Some(c)) => loop {
+            c.outbox.hold();
+            conversation.take_queued();
+            let frames = std::mem::take(&mut conversation.out)
+                .into_iter()
+                .map(Message::Text)
+                .collect();
+            failed(tokio::time::timeout(timeout, c.outbox.write(frames)).await)?;
+            if c.outbox.release() {
+                return Ok(());
+            }
+        },
+        (None, None) => Ok(()),
     }
 }
 
 /// A session over WebSocket, to its end: the one task of the connection.
 async fn run(
     hub: &Hub,
-    mut socket: WebSocket,
+    socket: WebSocket,
     mut conversation: Conversation,
-    mut feed: Option<Feed>,
+    mut conn: Option<Arc<Conn>>,
 ) {
     let config = hub.config();
     let ping_every = config.ping_interval();
@@ -690,22 +698,20 @@ async fn run(
     let mut heard = now_ms();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut stop = hub.stop_signal();
+    // The socket is the task's own until the connection is in the hub.
+    let mut own = Some(socket);
+    if let Some(c) = &conn
+        && let Some(socket) = own.take()
+    {
+        c.outbox.attach(socket);
+    }
     let ending: Ending = 'session: loop {
         // Write what is queued.
-        for frame in std::mem::take(&mut conversation.out) {
-            match tokio::time::timeout(write_timeout, socket.send(Message::Text(frame))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    break 'session Ending {
-                        reason: CloseReason::TransportError,
-                        close: None,
-                    };
-                }
-                Err(_) => break 'session CloseReason::SlowConsumer.into(),
-            }
+        if let Err(ending) = write_out(&mut own, &conn, &mut conversation, write_timeout).await {
+            break 'session ending;
         }
-        if let Some(f) = feed.as_mut()
-            && let Some(reason) = *f.kill.borrow_and_update()
+        if let Some(c) = &conn
+            && let Some(reason) = c.killed()
         {
             break reason.into();
         }
@@ -718,20 +724,15 @@ async fn run(
         let waiting = !conversation.is_live();
         let wake = tokio::select! {
             biased;
-            wake = from_hub(&mut feed) => wake,
+            () = from_hub(&conn) => Wake::Hub,
             _ = stop.wait_for(|s| *s), if waiting => Wake::Stop,
             () = tokio::time::sleep_until(deadline) => Wake::Due,
             _ = ping.tick() => Wake::Ping,
-            frame = socket.next() => Wake::Frame(frame),
+            frame = next_frame(&mut own, &conn) => Wake::Frame(frame),
         };
         let step: Result<(), Ending> = match wake {
-            Wake::Killed | Wake::Due => Ok(()),
+            Wake::Hub | Wake::Due => Ok(()),
             Wake::Stop => Err(CloseReason::ServerRestart.into()),
-            Wake::Delivery(Some(d)) => {
-                conversation.deliver(&d);
-                Ok(())
-            }
-            Wake::Delivery(None) => Err(CloseReason::ClientDisconnect.into()),
             Wake::Ping => {
                 if now_ms() - heard > silence {
                     Err(CloseReason::Timeout.into())
@@ -752,9 +753,20 @@ async fn run(
                         // loop, and the task would otherwise keep room for
                         // it for the connection's whole life.
                         Ok(Packet::Message(m)) => {
+                            // Events queue while the answer is made, so
+                            // none overtakes it (a resume's replay).
+                            if let Some(c) = &conn {
+                                c.outbox.hold();
+                            }
                             match Box::pin(conversation.receive(hub, m)).await {
-                                Ok(Some(f)) => {
-                                    feed = Some(f);
+                                Ok(Some(c)) => {
+                                    // In the hub now: the socket moves to
+                                    // the outbox, where the hub writes too
+                                    // once the opening frames are out.
+                                    if let Some(socket) = own.take() {
+                                        c.outbox.attach(socket);
+                                    }
+                                    conn = Some(c);
                                     Ok(())
                                 }
                                 Ok(None) => Ok(()),
@@ -794,7 +806,9 @@ async fn run(
     };
     // What is still queued (a refusal, say) goes out before the goodbye.
     conversation.finish(ending.reason);
-    let Some(code) = ending.close else {
+    // The hub writes to the socket no more.
+    let socket = own.or_else(|| conn.as_ref().and_then(|c| c.outbox.detach()));
+    let (Some(code), Some(mut socket)) = (ending.close, socket) else {
         return;
     };
     // The goodbye, a close frame, and the client's answer to it: a socket
@@ -867,8 +881,8 @@ pub(crate) async fn sweep(hub: Hub) {
                 .feed
                 .lock()
                 .expect("feed lock")
-                .as_mut()
-                .and_then(|f| *f.kill.borrow_and_update());
+                .as_ref()
+                .and_then(|c| c.killed());
             if let Some(reason) = killed.or_else(|| talk.conversation.due()) {
                 let live = talk.conversation.is_live();
                 talk.conversation.finish(reason);

@@ -4,17 +4,24 @@
 //! **Ordering.** Events reach sockets from a single ordered source: on a
 //! single node, [`Hub::publish`] appends and dispatches under the history
 //! lock; with Redis, the bus reader dispatches the shared stream in offset
-//! order. Each connection has a bounded queue drained by its own session
-//! task, so one socket sees its events in offset order, and a slow socket
-//! slows nobody else: when its queue is full it is disconnected
-//! (`slow_consumer`) and its queue freed — memory stays flat.
+//! order (and one event's dispatch finishes before the next begins). Each
+//! event goes through every target's [`Outbox`]: written to the socket
+//! there and then by the dispatching task when the socket can take it,
+//! queued otherwise — behind anything queued before it, so one socket sees
+//! its events in offset order. A slow socket slows nobody else: when its
+//! bounded queue is full it is disconnected (`slow_consumer`) and its
+//! queue freed — memory stays flat.
 //!
 //! **Once per socket.** A socket in several of an event's rooms is found
-//! once: targets are collected into a set before anything is sent. The
-//! event is serialised once per broadcast ([`Delivery`]); every queue gets
-//! the same `Arc`. A `/ws` socket is written that very frame; Socket.IO
+//! once: targets are deduplicated before anything is sent. The event is
+//! serialised once per broadcast ([`Delivery`]); every socket gets the
+//! same frame. A `/ws` socket is written that very frame; Socket.IO
 //! sockets share one packet too, the payload spliced into it by the first
 //! socket that sends it ([`Delivery::socketio_text`]).
+//!
+//! **Rooms.** Most rooms have one member (`user:…`, `guest:…`): a room's
+//! [`Members`] are a single id until a second socket joins, and a room's
+//! name is one allocation shared by the room and its members' entries.
 //!
 //! **Shutdown.** [`Hub::shutdown`] refuses new connections, tells every
 //! socket `disconnected {reason: "server_restart", reconnectDelay}` with a
@@ -22,7 +29,7 @@
 //! Engine.IO sessions still open; clients see a transport close and
 //! reconnect.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -31,13 +38,15 @@ use herald_core::auth::Principal;
 use herald_store::Store;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::actions::Actions;
 use crate::bus::{EpochInfo, RedisBus};
 use crate::durable::{DurableLog, Recovered};
 use crate::history::{Delivery, MemoryLog, Snapshot, Stored, next_offset};
+use crate::members::Members;
 use crate::metrics::Metrics;
+use crate::outbox::{Offer, Outbox, Wire};
 use crate::protocol::{CloseReason, Refusal, auto_rooms};
 use crate::resume::Reason;
 use crate::{Error, RealtimeConfig, Verifier};
@@ -79,30 +88,19 @@ pub(crate) struct Conn {
     pub id: ConnId,
     pub principal: Principal,
     pub transport: Transport,
-    tx: mpsc::Sender<Arc<Delivery>>,
-    kill: watch::Sender<Option<CloseReason>>,
+    /// Where its events go: the socket itself, or a queue (see [`Outbox`]).
+    pub outbox: Outbox,
 }
 
 impl Conn {
     /// Asks the connection's session to close; the first reason wins.
     pub fn kill(&self, reason: CloseReason) {
-        self.kill.send_if_modified(|r| {
-            if r.is_none() {
-                *r = Some(reason);
-                true
-            } else {
-                false
-            }
-        });
+        self.outbox.kill(reason);
     }
 
     /// Why the connection was asked to close, if it was.
     pub fn killed(&self) -> Option<CloseReason> {
-        *self.kill.borrow()
-    }
-
-    pub fn kill_signal(&self) -> watch::Receiver<Option<CloseReason>> {
-        self.kill.subscribe()
+        self.outbox.killed()
     }
 }
 
@@ -110,7 +108,6 @@ impl Conn {
 #[derive(Debug)]
 pub(crate) struct Registered {
     pub conn: Arc<Conn>,
-    pub outbound: mpsc::Receiver<Arc<Delivery>>,
     /// The last offset dispatched before the connection joined its rooms:
     /// everything after it reaches the connection.
     pub watermark: u64,
@@ -120,7 +117,8 @@ pub(crate) struct Registered {
 #[derive(Debug)]
 struct Entry {
     conn: Arc<Conn>,
-    rooms: HashSet<String>,
+    /// Its rooms; the names are shared with [`Registry::rooms`].
+    rooms: Vec<Arc<str>>,
     /// Epoch milliseconds, for [`Hub::connections`].
     connected_at: i64,
 }
@@ -128,7 +126,7 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Registry {
     conns: HashMap<ConnId, Entry>,
-    rooms: HashMap<String, HashSet<ConnId>>,
+    rooms: HashMap<Arc<str>, Members>,
     users: HashMap<String, usize>,
     watermark: u64,
 }
@@ -260,6 +258,10 @@ struct Inner {
     store: Store,
     log: Log,
     registry: RwLock<Registry>,
+    /// Held for one event's whole dispatch, so that two sources (the bus
+    /// reader and a publish cut off from the bus) never interleave their
+    /// writes to one socket.
+    dispatching: Mutex<()>,
     /// The bus was down when this node published (clustered only).
     outage: Outage,
     /// The realtime log in the database (clustered only).
@@ -333,6 +335,7 @@ impl Hub {
                 store,
                 log,
                 registry: RwLock::new(Registry::default()),
+                dispatching: Mutex::new(()),
                 outage: Outage::default(),
                 durable,
                 next_id: AtomicU64::new(1),
@@ -557,33 +560,52 @@ impl Hub {
         )
     )]
     pub(crate) fn dispatch(&self, delivery: &Arc<Delivery>) {
-        let mut reg = self.inner.registry.write().expect("registry lock");
-        reg.watermark = reg.watermark.max(delivery.offset);
-        let mut targets: HashSet<ConnId> = HashSet::new();
-        for room in &delivery.rooms {
-            if let Some(members) = reg.rooms.get(room) {
-                targets.extend(members.iter().copied());
-            }
-        }
-        tracing::Span::current().record("sockets", targets.len());
-        for id in targets {
-            let Some(entry) = reg.conns.get(&id) else {
-                continue;
-            };
-            match entry.conn.tx.try_send(delivery.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.inner
-                        .metrics
-                        .dropped
-                        .with_label_values(&["slow_consumer"])
-                        .inc();
-                    entry.conn.kill(CloseReason::SlowConsumer);
+        let _one_at_a_time = self.inner.dispatching.lock().expect("dispatch lock");
+        // The targets, under the registry lock; the writes after it, so
+        // that sockets come and go meanwhile.
+        let targets: Vec<Arc<Conn>> = {
+            let mut reg = self.inner.registry.write().expect("registry lock");
+            reg.watermark = reg.watermark.max(delivery.offset);
+            let mut ids: Vec<ConnId> = Vec::new();
+            for room in &delivery.rooms {
+                if let Some(members) = reg.rooms.get(room.as_str()) {
+                    ids.reserve(members.len());
+                    members.for_each(|id| ids.push(id));
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+            if delivery.rooms.len() > 1 {
+                ids.sort_unstable();
+                ids.dedup();
+            }
+            ids.iter()
+                .filter_map(|id| reg.conns.get(id).map(|e| e.conn.clone()))
+                .collect()
+        };
+        tracing::Span::current().record("sockets", targets.len());
+        let metrics = &self.inner.metrics;
+        let (mut written, mut full) = ([0u64; 2], 0u64);
+        for conn in &targets {
+            match conn.outbox.offer(delivery) {
+                Offer::Written => written[conn.transport as usize] += 1,
+                Offer::Full => full += 1,
+                Offer::Queued | Offer::Skipped => {}
             }
         }
-        self.inner.metrics.events_published.inc();
+        for t in [Transport::SocketIo, Transport::Ws] {
+            if written[t as usize] > 0 {
+                metrics
+                    .messages_sent
+                    .with_label_values(&[t.as_str()])
+                    .inc_by(written[t as usize]);
+            }
+        }
+        if full > 0 {
+            metrics
+                .dropped
+                .with_label_values(&["slow_consumer"])
+                .inc_by(full);
+        }
+        metrics.events_published.inc();
     }
 
     /// Moves the watermark up (the bus reader, when idle, to Redis's head).
@@ -609,16 +631,20 @@ impl Hub {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(crate::admission::restarting());
         }
-        let (tx, outbound) = mpsc::channel(self.inner.config.outbound_queue);
-        let (kill, _) = watch::channel(None);
+        let config = &self.inner.config;
+        let wire = match transport {
+            Transport::SocketIo => Wire::SocketIo,
+            Transport::Ws => Wire::Json,
+        };
+        // Offsets remembered for replays: one replay plus the queue.
+        let seen = config.history_max_events + config.outbound_queue + 64;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let rooms = auto_rooms(&principal);
         let conn = Arc::new(Conn {
             id,
             principal,
             transport,
-            tx,
-            kill,
+            outbox: Outbox::new(wire, config.outbound_queue, seen),
         });
         let mut reg = self.inner.registry.write().expect("registry lock");
         *reg.users
@@ -628,7 +654,7 @@ impl Hub {
             id,
             Entry {
                 conn: conn.clone(),
-                rooms: HashSet::new(),
+                rooms: Vec::new(),
                 connected_at: now_ms(),
             },
         );
@@ -655,7 +681,6 @@ impl Hub {
             .inc();
         Ok(Registered {
             conn,
-            outbound,
             watermark,
             rooms,
         })
@@ -682,11 +707,10 @@ impl Hub {
             return;
         };
         for room in entry.rooms {
-            if let Some(members) = reg.rooms.get_mut(&room) {
-                members.remove(&conn.id);
-                if members.is_empty() {
-                    reg.rooms.remove(&room);
-                }
+            if let Some(members) = reg.rooms.get_mut(&room)
+                && members.remove(conn.id)
+            {
+                reg.rooms.remove(&room);
             }
         }
         let user = conn.principal.user_id.as_str();
@@ -756,7 +780,8 @@ impl Hub {
                     sockets: entries
                         .iter()
                         .map(|e| {
-                            let mut rooms: Vec<String> = e.rooms.iter().cloned().collect();
+                            let mut rooms: Vec<String> =
+                                e.rooms.iter().map(|r| r.to_string()).collect();
                             rooms.sort();
                             SocketInfo {
                                 id: e.conn.id,
@@ -880,22 +905,33 @@ fn join_locked(reg: &mut Registry, id: ConnId, room: &str) -> bool {
     let Some(entry) = reg.conns.get_mut(&id) else {
         return false;
     };
-    if !entry.rooms.insert(room.to_owned()) {
+    if entry.rooms.iter().any(|r| &**r == room) {
         return false;
     }
-    reg.rooms.entry(room.to_owned()).or_default().insert(id);
+    match reg.rooms.get_key_value(room).map(|(name, _)| name.clone()) {
+        Some(name) => {
+            if let Some(members) = reg.rooms.get_mut(room) {
+                members.insert(id);
+            }
+            entry.rooms.push(name);
+        }
+        None => {
+            let name: Arc<str> = room.into();
+            reg.rooms.insert(name.clone(), Members::One(id));
+            entry.rooms.push(name);
+        }
+    }
     true
 }
 
 fn leave_locked(reg: &mut Registry, id: ConnId, room: &str) {
     if let Some(entry) = reg.conns.get_mut(&id) {
-        entry.rooms.remove(room);
+        entry.rooms.retain(|r| &**r != room);
     }
-    if let Some(members) = reg.rooms.get_mut(room) {
-        members.remove(&id);
-        if members.is_empty() {
-            reg.rooms.remove(room);
-        }
+    if let Some(members) = reg.rooms.get_mut(room)
+        && members.remove(id)
+    {
+        reg.rooms.remove(room);
     }
 }
 
@@ -991,13 +1027,16 @@ mod tests {
         }
     }
 
-    /// The event ids waiting in a connection's queue.
-    fn drain(registered: &mut Registered) -> Vec<String> {
-        let mut ids = Vec::new();
-        while let Ok(d) = registered.outbound.try_recv() {
-            ids.push(d.event_id.clone());
-        }
-        ids
+    /// The event ids waiting in a connection's outbox (no socket is
+    /// attached in these tests, so the hub queues everything).
+    fn drain(registered: &Registered) -> Vec<String> {
+        registered
+            .conn
+            .outbox
+            .drain()
+            .iter()
+            .map(|d| d.event_id.clone())
+            .collect()
     }
 
     #[tokio::test]
@@ -1064,11 +1103,11 @@ mod tests {
     #[tokio::test]
     async fn dispatch_reaches_each_member_once_and_nobody_else() {
         let hub = hub_with(config()).await;
-        let mut a = hub.register(who(Role::Guest, "a"), Transport::Ws).unwrap();
-        let mut b = hub
+        let a = hub.register(who(Role::Guest, "a"), Transport::Ws).unwrap();
+        let b = hub
             .register(who(Role::Guest, "b"), Transport::SocketIo)
             .unwrap();
-        let mut admin = hub
+        let admin = hub
             .register(who(Role::Admin, "root"), Transport::Ws)
             .unwrap();
         hub.join(a.conn.id, "guest:a");
@@ -1079,13 +1118,13 @@ mod tests {
             event("e3", &["user:nobody"]),
         ])
         .await;
-        assert_eq!(drain(&mut a), ["e1"]);
-        assert_eq!(drain(&mut b), ["e2"]);
-        assert_eq!(drain(&mut admin), ["e2"]);
+        assert_eq!(drain(&a), ["e1"]);
+        assert_eq!(drain(&b), ["e2"]);
+        assert_eq!(drain(&admin), ["e2"]);
         // After leaving, a room's events no longer arrive.
         hub.leave(a.conn.id, "guest:a");
         hub.publish(vec![event("e4", &["guest:a"])]).await;
-        assert!(drain(&mut a).is_empty());
+        assert!(drain(&a).is_empty());
         // Every event is held for resume, reached anyone or not.
         assert_eq!(hub.metrics().history_events.get(), 4);
         assert!(hub.metrics().history_bytes.get() > 0);
@@ -1103,11 +1142,11 @@ mod tests {
         config.outbound_queue = 2;
         let hub = hub_with(config).await;
         let slow = hub.register(who(Role::Guest, "s"), Transport::Ws).unwrap();
-        let mut fast = hub.register(who(Role::Guest, "f"), Transport::Ws).unwrap();
+        let fast = hub.register(who(Role::Guest, "f"), Transport::Ws).unwrap();
         for i in 0..3 {
             hub.publish(vec![event(&format!("e{i}"), &["user:s", "user:f"])])
                 .await;
-            drain(&mut fast);
+            drain(&fast);
         }
         assert_eq!(slow.conn.killed(), Some(CloseReason::SlowConsumer));
         assert_eq!(fast.conn.killed(), None);
@@ -1120,11 +1159,11 @@ mod tests {
         let b = hub
             .register(who(Role::Admin, "b"), Transport::SocketIo)
             .unwrap();
-        let kill = a.conn.kill_signal();
         hub.kill_all(CloseReason::Timeout);
         assert_eq!(a.conn.killed(), Some(CloseReason::Timeout));
         assert_eq!(b.conn.killed(), Some(CloseReason::Timeout));
-        assert!(kill.has_changed().unwrap());
+        let woken = tokio::time::timeout(Duration::ZERO, a.conn.outbox.notified()).await;
+        assert!(woken.is_ok(), "the connection's task is woken to close");
         // The first reason wins.
         hub.kill_all(CloseReason::ServerRestart);
         assert_eq!(a.conn.killed(), Some(CloseReason::Timeout));

@@ -6,6 +6,8 @@
 //! | [`config`] | the `[realtime]` settings: every limit, typed and checked |
 //! | [`protocol`] | the wire protocol without I/O: rooms, subscription rules, error codes, resume and `action_confirm` shapes |
 //! | [`hub`] | connections, rooms and fan-out: each event serialised once, each socket served once, slow sockets cut off |
+//! | [`members`] | a room's members: one id inline, a set only for rooms of several sockets |
+//! | [`outbox`] | one connection's outbox: the hub writes events to the socket directly when it can take them, queues them (bounded) when not |
 //! | [`history`] | room streams: offsets, the history resume reads; single-node storage, one byte-bounded window of shared frames |
 //! | [`resume`] | the resume decision: replay what a client missed, or say why not ([`resume::Reason`]) |
 //! | [`bus`] | the same streams in Redis, and the reader that fans out events published on any node |
@@ -34,8 +36,10 @@ pub mod engineio;
 pub mod guard;
 pub mod history;
 pub mod hub;
+pub mod members;
 pub mod metrics;
 pub mod origin;
+pub mod outbox;
 pub mod protocol;
 pub mod receipts;
 pub mod resume;

@@ -12,41 +12,33 @@
 //! when bytes move: [`WsSession`] here for `/ws`, [`crate::engineio`] for
 //! Socket.IO.
 //!
-//! A `/ws` connection is one task, [`WsSession`]: it owns the socket, reads
-//! client messages (rate-limited) and answers them in order, drains the
-//! connection's bounded queue (filled by the hub), and pings; the kill
+//! A `/ws` connection is one task, [`WsSession`]: it puts its socket in
+//! the connection's [`Outbox`](crate::outbox::Outbox), where the hub
+//! writes events to it directly; the task reads client messages
+//! (rate-limited) and answers them in order, writes what the hub had to
+//! queue (a slow client's backlog) in one flush, and pings; the kill
 //! signal (slow consumer, rate limit, shutdown) and the token's expiry are
 //! checked first on every turn. Every way out ends in
-//! [`WsSession::finish`], which tells the client why (contract §3) and
-//! closes the socket.
+//! [`WsSession::finish`], which takes the socket back, tells the client
+//! why (contract §3) and closes it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures::StreamExt;
-use serde::Serialize;
-use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
-
 use crate::history::Delivery;
 use crate::hub::{Conn, Hub, Registered, now_ms};
+pub(crate) use crate::outbox::Wire;
 use crate::protocol::{
     ActionConfirm, CloseReason, ErrorCode, Refusal, ResumeOutcome, ResumeRequest, may_join,
     subscription_room,
 };
 use crate::resume;
 use crate::socketio;
-
-/// How a connection's frames are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wire {
-    /// `/ws`: `{"event", "data"}` text frames.
-    Json,
-    /// Socket.IO packets in Engine.IO message packets (`42[…]`, `43n[…]`).
-    SocketIo,
-}
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
 
 /// How to answer one client message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,50 +98,6 @@ impl Bucket {
     }
 }
 
-/// Offsets this connection has been sent, so a replay never repeats one.
-/// Bounded: it needs to cover one replay plus the queue.
-#[derive(Debug)]
-struct Seen {
-    order: VecDeque<u64>,
-    set: HashSet<u64>,
-    cap: usize,
-}
-
-impl Seen {
-    fn new(cap: usize) -> Seen {
-        Seen {
-            order: VecDeque::new(),
-            set: HashSet::new(),
-            cap,
-        }
-    }
-
-    fn contains(&self, offset: u64) -> bool {
-        self.set.contains(&offset)
-    }
-
-    fn insert(&mut self, offset: u64) {
-        if self.set.insert(offset) {
-            self.order.push_back(offset);
-            while self.order.len() > self.cap {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
-}
-
-/// What reaches a connection from the hub: its event queue and the kill
-/// signal. The transport waits on both; [`Session`] does not hold them, so
-/// a long-polling session can wait for events in one request while another
-/// request hands the session a message.
-#[derive(Debug)]
-pub(crate) struct Feed {
-    pub outbound: mpsc::Receiver<Arc<Delivery>>,
-    pub kill: watch::Receiver<Option<CloseReason>>,
-}
-
 /// One connection's state on either transport; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -158,10 +106,6 @@ pub(crate) struct Session {
     wire: Wire,
     rooms: HashSet<String>,
     auto: usize,
-    seen: Seen,
-    /// Per room, the offset a resume started from: the client had
-    /// everything up to it, so a late live copy is not sent again.
-    floors: HashMap<String, u64>,
     /// When the token expires.
     pub expires: tokio::time::Instant,
     watermark: u64,
@@ -189,33 +133,25 @@ fn expiry(exp: u64) -> tokio::time::Instant {
 }
 
 impl Session {
-    /// A registered connection's session, and what the hub sends it.
-    pub fn new(hub: Hub, registered: Registered, exp: u64, wire: Wire) -> (Session, Feed) {
+    /// A registered connection's session. The hub's events for it wait
+    /// in (or go straight through) `conn.outbox`.
+    pub fn new(hub: Hub, registered: Registered, exp: u64) -> Session {
         let Registered {
             conn,
-            outbound,
             watermark,
             rooms,
         } = registered;
-        let cap = hub.config().history_max_events + hub.config().outbound_queue + 64;
-        let feed = Feed {
-            outbound,
-            kill: conn.kill_signal(),
-        };
-        let session = Session {
+        Session {
             auto: rooms.len(),
             rooms: rooms.into_iter().collect(),
+            wire: conn.outbox.wire(),
             hub,
             conn,
-            wire,
-            seen: Seen::new(cap),
-            floors: HashMap::new(),
             expires: expiry(exp),
             watermark,
             out: Vec::new(),
             closed: false,
-        };
-        (session, feed)
+        }
     }
 
     /// Why the connection must close now, if it must: the hub's kill
@@ -306,27 +242,17 @@ impl Session {
         }
     }
 
-    fn skip(&self, d: &Delivery) -> bool {
-        self.seen.contains(d.offset)
-            || d.rooms
-                .iter()
-                .any(|r| self.floors.get(r).is_some_and(|f| d.offset <= *f))
-    }
-
-    /// Queues a live event, unless the client has it already.
-    pub fn deliver(&mut self, d: &Delivery) {
-        if !self.skip(d) {
-            self.send_delivery(d);
+    /// Takes the live events the hub queued (those the client does not
+    /// have yet) into the frames to write.
+    pub fn take_queued(&mut self) {
+        for d in self.conn.outbox.drain() {
+            self.push(self.wire.frame(&d));
         }
     }
 
     fn send_delivery(&mut self, d: &Delivery) {
-        self.seen.insert(d.offset);
-        let frame = match self.wire {
-            Wire::Json => d.ws_text.clone(),
-            Wire::SocketIo => d.socketio_text(),
-        };
-        self.push(frame);
+        self.conn.outbox.mark_sent(d.offset);
+        self.push(self.wire.frame(d));
     }
 
     fn push(&mut self, frame: Utf8Bytes) {
@@ -492,25 +418,21 @@ impl Session {
             };
         let mut replayed = 0;
         for d in &replay.missed {
-            if self.seen.contains(d.offset) {
+            if self.conn.outbox.was_sent(d.offset) {
                 continue;
             }
             self.send_delivery(d);
             replayed += 1;
         }
-        for (room, offset) in &replay.from {
-            let floor = self.floors.entry(room.clone()).or_default();
-            *floor = (*floor).max(*offset);
-        }
+        self.conn.outbox.raise_floors(&replay.from);
         replay.outcome(&self.hub, self.conn.id, replayed, self.watermark)
     }
 }
 
-/// A `/ws` connection: the session and its socket, in one task.
+/// A `/ws` connection: the session in one task, its socket in the
+/// connection's outbox.
 pub(crate) struct WsSession {
     session: Session,
-    feed: Feed,
-    socket: WebSocket,
     bucket: Bucket,
     /// When the client last sent anything (ms).
     heard: i64,
@@ -519,14 +441,58 @@ pub(crate) struct WsSession {
     linger: bool,
 }
 
+/// Resolves with the reason once the hub asks the connection to close.
+pub(crate) async fn kill_signal(conn: &Conn) -> CloseReason {
+    loop {
+        if let Some(reason) = conn.killed() {
+            return reason;
+        }
+        // A wake-up between the check and the wait is kept as a permit.
+        conn.outbox.notified().await;
+    }
+}
+
+/// Writes `frames` and whatever the hub queued meanwhile, in one flush per
+/// round, until the outbox lets the hub write directly again. Gives up if
+/// the hub closes the connection meanwhile or the client does not take a
+/// round within `timeout`.
+pub(crate) async fn write_through(
+    session: &mut Session,
+    mut extra: Option<Message>,
+    timeout: Duration,
+) -> Result<(), CloseReason> {
+    let conn = session.conn.clone();
+    let outbox = &conn.outbox;
+    loop {
+        outbox.hold();
+        session.take_queued();
+        let frames: Vec<Message> = extra
+            .take()
+            .into_iter()
+            .chain(session.out.drain(..).map(Message::Text))
+            .collect();
+        tokio::select! {
+            biased;
+            reason = kill_signal(&conn) => return Err(reason),
+            sent = tokio::time::timeout(timeout, outbox.write(frames)) => match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(CloseReason::TransportError),
+                Err(_) => return Err(CloseReason::SlowConsumer),
+            },
+        }
+        if outbox.release() {
+            return Ok(());
+        }
+    }
+}
+
 impl WsSession {
     pub fn new(hub: Hub, registered: Registered, socket: WebSocket, exp: u64) -> WsSession {
         let bucket = crate::admission::rate_limit(&hub);
-        let (session, feed) = Session::new(hub, registered, exp, Wire::Json);
+        let session = Session::new(hub, registered, exp);
+        session.conn.outbox.attach(socket);
         WsSession {
             session,
-            feed,
-            socket,
             bucket,
             heard: now_ms(),
             linger: false,
@@ -545,7 +511,7 @@ impl WsSession {
         // Boxed, like a message's handling: the task need not keep room for
         // a resume's futures for the connection's whole life.
         Box::pin(self.session.open(resume)).await;
-        if let Err(reason) = self.flush().await {
+        if let Err(reason) = self.flush(None).await {
             return reason;
         }
         let config = self.session.hub.config();
@@ -554,26 +520,34 @@ impl WsSession {
         let max = config.max_message_bytes;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let conn = self.session.conn.clone();
         loop {
-            if let Some(reason) = *self.feed.kill.borrow_and_update() {
+            if let Some(reason) = conn.killed() {
                 return reason;
             }
+            let mut extra = None;
             let step = tokio::select! {
                 biased;
-                _ = self.feed.kill.changed() => continue,
+                // The kill signal (checked above), or a queue or a flush
+                // the hub left to this task (written below).
+                () = conn.outbox.notified() => Ok(()),
                 () = tokio::time::sleep_until(self.session.expires) => Err(CloseReason::TokenExpired),
                 _ = ping.tick() => {
                     if now_ms() - self.heard > silence {
                         Err(CloseReason::Timeout)
                     } else {
-                        self.write(Message::Ping(Default::default())).await
+                        extra = Some(Message::Ping(Default::default()));
+                        Ok(())
                     }
                 }
-                frame = self.socket.next() => {
+                frame = conn.outbox.next() => {
                     self.heard = now_ms();
                     match crate::ws::interpret(frame, max) {
                         crate::ws::Read::Message(message) => {
                             if self.bucket.take() {
+                                // Events queue while the answer is made, so
+                                // none overtakes it (a resume's replay).
+                                conn.outbox.hold();
                                 // Boxed: handling needs a much larger future
                                 // than the idle loop (see engineio's `run`).
                                 Box::pin(self.session.handle(message)).await;
@@ -589,44 +563,20 @@ impl WsSession {
                         }
                     }
                 }
-                delivery = self.feed.outbound.recv() => match delivery {
-                    Some(delivery) => {
-                        self.session.deliver(&delivery);
-                        Ok(())
-                    }
-                    None => Err(CloseReason::ClientDisconnect),
-                },
             };
             if let Err(reason) = step {
                 return reason;
             }
-            if let Err(reason) = self.flush().await {
+            if let Err(reason) = self.flush(extra).await {
                 return reason;
             }
         }
     }
 
-    /// Writes what the session queued.
-    async fn flush(&mut self) -> Result<(), CloseReason> {
-        for frame in std::mem::take(&mut self.session.out) {
-            self.write(Message::Text(frame)).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes one frame, giving up if the hub closes the connection
-    /// meanwhile or the client does not take it within the ping timeout.
-    async fn write(&mut self, message: Message) -> Result<(), CloseReason> {
+    /// Writes what the session and the hub queued.
+    async fn flush(&mut self, extra: Option<Message>) -> Result<(), CloseReason> {
         let timeout = self.session.hub.config().ping_timeout();
-        tokio::select! {
-            biased;
-            _ = self.feed.kill.changed() => Err(self.feed.kill.borrow().unwrap_or(CloseReason::ClientDisconnect)),
-            sent = tokio::time::timeout(timeout, self.socket.send(message)) => match sent {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(CloseReason::TransportError),
-                Err(_) => Err(CloseReason::SlowConsumer),
-            },
-        }
+        write_through(&mut self.session, extra, timeout).await
     }
 
     /// Tells the client why it is being closed, closes the socket and
@@ -634,6 +584,10 @@ impl WsSession {
     /// would reset the connection and could lose the close frame on the
     /// client's side. A client that left or stopped reading gets no wait.
     async fn finish(&mut self, reason: CloseReason) {
+        // The hub writes to it no more.
+        let Some(mut socket) = self.session.conn.outbox.detach() else {
+            return;
+        };
         if matches!(
             reason,
             CloseReason::ClientDisconnect | CloseReason::TransportError | CloseReason::SlowConsumer
@@ -649,7 +603,7 @@ impl WsSession {
         let grace = self.session.hub.config().ping_timeout();
         let frames = std::mem::take(&mut self.session.out);
         let linger = self.linger;
-        let socket = &mut self.socket;
+        let socket = &mut socket;
         let goodbye = async {
             for frame in frames {
                 socket.send(Message::Text(frame)).await?;

@@ -25,9 +25,9 @@ use tokio::time::Instant;
 use crate::admission::{self, Admitted, Denied};
 use crate::guard::Ticket;
 use crate::history::Delivery;
-use crate::hub::{Hub, Transport};
+use crate::hub::{Conn, Hub, Transport};
 use crate::protocol::{CloseReason, Refusal};
-use crate::session::{Bucket, Feed, Inbound, Reply, Session, Wire};
+use crate::session::{Bucket, Inbound, Reply, Session};
 
 /// A Socket.IO packet from a client (the text after the Engine.IO
 /// message type `4`).
@@ -249,9 +249,13 @@ impl Conversation {
         }
     }
 
-    /// Takes one Socket.IO packet. `Ok(Some(feed))` when the connection
-    /// just authenticated: the transport waits on the feed from now on.
-    pub async fn receive(&mut self, hub: &Hub, text: &str) -> Result<Option<Feed>, CloseReason> {
+    /// Takes one Socket.IO packet. `Ok(Some(conn))` when the connection
+    /// just authenticated: the transport waits on its outbox from now on.
+    pub async fn receive(
+        &mut self,
+        hub: &Hub,
+        text: &str,
+    ) -> Result<Option<Arc<Conn>>, CloseReason> {
         let packet = match decode(text) {
             Ok(packet) => packet,
             Err(why) => {
@@ -316,7 +320,7 @@ impl Conversation {
     /// `CONNECT`: token, registration, the answer, `connected` and the
     /// handshake resume. A refusal is a `connect_error`; the session stays
     /// open until the client tries again or the connect timeout.
-    async fn admit(&mut self, hub: &Hub, auth: &str) -> Option<Feed> {
+    async fn admit(&mut self, hub: &Hub, auth: &str) -> Option<Arc<Conn>> {
         let State::Waiting { bearer, ticket, .. } = &self.state else {
             return None;
         };
@@ -345,7 +349,8 @@ impl Conversation {
         if let Some(ticket) = ticket {
             ticket.settle();
         }
-        let (mut session, feed) = Session::new(hub.clone(), registered, exp, Wire::SocketIo);
+        let mut session = Session::new(hub.clone(), registered, exp);
+        let conn = session.conn.clone();
         self.push(connect_text(&format!("{:032x}", rand::random::<u128>())));
         let resume = auth.get("resume").filter(|r| !r.is_null()).cloned();
         session.open(resume).await;
@@ -354,13 +359,13 @@ impl Conversation {
             session: Box::new(session),
             bucket: admission::rate_limit(hub),
         };
-        Some(feed)
+        Some(conn)
     }
 
-    /// Queues a live event.
-    pub fn deliver(&mut self, d: &Delivery) {
+    /// Takes the live events the hub queued into the frames to write.
+    pub fn take_queued(&mut self) {
         if let State::Live { session, .. } = &mut self.state {
-            session.deliver(d);
+            session.take_queued();
             self.out.append(&mut session.out);
         }
     }
