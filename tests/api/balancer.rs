@@ -190,20 +190,29 @@ fn node_settings(database: &str, redis: &str, prefix: &str, name: &str, dir: &Pa
     s
 }
 
+/// Publishes as a producer behind a balancer should: with an idempotency
+/// key, sending the same request again when the balancer answers 502 (nginx
+/// does not resend a POST whose node died under it). Herald answers a
+/// repeated key with the first result, so a retry never doubles an event.
 async fn publish_through(client: &reqwest::Client, address: &str, token: &str, body: &Value) {
-    let res = client
-        .post(format!("{address}/v1/events"))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .expect("POST /v1/events through nginx");
-    assert_eq!(
-        res.status(),
-        202,
-        "{}",
-        res.text().await.unwrap_or_default()
-    );
+    let mut body = body.clone();
+    body["id"] = json!(format!("balancer-{}", uuid::Uuid::new_v4()));
+    for attempt in 1.. {
+        let res = client
+            .post(format!("{address}/v1/events"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /v1/events through nginx");
+        let status = res.status();
+        if status == 502 && attempt < 5 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(status, 202, "{}", res.text().await.unwrap_or_default());
+        return;
+    }
 }
 
 /// The next line the client printed of `kind`, passing over others.
