@@ -39,9 +39,23 @@ use crate::schedule::Releaser;
 /// How long a transport may take to answer `check` (at start, on `/readyz`).
 pub const CHANNEL_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// What every handler can reach.
+/// What every handler can reach: one shared [`Shared`] behind an `Arc`, so
+/// that the clone axum makes for each request is one reference count, not
+/// a copy of every handle (the store's pools, the queue's storage, the hub).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The handles behind [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     pub settings: Arc<Settings>,
     pub store: Store,
     pub auth: Arc<Authenticator>,
@@ -164,7 +178,7 @@ impl Application {
         );
         Ok(Application {
             listener,
-            state: AppState {
+            state: AppState(Arc::new(Shared {
                 settings: Arc::new(settings),
                 store,
                 auth,
@@ -175,7 +189,7 @@ impl Application {
                 metrics,
                 routing,
                 scheduling,
-            },
+            })),
             delivery,
             purger,
             releaser,

@@ -226,6 +226,12 @@ impl Store {
             AnyPoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(Duration::from_secs(10))
+                // A SQLite connection is a file handle on this machine's
+                // connection thread: it cannot go stale, and the ping sqlx
+                // sends by default would cost every acquire a hand-off to
+                // that thread and back. A PostgreSQL connection can die
+                // with its server or the network: it is checked.
+                .test_before_acquire(backend == Backend::Postgres)
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
