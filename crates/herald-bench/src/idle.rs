@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::fanout::{Audience, Recorder};
 use crate::population::token;
+use crate::proc::Sample;
 use crate::server::Proc;
 use crate::sio::{Socket, Ws};
 use tokio_tungstenite::tungstenite::Message;
@@ -31,15 +32,50 @@ pub struct Idle {
     pub connect_cpu_ms_each: f64,
 }
 
-pub async fn run(server: &Proc, secret: &str, n: u64) -> Result<Idle> {
+impl Idle {
+    /// The figures of `n` connections from the server's samples before
+    /// they connected, once they had, and once the heap settled; printed
+    /// as they are made.
+    fn measured(
+        server: String,
+        n: u64,
+        connect_seconds: f64,
+        (before, connected, after): (Sample, Sample, Sample),
+    ) -> Idle {
+        let connect_cpu_s = connected.cpu_secs - before.cpu_secs;
+        let idle = Idle {
+            server,
+            connections: n,
+            connect_seconds,
+            connects_per_s: n as f64 / connect_seconds,
+            rss_before_mib: before.rss_kib as f64 / 1024.0,
+            rss_after_mib: after.rss_kib as f64 / 1024.0,
+            kib_per_connection: (after.rss_kib.saturating_sub(before.rss_kib)) as f64 / n as f64,
+            connect_cpu_s,
+            connect_cpu_ms_each: connect_cpu_s * 1000.0 / n as f64,
+        };
+        eprintln!(
+            "  {}: {n} connections in {connect_seconds:.2} s ({:.0}/s), {:.2} KiB each",
+            idle.server, idle.connects_per_s, idle.kib_per_connection
+        );
+        idle
+    }
+}
+
+/// The harness holds one end of each connection, the server the other (a
+/// process of its own, with its own limit).
+fn ensure_open_files(n: u64) -> Result<()> {
     let limit = open_files_limit();
-    // The harness holds one end of each connection, the server the other
-    // (a process of its own, with its own limit).
     anyhow::ensure!(
         limit >= n + 1024,
         "{n} connections need `ulimit -n` ≥ {} (it is {limit})",
         n + 1024
     );
+    Ok(())
+}
+
+pub async fn run(server: &Proc, secret: &str, n: u64) -> Result<Idle> {
+    ensure_open_files(n)?;
     // One socket first, so the baseline includes the first-use allocations.
     let warm = Socket::connect(server.port, &token(secret, "idle-warm", "guest", None)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -61,20 +97,11 @@ pub async fn run(server: &Proc, secret: &str, n: u64) -> Result<Idle> {
     let audience = Audience::hold(sockets, &Recorder::new(1));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = server.sample()?;
-    let result = Idle {
-        server: server.name.clone(),
-        connections: n,
+    let result = Idle::measured(
+        server.name.clone(),
+        n,
         connect_seconds,
-        connects_per_s: n as f64 / connect_seconds,
-        rss_before_mib: before.rss_kib as f64 / 1024.0,
-        rss_after_mib: after.rss_kib as f64 / 1024.0,
-        kib_per_connection: (after.rss_kib.saturating_sub(before.rss_kib)) as f64 / n as f64,
-        connect_cpu_s: connected.cpu_secs - before.cpu_secs,
-        connect_cpu_ms_each: (connected.cpu_secs - before.cpu_secs) * 1000.0 / n as f64,
-    };
-    eprintln!(
-        "  {}: {n} connections in {connect_seconds:.2} s ({:.0}/s), {:.2} KiB each",
-        server.name, result.connects_per_s, result.kib_per_connection
+        (before, connected, after),
     );
     audience.close().await;
     drop(warm);
@@ -84,12 +111,7 @@ pub async fn run(server: &Proc, secret: &str, n: u64) -> Result<Idle> {
 /// Scenario (b) over `/ws?token=`: `n` plain WebSocket clients that read
 /// (so pings are answered) and say nothing.
 pub async fn run_ws(server: &Proc, secret: &str, n: u64) -> Result<Idle> {
-    let limit = open_files_limit();
-    anyhow::ensure!(
-        limit >= n + 1024,
-        "{n} connections need `ulimit -n` ≥ {} (it is {limit})",
-        n + 1024
-    );
+    ensure_open_files(n)?;
     let port = server.port;
     let warm = ws_connect(port, &token(secret, "idle-ws-warm", "guest", None)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -123,20 +145,11 @@ pub async fn run_ws(server: &Proc, secret: &str, n: u64) -> Result<Idle> {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = server.sample()?;
-    let result = Idle {
-        server: format!("{} /ws", server.name),
-        connections: n,
+    let result = Idle::measured(
+        format!("{} /ws", server.name),
+        n,
         connect_seconds,
-        connects_per_s: n as f64 / connect_seconds,
-        rss_before_mib: before.rss_kib as f64 / 1024.0,
-        rss_after_mib: after.rss_kib as f64 / 1024.0,
-        kib_per_connection: (after.rss_kib.saturating_sub(before.rss_kib)) as f64 / n as f64,
-        connect_cpu_s: connected.cpu_secs - before.cpu_secs,
-        connect_cpu_ms_each: (connected.cpu_secs - before.cpu_secs) * 1000.0 / n as f64,
-    };
-    eprintln!(
-        "  {}: {n} connections in {connect_seconds:.2} s ({:.0}/s), {:.2} KiB each",
-        result.server, result.connects_per_s, result.kib_per_connection
+        (before, connected, after),
     );
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}

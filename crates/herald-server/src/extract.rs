@@ -133,6 +133,21 @@ where
     }
 }
 
+/// A page size from the query string: a whole number from 1 to `max`, or
+/// an error naming `limit`.
+pub fn page_limit(value: &str, max: u32) -> Result<u32, ValidationError> {
+    value
+        .parse()
+        .ok()
+        .filter(|l| (1..=max).contains(l))
+        .ok_or_else(|| ValidationError::new("limit", format!("must be 1 to {max}")))
+}
+
+/// A query parameter the endpoint does not take.
+pub fn unknown_parameter(name: &str) -> ValidationError {
+    ValidationError::new(name, "is not a query parameter of this endpoint")
+}
+
 /// One of axum's own rejections as a problem: its message, under the code
 /// of its status (a 500 is a route that does not match its handler: a bug).
 fn rejected(status: StatusCode, detail: String) -> ApiError {

@@ -19,6 +19,8 @@ use herald_store::redrive::{
 };
 use serde::Deserialize;
 
+use crate::extract::page_limit;
+
 /// Most deliveries one re-drive may move.
 pub const MAX_REDRIVE: u32 = 1_000;
 /// Page size of the list when none is asked for.
@@ -300,11 +302,7 @@ pub fn list_request(
         .transpose()?;
     let limit = match limit.map(str::trim).filter(|l| !l.is_empty()) {
         None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ValidationError::new("limit", format!("must be 1 to {MAX_LIMIT}")))?,
+        Some(l) => page_limit(l, MAX_LIMIT)?,
     };
     Ok(ListRequest {
         filter,

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
-use herald_core::{Role, ValidationError};
+use herald_core::Role;
 use herald_realtime::Connections;
 use prometheus::{Encoder, TextEncoder};
 use serde_json::{Map, Value, json};
@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
 use crate::config::Secret;
-use crate::extract::ApiQuery;
+use crate::extract::{ApiQuery, page_limit, unknown_parameter};
 use crate::problem::ApiError;
 use crate::startup::AppState;
 
@@ -74,23 +74,10 @@ pub async fn connections(
             "after" if !value.is_empty() => after = Some(value.as_str()),
             "after" => {}
             "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=CONNECTIONS_MAX_LIMIT).contains(l))
-                    .ok_or_else(|| {
-                        ValidationError::new(
-                            "limit",
-                            format!("must be 1 to {CONNECTIONS_MAX_LIMIT}"),
-                        )
-                    })?;
+                limit = page_limit(value, CONNECTIONS_MAX_LIMIT as u32)? as usize;
             }
             other => {
-                return Err(ValidationError::new(
-                    other,
-                    "is not a query parameter of this endpoint",
-                )
-                .into());
+                return Err(unknown_parameter(other).into());
             }
         }
     }

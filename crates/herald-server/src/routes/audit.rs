@@ -15,7 +15,7 @@ use herald_store::audit::{Actor, AuditCursor, AuditEntry, AuditFilter, AuditKind
 use serde::Serialize;
 
 use crate::auth::Caller;
-use crate::extract::ApiQuery;
+use crate::extract::{ApiQuery, page_limit, unknown_parameter};
 use crate::problem::ApiError;
 use crate::redrive::{self, DEFAULT_LIMIT, MAX_LIMIT, parse_time};
 use crate::startup::AppState;
@@ -76,18 +76,10 @@ pub async fn list(
             "to" => filter.to = Some(parse_time("to", &value)?),
             "cursor" => cursor = Some(decode_cursor(&value)?),
             "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=MAX_LIMIT).contains(l))
-                    .ok_or_else(|| {
-                        ValidationError::new("limit", format!("must be 1 to {MAX_LIMIT}"))
-                    })?;
+                limit = page_limit(&value, MAX_LIMIT)?;
             }
             _ => {
-                return Err(
-                    ValidationError::new(key, "is not a query parameter of this endpoint").into(),
-                );
+                return Err(unknown_parameter(&key).into());
             }
         }
     }

@@ -9,12 +9,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use herald_core::{DeliveryId, Role, ValidationError};
+use herald_core::{DeliveryId, Role};
 use herald_store::redrive::AdminDelivery;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, unknown_parameter};
 use crate::problem::{ApiError, Code};
 use crate::redrive::{self, FilterBody, FilterInput, RedriveError, Selection};
 use crate::startup::AppState;
@@ -44,11 +44,7 @@ pub async fn list(
             "limit" => limit = Some(value),
             _ => {
                 if !filter.set(&key, value) {
-                    return Err(ValidationError::new(
-                        key,
-                        "is not a query parameter of this endpoint",
-                    )
-                    .into());
+                    return Err(unknown_parameter(&key).into());
                 }
             }
         }

@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
-use crate::extract::{ApiPath, ApiQuery};
+use crate::extract::{ApiPath, ApiQuery, page_limit, unknown_parameter};
 use crate::problem::ApiError;
 use crate::startup::AppState;
 
@@ -79,23 +79,10 @@ fn parse_query(params: &HashMap<String, String>) -> Result<InboxQuery, ApiError>
             }
             "cursor" => {}
             "limit" => {
-                query.limit = value
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=MAX_LIMIT).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::from(ValidationError::new(
-                            "limit",
-                            format!("must be 1 to {MAX_LIMIT}"),
-                        ))
-                    })?;
+                query.limit = page_limit(value, MAX_LIMIT)?;
             }
             other => {
-                return Err(ValidationError::new(
-                    other,
-                    "is not a query parameter of this endpoint",
-                )
-                .into());
+                return Err(unknown_parameter(other).into());
             }
         }
     }

@@ -57,6 +57,7 @@ use std::time::Duration;
 
 use hashlink::LruCache;
 use herald_core::UserId;
+use herald_core::retry::Backoff;
 use herald_core::routing::{Profile, Selector};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
@@ -433,6 +434,10 @@ pub(crate) async fn announce(tx: &mut Transaction<'_, Any>, change: &Change) -> 
     Ok(())
 }
 
+/// How the listener comes back after PostgreSQL failed: Herald's one
+/// backoff, doubling from 100 ms up to 5 s with full jitter, for ever.
+const RELISTEN: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(5));
+
 /// Listens for other nodes' changes on PostgreSQL and applies them to
 /// `cache`, which it arms once listening (before it returns). A lost
 /// connection disarms the cache until listening again. The listener stops
@@ -447,7 +452,8 @@ pub(crate) async fn listen(
     let url = url.to_owned();
     tokio::spawn(async move {
         let mut listener = Some(first);
-        let mut backoff = Duration::from_millis(100);
+        // Attempts to listen again that failed in a row.
+        let mut failures: u32 = 0;
         loop {
             let mut current = match listener.take() {
                 Some(current) => current,
@@ -459,17 +465,18 @@ pub(crate) async fn listen(
                     match attempt {
                         Ok(current) => {
                             cache.arm();
-                            backoff = Duration::from_millis(100);
+                            failures = 0;
                             tracing::info!("listening for directory changes again");
                             current
                         }
                         Err(error) => {
-                            tracing::warn!(%error, "cannot listen for directory changes; the cache stays off");
+                            failures = failures.saturating_add(1);
+                            let wait = RELISTEN.delay(failures, None, &mut rand::rng());
+                            tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "cannot listen for directory changes; the cache stays off");
                             tokio::select! {
                                 _ = &mut stopped => return,
-                                () = tokio::time::sleep(backoff) => {}
+                                () = tokio::time::sleep(wait) => {}
                             }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
                             continue;
                         }
                     }
