@@ -15,7 +15,7 @@ use herald_core::preferences::Contact;
 use herald_core::routing::{Profile, Selector};
 use herald_core::{Locale, Preferences, Role, UserId};
 use serde_json::Value;
-use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
 
 use crate::audit::{self, Actor, AuditKind, Change};
 use crate::records::{ContactRecord, Device, DeviceKind};
@@ -762,7 +762,7 @@ fn parse_preferences(doc: &str) -> Result<Preferences> {
 /// overwritten. Written in ingest's transaction; returns whether it filled
 /// one (the directory changed).
 pub(crate) async fn fill_email_in(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     user: &UserId,
     email: &str,
     now: i64,
@@ -775,7 +775,7 @@ pub(crate) async fn fill_email_in(
     .bind(user.as_str())
     .bind(email)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() == 1)
 }

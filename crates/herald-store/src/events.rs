@@ -13,7 +13,10 @@
 //! A batch is all or nothing. Each table is written with a few multi-row
 //! statements, not one statement per row: every statement is a round trip,
 //! and at thousands of events a second the round trips cost more than the
-//! writing. Statements are cut by rows so that their bind parameters stay
+//! writing. On SQLite the statements that do not wait for each other's
+//! rows travel together, as one [`script`]: a common publish is two round
+//! trips to the connection's thread, `BEGIN` and `COMMIT` included.
+//! Statements are cut by rows so that their bind parameters stay
 //! under SQLite's limit (32,766; PostgreSQL's is 65,535), and come in a few
 //! shapes (a power of two of rows, padded with NULL rows that are filtered
 //! out) so that every batch size finds its statement prepared already.
@@ -31,6 +34,9 @@
 //! sequence numbers as the batch has entries for them, handed out in batch
 //! order). Two transactions touching the same ids or users take their locks
 //! in the same order, so they wait for each other instead of deadlocking.
+//! The counters are bumped beside the events, before it is known which
+//! events are new; an event seen before gives its numbers back in the same
+//! transaction, so inbox sequences have no gaps.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -38,14 +44,16 @@ use herald_core::{EventId, EventKind, UserId};
 
 use crate::directory::cache::{Change as DirectoryChange, announce};
 use crate::directory::fill_email_in;
-use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
+use sqlx::{AnyConnection, AssertSqlSafe, Column as _, Row};
 use tokio::sync::oneshot;
 
 use crate::records::{DeliveryStatus, EmailFill, EventRecord, Ingested, NewEvent, NewNotification};
 use crate::{Backend, Error, Result, Store};
 
+mod script;
 pub(crate) mod writer;
 
+use script::{Binds, Script};
 use writer::Request;
 
 /// The most bind parameters in one statement: SQLite's limit (PostgreSQL's
@@ -80,14 +88,40 @@ impl Store {
     }
 }
 
-/// Writes `batch` in `tx`: all of it, or an error after which the caller
-/// rolls back. Outcomes are in batch order, with what changed in the
-/// directory (announced in `tx`; the caller applies it once `tx` ends).
+/// What [`write`] wrote.
+pub(crate) struct Written {
+    /// One per event, in batch order.
+    pub(crate) outcomes: Vec<Ingested>,
+    /// What changed in the directory (announced in the transaction; the
+    /// caller applies it to this node's cache once the transaction ends).
+    pub(crate) change: DirectoryChange,
+    /// SQLite's `PRAGMA data_version` at the transaction's start, when
+    /// [`Envelope::file_version`] asked for it.
+    pub(crate) file_version: Option<i64>,
+}
+
+/// How [`write`] carries its transaction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Envelope {
+    /// The write opens and commits its own transaction, `BEGIN IMMEDIATE`
+    /// riding in its first script and `COMMIT` in its last (SQLite: two
+    /// round trips fewer). Otherwise the caller's transaction holds it.
+    pub(crate) own: bool,
+    /// Read `PRAGMA data_version` in the first script (SQLite).
+    pub(crate) file_version: bool,
+}
+
+/// Writes `batch` on `conn`: all of it, or an error after which the
+/// caller rolls back. A common publish costs two scripts (see
+/// [`script`]): the events with their recipients' sequence numbers, then
+/// everything those number; two more where an id was seen before (its
+/// stored record, and its numbers given back), one per address filled in.
 async fn write(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     batch: &[NewEvent],
-) -> Result<(Vec<Ingested>, DirectoryChange)> {
-    let backend = backend_of(tx);
+    envelope: Envelope,
+) -> Result<Written> {
+    let backend = backend_of(conn);
     let ids: Vec<String> = batch.iter().map(|ev| ev.id.to_string()).collect();
     // Events are written in id order, so concurrent batches sharing ids
     // wait on each other instead of deadlocking. The sort is stable: of the
@@ -97,13 +131,44 @@ async fn write(
     let mut firsts = order.clone();
     firsts.dedup_by_key(|i| batch[*i].id);
 
-    let inserted = insert_events(tx, backend, batch, &ids, &firsts).await?;
+    let mut script = Script::new(backend);
+    if envelope.own {
+        script.statement("BEGIN IMMEDIATE");
+    }
+    if envelope.file_version {
+        script.statement("PRAGMA data_version");
+    }
+    insert_events(&mut script, batch, &ids, &firsts);
+    // Every event is taken to be new (one seen before is the exception):
+    // its recipients' sequence numbers are taken in the same script.
+    let taken = counts(firsts.iter().map(|&i| &batch[i]));
+    bump_counters(&mut script, &taken);
+    let mut file_version = None;
+    let mut inserted = HashSet::with_capacity(firsts.len());
+    let mut last = HashMap::with_capacity(taken.len());
+    for row in script.fetch(conn).await? {
+        match row.column(0).name() {
+            "data_version" => file_version = Some(row.try_get::<i64, _>(0)?),
+            "id" => {
+                inserted.insert(row.try_get::<String, _>(0)?);
+            }
+            _ => {
+                last.insert(
+                    row.try_get::<String, _>("user_id")?,
+                    row.try_get::<i64, _>("last_seq")?,
+                );
+            }
+        }
+    }
+    if last.len() != taken.len() || file_version.is_none() && envelope.file_version {
+        return Err(Error::Corrupt("an ingest statement returned no row".into()));
+    }
     let seen: Vec<&str> = firsts
         .iter()
         .map(|&i| ids[i].as_str())
         .filter(|id| !inserted.contains(*id))
         .collect();
-    let stored = existing(tx, backend, &seen).await?;
+    let stored = existing(conn, backend, &seen).await?;
 
     // Each event is new, a duplicate (of an earlier event or of the first
     // with its id in this batch: same hash) or a conflict (different hash).
@@ -142,8 +207,36 @@ async fn write(
         outcomes[i] = Some(outcome);
     }
 
-    // Sequence numbers: one counter bump per recipient, in user order;
-    // within a recipient, in batch order.
+    // The numbers taken for events seen before go back, from the top of
+    // each recipient's block (nothing else took any since: the counter's
+    // row is locked until this transaction ends).
+    let given_back = counts(
+        firsts
+            .iter()
+            .filter(|&&i| !inserted.contains(&ids[i]))
+            .map(|&i| &batch[i]),
+    );
+    if !given_back.is_empty() {
+        let mut script = Script::new(backend);
+        for &(user, count) in &given_back {
+            let sql = match backend {
+                Backend::Sqlite => {
+                    "UPDATE inbox_counters SET last_seq = last_seq - ? WHERE user_id = ?"
+                }
+                Backend::Postgres => {
+                    "UPDATE inbox_counters SET last_seq = last_seq - $1 WHERE user_id = $2"
+                }
+            };
+            script.statement(sql).bind(count).bind(user.as_str());
+            *last
+                .get_mut(user.as_str())
+                .expect("every recipient's counter came back") -= count;
+        }
+        script.fetch(conn).await?;
+    }
+
+    // Sequence numbers: a block per recipient, in user order; within a
+    // recipient, in batch order.
     fresh.sort_unstable();
     let mut per_user: BTreeMap<&UserId, Vec<(usize, &NewNotification)>> = BTreeMap::new();
     for &i in &fresh {
@@ -151,7 +244,6 @@ async fn write(
             per_user.entry(&n.recipient).or_default().push((i, n));
         }
     }
-    let last = bump_counters(tx, backend, &per_user).await?;
     let mut entries = Vec::new();
     for (user, notifications) in &per_user {
         let count = notifications.len() as i64;
@@ -160,22 +252,32 @@ async fn write(
             entries.push((&batch[i], &ids[i], n, first_seq + k as i64));
         }
     }
-    insert_notifications(tx, backend, &entries).await?;
-    insert_deliveries(tx, backend, &entries).await?;
+    let change = fill_emails(conn, batch).await?;
+
+    let mut script = Script::new(backend);
+    insert_notifications(&mut script, &entries);
+    insert_deliveries(&mut script, &entries);
     let scheduled: Vec<&NewEvent> = fresh
         .iter()
         .map(|&i| &batch[i])
         .filter(|ev| ev.schedule.is_some())
         .collect();
-    if !scheduled.is_empty() {
-        insert_schedules(tx, backend, &scheduled).await?;
+    insert_schedules(&mut script, &scheduled);
+    if envelope.own {
+        script.statement("COMMIT");
     }
-    let change = fill_emails(tx, batch).await?;
+    if !script.is_empty() {
+        script.fetch(conn).await?;
+    }
     let outcomes = outcomes
         .into_iter()
         .map(|o| o.expect("every event has an outcome"))
         .collect();
-    Ok((outcomes, change))
+    Ok(Written {
+        outcomes,
+        change,
+        file_version,
+    })
 }
 
 /// The addresses events named for users who have none on file
@@ -183,7 +285,7 @@ async fn write(
 /// so the lock order holds), for duplicates as well: a publish whose event
 /// was seen before still fills in an address missing since. Returns the
 /// users whose contact changed, announced to other nodes.
-async fn fill_emails(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Result<DirectoryChange> {
+async fn fill_emails(conn: &mut AnyConnection, batch: &[NewEvent]) -> Result<DirectoryChange> {
     let mut fills: Vec<&EmailFill> = batch
         .iter()
         .filter_map(|ev| ev.fill_email.as_ref())
@@ -196,11 +298,11 @@ async fn fill_emails(tx: &mut Transaction<'_, Any>, batch: &[NewEvent]) -> Resul
         if change.users.last() == Some(&fill.user) {
             continue;
         }
-        if fill_email_in(tx, &fill.user, &fill.email, now).await? {
+        if fill_email_in(conn, &fill.user, &fill.email, now).await? {
             change.users.push(fill.user.clone());
         }
     }
-    announce(tx, &change).await?;
+    announce(conn, &change).await?;
     Ok(change)
 }
 
@@ -301,8 +403,6 @@ const DELIVERIES: Table = Table {
     ],
 };
 
-type Query<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
-
 impl Table {
     /// The most rows one statement writes: a power of two, within
     /// [`MAX_ROWS`] and [`MAX_BINDS`].
@@ -311,8 +411,9 @@ impl Table {
         1 << most.ilog2()
     }
 
-    /// A statement for `rows` rows, followed by `tail` (`ON CONFLICT …`),
-    /// with the binds of `bind` and the NULL rows that pad it to its shape.
+    /// Adds to `script` a statement for `rows` rows, followed by `tail`
+    /// (`ON CONFLICT …`), with the binds of `bind` and the NULL rows that
+    /// pad it to its shape.
     ///
     /// A statement is prepared for a power of two of rows, the rows it does
     /// not need padded with NULLs and filtered out (`WHERE column1 IS NOT
@@ -320,29 +421,29 @@ impl Table {
     /// stay in each connection's statement cache, where a statement per row
     /// count would be parsed and planned anew (on PostgreSQL, a round trip
     /// more) nearly every time.
-    fn statement<'q>(
+    fn push(
         &self,
-        backend: Backend,
+        script: &mut Script,
         rows: usize,
         tail: &str,
-        bind: impl FnOnce(Query<'q>) -> Query<'q>,
-    ) -> Query<'q> {
+        bind: impl FnOnce(&mut Binds<'_>),
+    ) {
         let shape = rows.next_power_of_two();
         let sql = format!(
             "{} SELECT * FROM (VALUES {}) AS v WHERE column1 IS NOT NULL {tail}",
             self.insert,
-            values(backend, shape, self.columns.len())
+            values(script.backend(), shape, self.columns.len())
         );
-        let mut query = bind(sqlx::query(AssertSqlSafe(sql)));
+        let mut binds = script.statement(&sql);
+        bind(&mut binds);
         for _ in rows..shape {
             for column in self.columns {
-                query = match column {
-                    Column::Text => query.bind(None::<&str>),
-                    Column::Int => query.bind(None::<i64>),
+                match column {
+                    Column::Text => binds.bind(None::<&str>),
+                    Column::Int => binds.bind(None::<i64>),
                 };
             }
         }
-        query
     }
 }
 
@@ -379,22 +480,15 @@ pub(crate) fn params(backend: Backend, from: usize, n: usize) -> String {
     sql
 }
 
-/// Inserts the events at `firsts` (distinct ids, in id order); returns the
-/// ids that were new.
-async fn insert_events(
-    tx: &mut Transaction<'_, Any>,
-    backend: Backend,
-    batch: &[NewEvent],
-    ids: &[String],
-    firsts: &[usize],
-) -> Result<HashSet<String>> {
-    let mut inserted = HashSet::with_capacity(firsts.len());
+/// Inserts the events at `firsts` (distinct ids, in id order); each that
+/// was new comes back as a row with its `id`.
+fn insert_events(script: &mut Script, batch: &[NewEvent], ids: &[String], firsts: &[usize]) {
     for chunk in firsts.chunks(EVENTS.rows_per_statement()) {
         let tail = "ON CONFLICT (id) DO NOTHING RETURNING id";
-        let query = EVENTS.statement(backend, chunk.len(), tail, |mut query| {
+        EVENTS.push(script, chunk.len(), tail, |binds| {
             for &i in chunk {
                 let ev = &batch[i];
-                query = query
+                binds
                     .bind(ids[i].as_str())
                     .bind(ev.key.as_deref())
                     .bind(ev.kind.as_str())
@@ -403,13 +497,8 @@ async fn insert_events(
                     .bind(ev.received_at)
                     .bind(ev.traceparent.as_deref());
             }
-            query
         });
-        for row in query.fetch_all(&mut **tx).await? {
-            inserted.insert(row.try_get::<String, _>("id")?);
-        }
     }
-    Ok(inserted)
 }
 
 /// An event as [`existing`] reads it back.
@@ -423,7 +512,7 @@ struct StoredEvent {
 
 /// The stored record and payload hash of each of `ids`.
 async fn existing(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     backend: Backend,
     ids: &[&str],
 ) -> Result<HashMap<String, (EventRecord, String)>> {
@@ -442,7 +531,7 @@ async fn existing(
         for _ in chunk.len()..shape {
             query = query.bind(None::<&str>);
         }
-        for row in query.fetch_all(&mut **tx).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let record = EventRecord {
                 id: row
                     .id
@@ -457,55 +546,41 @@ async fn existing(
     Ok(stored)
 }
 
-/// Takes `per_user[u].len()` sequence numbers for each user, in user order;
-/// returns each user's last number.
-async fn bump_counters(
-    tx: &mut Transaction<'_, Any>,
-    backend: Backend,
-    per_user: &BTreeMap<&UserId, Vec<(usize, &NewNotification)>>,
-) -> Result<HashMap<String, i64>> {
-    let users: Vec<(&UserId, i64)> = per_user
-        .iter()
-        .map(|(user, entries)| (*user, entries.len() as i64))
-        .collect();
-    let mut last = HashMap::with_capacity(users.len());
-    for chunk in users.chunks(COUNTERS.rows_per_statement()) {
+/// How many inbox entries `events` hold for each recipient, in user order.
+fn counts<'a>(events: impl Iterator<Item = &'a NewEvent>) -> Vec<(&'a UserId, i64)> {
+    let mut counts: BTreeMap<&UserId, i64> = BTreeMap::new();
+    for ev in events {
+        for n in &ev.notifications {
+            *counts.entry(&n.recipient).or_default() += 1;
+        }
+    }
+    counts.into_iter().collect()
+}
+
+/// Takes `count` sequence numbers for each user of `taken` (in user
+/// order); each user's last number comes back as a row (`user_id`,
+/// `last_seq`).
+fn bump_counters(script: &mut Script, taken: &[(&UserId, i64)]) {
+    for chunk in taken.chunks(COUNTERS.rows_per_statement()) {
         let tail = "ON CONFLICT (user_id) \
                     DO UPDATE SET last_seq = inbox_counters.last_seq + excluded.last_seq \
                     RETURNING user_id, last_seq";
-        let query = COUNTERS.statement(backend, chunk.len(), tail, |mut query| {
+        COUNTERS.push(script, chunk.len(), tail, |binds| {
             for (user, count) in chunk {
-                query = query.bind(user.as_str()).bind(*count);
+                binds.bind(user.as_str()).bind(*count);
             }
-            query
         });
-        for row in query.fetch_all(&mut **tx).await? {
-            last.insert(
-                row.try_get::<String, _>("user_id")?,
-                row.try_get::<i64, _>("last_seq")?,
-            );
-        }
     }
-    if last.len() != users.len() {
-        return Err(Error::Corrupt(
-            "an inbox counter upsert returned no row".into(),
-        ));
-    }
-    Ok(last)
 }
 
 /// An inbox entry to write: its event, the event's id, the entry, its seq.
 type Entry<'a> = (&'a NewEvent, &'a String, &'a NewNotification, i64);
 
-async fn insert_notifications(
-    tx: &mut Transaction<'_, Any>,
-    backend: Backend,
-    entries: &[Entry<'_>],
-) -> Result<()> {
+fn insert_notifications(script: &mut Script, entries: &[Entry<'_>]) {
     for chunk in entries.chunks(NOTIFICATIONS.rows_per_statement()) {
-        let query = NOTIFICATIONS.statement(backend, chunk.len(), "", |mut query| {
+        NOTIFICATIONS.push(script, chunk.len(), "", |binds| {
             for &(ev, event_id, n, seq) in chunk {
-                query = query
+                binds
                     .bind(n.id.to_string())
                     .bind(n.recipient.as_str())
                     .bind(seq)
@@ -524,26 +599,19 @@ async fn insert_notifications(
                     // retention of unread entries counts from there.
                     .bind(due_from(ev));
             }
-            query
         });
-        query.execute(&mut **tx).await?;
     }
-    Ok(())
 }
 
-async fn insert_deliveries(
-    tx: &mut Transaction<'_, Any>,
-    backend: Backend,
-    entries: &[Entry<'_>],
-) -> Result<()> {
+fn insert_deliveries(script: &mut Script, entries: &[Entry<'_>]) {
     let deliveries: Vec<_> = entries
         .iter()
         .flat_map(|&(ev, _, n, _)| n.deliveries.iter().map(move |d| (ev, n, d)))
         .collect();
     for chunk in deliveries.chunks(DELIVERIES.rows_per_statement()) {
-        let query = DELIVERIES.statement(backend, chunk.len(), "", |mut query| {
+        DELIVERIES.push(script, chunk.len(), "", |binds| {
             for &(ev, n, d) in chunk {
-                query = query
+                binds
                     .bind(d.id.to_string())
                     .bind(n.id.to_string())
                     .bind(n.recipient.as_str())
@@ -571,11 +639,8 @@ async fn insert_deliveries(
                     .bind(d.digest_key.as_ref().and(d.next_attempt_at))
                     .bind(d.seen_check.as_deref());
             }
-            query
         });
-        query.execute(&mut **tx).await?;
     }
-    Ok(())
 }
 
 /// When an event's pending deliveries fall due: at once, or at `sendAt`.
@@ -620,28 +685,22 @@ const TRACE: Table = Table {
 /// What scheduled events owe besides their rows: a release (their inbox
 /// entries and realtime fan-out wait for it), and a `scheduled` line in
 /// the trace of each open delivery, saying until when it waits.
-async fn insert_schedules(
-    tx: &mut Transaction<'_, Any>,
-    backend: Backend,
-    events: &[&NewEvent],
-) -> Result<()> {
+fn insert_schedules(script: &mut Script, events: &[&NewEvent]) {
     let releases: Vec<(&NewEvent, &crate::records::Schedule)> = events
         .iter()
         .filter_map(|ev| ev.schedule.as_ref().map(|s| (*ev, s)))
         .collect();
     for chunk in releases.chunks(RELEASES.rows_per_statement()) {
-        let query = RELEASES.statement(backend, chunk.len(), "", |mut query| {
+        RELEASES.push(script, chunk.len(), "", |binds| {
             for &(ev, schedule) in chunk {
-                query = query
+                binds
                     .bind(ev.id.to_string())
                     .bind(schedule.at)
                     .bind(serde_json::to_string(&schedule.rooms).expect("rooms serialise"))
                     .bind(None::<i64>)
                     .bind(ev.received_at);
             }
-            query
         });
-        query.execute(&mut **tx).await?;
     }
     let open: Vec<(&NewEvent, &crate::records::NewDelivery, String)> = releases
         .iter()
@@ -656,9 +715,9 @@ async fn insert_schedules(
         })
         .collect();
     for chunk in open.chunks(TRACE.rows_per_statement()) {
-        let query = TRACE.statement(backend, chunk.len(), "", |mut query| {
+        TRACE.push(script, chunk.len(), "", |binds| {
             for (ev, d, detail) in chunk {
-                query = query
+                binds
                     .bind(d.id.to_string())
                     .bind(ev.received_at)
                     .bind(0_i64)
@@ -669,11 +728,8 @@ async fn insert_schedules(
                     .bind(detail.as_str())
                     .bind(None::<&str>);
             }
-            query
         });
-        query.execute(&mut **tx).await?;
     }
-    Ok(())
 }
 
 pub(crate) fn kind(name: &str) -> Result<EventKind> {

@@ -60,8 +60,8 @@ use herald_core::UserId;
 use herald_core::retry::Backoff;
 use herald_core::routing::{Profile, Selector};
 use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
 use sqlx::postgres::PgListener;
-use sqlx::{Any, Transaction};
 use tokio::sync::oneshot;
 
 use crate::Backend;
@@ -401,8 +401,8 @@ const PAYLOAD_BYTES: usize = 6_000;
 /// Announces `change` to the other nodes, inside the transaction that makes
 /// it: PostgreSQL delivers it when (and only if) that commits. Nothing on
 /// SQLite, which one process writes.
-pub(crate) async fn announce(tx: &mut Transaction<'_, Any>, change: &Change) -> crate::Result<()> {
-    if change.is_empty() || backend_of(tx) != Backend::Postgres {
+pub(crate) async fn announce(conn: &mut AnyConnection, change: &Change) -> crate::Result<()> {
+    if change.is_empty() || backend_of(conn) != Backend::Postgres {
         return Ok(());
     }
     let mut parts: Vec<Vec<UserId>> = vec![Vec::new()];
@@ -428,7 +428,7 @@ pub(crate) async fn announce(tx: &mut Transaction<'_, Any>, change: &Change) -> 
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(payload)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
     }
     Ok(())

@@ -35,11 +35,12 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use sqlx::AnyPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{backend_of, write};
+use super::{Envelope, backend_of, write};
 use crate::directory::cache::DirectoryCache;
 use crate::records::{Ingested, NewEvent};
 use crate::{Backend, Result};
@@ -200,6 +201,14 @@ pub(crate) async fn write_group<T>(
 /// Writes `batch` in a transaction of its own, dropping `turn` before the
 /// commit (or the rollback), and applies what it changed in the directory
 /// to this node's cache once it ends.
+///
+/// On SQLite the write carries its own `BEGIN IMMEDIATE` and `COMMIT` in
+/// its first and last scripts (see [`script`](super::script)): a common
+/// publish is two round trips to the connection's thread, not seven.
+/// That connection is the store's one writer (SQLite has one lane, so
+/// `turn` guards nothing there), and a write that fails is rolled back
+/// here; one abandoned midway closes the connection instead of returning it
+/// to the pool with its transaction open.
 #[tracing::instrument(level = "debug", skip_all, fields(events = batch.len()))]
 async fn in_transaction<T>(
     pool: &AnyPool,
@@ -207,19 +216,69 @@ async fn in_transaction<T>(
     batch: &[NewEvent],
     turn: T,
 ) -> Result<Vec<Ingested>> {
-    let mut tx = pool.begin().await?;
-    if directory.capacity() > 0 && backend_of(&tx) == Backend::Sqlite {
-        // Did another process write the file since? See the cache's docs.
-        let version: i64 = sqlx::query_scalar("PRAGMA data_version")
-            .fetch_one(&mut *tx)
-            .await?;
-        directory.saw_file_version(version);
+    let mut conn = pool.acquire().await?;
+    if backend_of(&conn) == Backend::Sqlite {
+        let envelope = Envelope {
+            own: true,
+            file_version: directory.capacity() > 0,
+        };
+        let mut open = Open(Some(conn));
+        let written = write(open.conn(), batch, envelope).await;
+        drop(turn);
+        match written {
+            Ok(written) => {
+                open.settled();
+                if let Some(version) = written.file_version {
+                    directory.saw_file_version(version);
+                }
+                directory.invalidate(&written.change);
+                Ok(written.outcomes)
+            }
+            Err(error) => {
+                if sqlx::query("ROLLBACK").execute(open.conn()).await.is_ok() {
+                    open.settled();
+                }
+                Err(error)
+            }
+        }
+    } else {
+        let envelope = Envelope {
+            own: false,
+            file_version: false,
+        };
+        let mut tx = conn.begin().await?;
+        let written = write(&mut tx, batch, envelope).await;
+        drop(turn);
+        let written = written?;
+        let done = tx.commit().await;
+        directory.invalidate(&written.change);
+        done?;
+        Ok(written.outcomes)
     }
-    let written = write(&mut tx, batch).await;
-    drop(turn);
-    let (outcomes, change) = written?;
-    let done = tx.commit().await;
-    directory.invalidate(&change);
-    done?;
-    Ok(outcomes)
+}
+
+/// A SQLite connection with a transaction of ingest's own open on it, until
+/// [`Open::settled`]: dropped before that (the write abandoned, or its
+/// rollback failed), the connection is closed, and the database rolls the
+/// transaction back, instead of going back to the pool still in it.
+struct Open(Option<PoolConnection<Any>>);
+
+impl Open {
+    fn conn(&mut self) -> &mut AnyConnection {
+        self.0.as_mut().expect("the connection is held until drop")
+    }
+
+    /// The transaction ended (committed or rolled back): the connection
+    /// goes back to the pool as usual.
+    fn settled(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
+    }
 }
