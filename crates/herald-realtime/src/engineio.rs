@@ -43,6 +43,7 @@ use tokio::time::Instant;
 
 use crate::guard::Ticket;
 use crate::hub::{Conn, Hub, now_ms};
+use crate::outbox::Socket;
 use crate::protocol::CloseReason;
 use crate::session::close_code;
 use crate::socketio::Conversation;
@@ -233,15 +234,17 @@ pub(crate) async fn serve(
         let conversation = Conversation::new(&hub, bearer, ticket);
         return match (websocket, ws) {
             (false, _) => open_polling(&hub, conversation),
-            (true, Ok(ws)) => configure(&hub, ws).on_upgrade(move |socket| async move {
-                let sid = new_sid();
-                hub.engine().insert(&hub, &sid, Entry::WebSocket);
-                let mut socket = socket;
-                let hello = handshake(&hub, &sid, false);
-                if socket.send(Message::Text(hello.into())).await.is_ok() {
-                    run(&hub, socket, conversation, None).await;
+            (true, Ok(ws)) => configure(&hub, ws).on_upgrade(move |socket| {
+                let mut socket = Socket::new(socket);
+                async move {
+                    let sid = new_sid();
+                    hub.engine().insert(&hub, &sid, Entry::WebSocket);
+                    let hello = handshake(&hub, &sid, false);
+                    if socket.send(Message::Text(hello.into())).await.is_ok() {
+                        run(&hub, socket, conversation, None).await;
+                    }
+                    hub.engine().remove(&hub, &sid);
                 }
-                hub.engine().remove(&hub, &sid);
             }),
             (true, Err(_)) => Refused::BadRequest.into_response(),
         };
@@ -258,14 +261,16 @@ pub(crate) async fn serve(
                 .compare_exchange(POLLING, UPGRADING, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
         });
-        return configure(&hub, ws).on_upgrade(move |socket| async move {
-            match slot {
-                Some(slot) => upgrade(hub, slot, socket).await,
-                // Upgrading or upgraded already: the reference server
-                // accepts the socket and closes it.
-                None => {
-                    let mut socket = socket;
-                    let _ = socket.send(Message::Close(None)).await;
+        return configure(&hub, ws).on_upgrade(move |socket| {
+            let mut socket = Socket::new(socket);
+            async move {
+                match slot {
+                    Some(slot) => upgrade(hub, slot, socket).await,
+                    // Upgrading or upgraded already: the reference server
+                    // accepts the socket and closes it.
+                    None => {
+                        let _ = socket.send(Message::Close(None)).await;
+                    }
                 }
             }
         });
@@ -538,7 +543,7 @@ async fn next_text(socket: &mut WebSocket, timeout: Duration) -> Option<Utf8Byte
 
 /// The polling→WebSocket upgrade: `2probe`/`3probe` on the new socket, the
 /// pending poll answered, `5`, then the session moves to the socket.
-async fn upgrade(hub: Hub, slot: Arc<Slot>, mut socket: WebSocket) {
+async fn upgrade(hub: Hub, slot: Arc<Slot>, mut socket: Socket) {
     let probed = match next_text(&mut socket, UPGRADE_TIMEOUT).await {
         Some(text) if text.as_str() == "2probe" => {
             socket.send(Message::Text("3probe".into())).await.is_ok()
@@ -633,7 +638,7 @@ async fn from_hub(conn: &Option<Arc<Conn>>) {
 /// The client's next message: from the task's own socket until the
 /// connection authenticates, from its outbox after.
 async fn next_frame(
-    own: &mut Option<WebSocket>,
+    own: &mut Option<Socket>,
     conn: &Option<Arc<Conn>>,
 ) -> Option<Result<Message, axum::Error>> {
     match (own, conn) {
@@ -647,7 +652,7 @@ async fn next_frame(
 /// the hub what the hub queued meanwhile, in one flush per round, until
 /// the outbox lets the hub write directly again.
 async fn write_out(
-    own: &mut Option<WebSocket>,
+    own: &mut Option<Socket>,
     conn: &Option<Arc<Conn>>,
     conversation: &mut Conversation,
     timeout: Duration,
@@ -686,7 +691,7 @@ async fn write_out(
 /// A session over WebSocket, to its end: the one task of the connection.
 async fn run(
     hub: &Hub,
-    socket: WebSocket,
+    socket: Socket,
     mut conversation: Conversation,
     mut conn: Option<Arc<Conn>>,
 ) {

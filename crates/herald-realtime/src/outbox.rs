@@ -111,10 +111,16 @@ pub(crate) enum Offer {
     Full,
 }
 
+/// A connection's WebSocket, boxed. It moves from the upgrade into the
+/// connection's task and on into its outbox; held by value, every async
+/// state on the way (the upgrade's, the task's, the session's) would keep
+/// room for it inline, some twice, for the connection's whole life.
+pub(crate) type Socket = Box<WebSocket>;
+
 #[derive(Debug)]
 struct State {
     /// The socket, once the task put it here.
-    socket: Option<WebSocket>,
+    socket: Option<Socket>,
     /// Events waiting for the task, in offset order.
     queue: VecDeque<Arc<Delivery>>,
     /// The task is writing (or about to write) frames of its own, or a
@@ -308,12 +314,12 @@ impl Outbox {
 
     /// Puts the connection's socket here: from now on the task reads and
     /// writes it through [`Outbox::next`] and [`Outbox::write`].
-    pub fn attach(&self, socket: WebSocket) {
+    pub fn attach(&self, socket: Socket) {
         self.lock().socket = Some(socket);
     }
 
     /// Takes the socket back (for the closing handshake).
-    pub fn detach(&self) -> Option<WebSocket> {
+    pub fn detach(&self) -> Option<Socket> {
         self.lock().socket.take()
     }
 

@@ -29,13 +29,14 @@ use std::time::{Duration, Instant};
 use crate::history::Delivery;
 use crate::hub::{Conn, Hub, Registered, now_ms};
 pub(crate) use crate::outbox::Wire;
+use crate::outbox::Socket;
 use crate::protocol::{
     ActionConfirm, CloseReason, ErrorCode, Refusal, ResumeOutcome, ResumeRequest, may_join,
     subscription_room,
 };
 use crate::resume;
 use crate::socketio;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -487,7 +488,7 @@ pub(crate) async fn write_through(
 }
 
 impl WsSession {
-    pub fn new(hub: Hub, registered: Registered, socket: WebSocket, exp: u64) -> WsSession {
+    pub fn new(hub: Hub, registered: Registered, socket: Socket, exp: u64) -> WsSession {
         let bucket = crate::admission::rate_limit(&hub);
         let session = Session::new(hub, registered, exp);
         session.conn.outbox.attach(socket);

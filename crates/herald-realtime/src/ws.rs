@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 
 use crate::admission::{self, Credentials, Denied};
 use crate::hub::{Hub, Transport};
+use crate::outbox::Socket;
 use crate::protocol::{CloseReason, Refusal};
 use crate::session::{Inbound, Reply, WsSession};
 
@@ -103,7 +104,7 @@ pub(crate) async fn upgrade(
         .max_write_buffer_size(c.write_buffer_bytes + 2 * c.max_message_bytes)
         .max_message_size(hard_cap(c.max_message_bytes))
         .max_frame_size(hard_cap(c.max_message_bytes))
-        .on_upgrade(move |socket| serve(hub, socket, credentials, resume))
+        .on_upgrade(move |socket| serve(hub, Socket::new(socket), credentials, resume))
 }
 
 /// The largest message the WebSocket layer reads whole: four times the
@@ -138,7 +139,7 @@ fn handshake_resume(query: &HashMap<String, String>) -> Result<Option<Value>, St
     Ok(Some(Value::Object(resume)))
 }
 
-async fn serve(hub: Hub, socket: WebSocket, credentials: Credentials, resume: Option<Value>) {
+async fn serve(hub: Hub, socket: Socket, credentials: Credentials, resume: Option<Value>) {
     // Shutdown may have begun during the upgrade: the socket just closes.
     let Ok(admitted) = admission::enter(&hub, credentials, Transport::Ws) else {
         return;
