@@ -21,7 +21,6 @@
 //! the byte budget and one aged out are both `too_old` to the client, and
 //! differ in the log line.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
@@ -172,7 +171,7 @@ impl Replay {
 pub(crate) async fn find(
     hub: &Hub,
     request: &ResumeRequest,
-    rooms: &HashSet<String>,
+    rooms: &[String],
     refused: Vec<String>,
     watermark: u64,
 ) -> Result<Replay, NotRecovered> {
@@ -281,6 +280,7 @@ pub(crate) async fn find(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn reasons_render_to_the_readme_strings() {

@@ -22,14 +22,13 @@
 //! [`WsSession::finish`], which takes the socket back, tells the client
 //! why (contract §3) and closes it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::history::Delivery;
 use crate::hub::{Conn, Hub, Registered, now_ms};
-pub(crate) use crate::outbox::Wire;
 use crate::outbox::Socket;
+pub(crate) use crate::outbox::Wire;
 use crate::protocol::{
     ActionConfirm, CloseReason, ErrorCode, Refusal, ResumeOutcome, ResumeRequest, may_join,
     subscription_room,
@@ -105,7 +104,8 @@ pub(crate) struct Session {
     hub: Hub,
     pub conn: Arc<Conn>,
     wire: Wire,
-    rooms: HashSet<String>,
+    /// Its rooms, auto-joined first (a few: a list beats a set here).
+    rooms: Vec<String>,
     auto: usize,
     /// When the token expires.
     pub expires: tokio::time::Instant,
@@ -144,7 +144,7 @@ impl Session {
         } = registered;
         Session {
             auto: rooms.len(),
-            rooms: rooms.into_iter().collect(),
+            rooms,
             wire: conn.outbox.wire(),
             hub,
             conn,
@@ -237,6 +237,12 @@ impl Session {
     }
 
     /// Takes the connection out of the hub.
+    /// The frames to write, taken with their buffer: a connection that
+    /// is idle between events keeps none.
+    pub fn take_out(&mut self) -> Vec<Utf8Bytes> {
+        std::mem::take(&mut self.out)
+    }
+
     pub fn close(&mut self, reason: CloseReason) {
         if !std::mem::replace(&mut self.closed, true) {
             self.hub.unregister(&self.conn, reason);
@@ -367,7 +373,7 @@ impl Session {
     }
 
     fn join(&mut self, room: &str) -> Result<(), Refusal> {
-        if self.rooms.contains(room) {
+        if self.rooms.iter().any(|r| r == room) {
             return Ok(());
         }
         let max = self.hub.config().max_subscriptions;
@@ -377,14 +383,15 @@ impl Session {
             )));
         }
         self.hub.join(self.conn.id, room);
-        self.rooms.insert(room.to_owned());
+        self.rooms.push(room.to_owned());
         Ok(())
     }
 
     fn unsubscribe(&mut self, request: &Value) -> Result<Option<String>, Refusal> {
         match subscription_room(&self.conn.principal, request) {
             Ok(room) => {
-                if self.rooms.remove(&room) {
+                if let Some(at) = self.rooms.iter().position(|r| *r == room) {
+                    self.rooms.remove(at);
                     self.hub.leave(self.conn.id, &room);
                 }
                 Ok(Some(room))
@@ -470,7 +477,7 @@ pub(crate) async fn write_through(
         let frames: Vec<Message> = extra
             .take()
             .into_iter()
-            .chain(session.out.drain(..).map(Message::Text))
+            .chain(session.take_out().into_iter().map(Message::Text))
             .collect();
         tokio::select! {
             biased;
@@ -501,7 +508,7 @@ impl WsSession {
     }
 
     /// Runs the connection to its end and unregisters it; returns why it ended.
-    pub async fn run(mut self, resume: Option<Value>) -> CloseReason {
+    pub async fn run(&mut self, resume: Option<Value>) -> CloseReason {
         let reason = self.serve(resume).await;
         self.session.close(reason);
         self.finish(reason).await;

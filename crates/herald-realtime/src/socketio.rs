@@ -286,7 +286,7 @@ impl Conversation {
                     return Err(CloseReason::RateLimited);
                 }
                 session.handle(inbound(id, args)).await;
-                self.out.append(&mut session.out);
+                self.out.extend(session.take_out());
                 Ok(None)
             }
             (State::Live { .. }, Packet::Disconnect { nsp: "/" }) => {
@@ -311,7 +311,7 @@ impl Conversation {
         match &mut self.state {
             State::Live { session, .. } => {
                 session.refuse(Reply::None, refusal);
-                self.out.append(&mut session.out);
+                self.out.extend(session.take_out());
             }
             _ => self.push(event_text("error", &refusal.to_error())),
         }
@@ -354,7 +354,7 @@ impl Conversation {
         self.push(connect_text(&format!("{:032x}", rand::random::<u128>())));
         let resume = auth.get("resume").filter(|r| !r.is_null()).cloned();
         session.open(resume).await;
-        self.out.append(&mut session.out);
+        self.out.extend(session.take_out());
         self.state = State::Live {
             session: Box::new(session),
             bucket: admission::rate_limit(hub),
@@ -366,7 +366,7 @@ impl Conversation {
     pub fn take_queued(&mut self) {
         if let State::Live { session, .. } = &mut self.state {
             session.take_queued();
-            self.out.append(&mut session.out);
+            self.out.extend(session.take_out());
         }
     }
 
@@ -380,7 +380,7 @@ impl Conversation {
                     CloseReason::ClientDisconnect | CloseReason::SlowConsumer
                 ) {
                     session.say_goodbye(reason);
-                    self.out.append(&mut session.out);
+                    self.out.extend(session.take_out());
                 }
                 // On restart (and when the client left) the transport just
                 // closes, so clients see a transport close and reconnect

@@ -144,9 +144,10 @@ async fn serve(hub: Hub, socket: Socket, credentials: Credentials, resume: Optio
     let Ok(admitted) = admission::enter(&hub, credentials, Transport::Ws) else {
         return;
     };
-    WsSession::new(hub, admitted.registered, socket, admitted.exp)
-        .run(resume)
-        .await;
+    // Borrowed, not moved, into `run`: a moved session would be held
+    // twice by its future (as the argument and as the local it becomes).
+    let mut session = WsSession::new(hub, admitted.registered, socket, admitted.exp);
+    session.run(resume).await;
 }
 
 /// What one read from the socket means for the session.
