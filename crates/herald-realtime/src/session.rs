@@ -511,7 +511,9 @@ impl WsSession {
     pub async fn run(&mut self, resume: Option<Value>) -> CloseReason {
         let reason = self.serve(resume).await;
         self.session.close(reason);
-        self.finish(reason).await;
+        // Boxed, like the flushes below: the task keeps room only for its
+        // idle loop.
+        Box::pin(self.finish(reason)).await;
         reason
     }
 
@@ -581,10 +583,13 @@ impl WsSession {
         }
     }
 
-    /// Writes what the session and the hub queued.
+    /// Writes what the session and the hub queued. Boxed: a flush waits
+    /// on a write with a timeout, a larger future than the idle loop's,
+    /// which the connection's task would otherwise keep room for all its
+    /// life.
     async fn flush(&mut self, extra: Option<Message>) -> Result<(), CloseReason> {
         let timeout = self.session.hub.config().ping_timeout();
-        write_through(&mut self.session, extra, timeout).await
+        Box::pin(write_through(&mut self.session, extra, timeout)).await
     }
 
     /// Tells the client why it is being closed, closes the socket and

@@ -104,7 +104,18 @@ pub(crate) async fn upgrade(
         .max_write_buffer_size(c.write_buffer_bytes + 2 * c.max_message_bytes)
         .max_message_size(hard_cap(c.max_message_bytes))
         .max_frame_size(hard_cap(c.max_message_bytes))
-        .on_upgrade(move |socket| serve(hub, Socket::new(socket), credentials, resume))
+        .on_upgrade(move |socket| {
+            // Admitted before the connection's future is made, so that the
+            // future holds the session alone, not what made it.
+            let session = admit(hub, Socket::new(socket), credentials);
+            async move {
+                if let Some(mut session) = session {
+                    // Borrowed, not moved, into `run`: a moved session
+                    // would be held twice by its future.
+                    session.run(resume).await;
+                }
+            }
+        })
 }
 
 /// The largest message the WebSocket layer reads whole: four times the
@@ -139,15 +150,16 @@ fn handshake_resume(query: &HashMap<String, String>) -> Result<Option<Value>, St
     Ok(Some(Value::Object(resume)))
 }
 
-async fn serve(hub: Hub, socket: Socket, credentials: Credentials, resume: Option<Value>) {
-    // Shutdown may have begun during the upgrade: the socket just closes.
-    let Ok(admitted) = admission::enter(&hub, credentials, Transport::Ws) else {
-        return;
-    };
-    // Borrowed, not moved, into `run`: a moved session would be held
-    // twice by its future (as the argument and as the local it becomes).
-    let mut session = WsSession::new(hub, admitted.registered, socket, admitted.exp);
-    session.run(resume).await;
+/// The upgraded connection's session; `None` when shutdown began during
+/// the upgrade (the socket just closes).
+fn admit(hub: Hub, socket: Socket, credentials: Credentials) -> Option<WsSession> {
+    let admitted = admission::enter(&hub, credentials, Transport::Ws).ok()?;
+    Some(WsSession::new(
+        hub,
+        admitted.registered,
+        socket,
+        admitted.exp,
+    ))
 }
 
 /// What one read from the socket means for the session.
