@@ -14,7 +14,7 @@
 //! statements, not one statement per row: every statement is a round trip,
 //! and at thousands of events a second the round trips cost more than the
 //! writing. On SQLite the statements that do not wait for each other's
-//! rows travel together, as one [`script`]: a common publish is two round
+//! rows travel together, as one `script`: a common publish is two round
 //! trips to the connection's thread, `BEGIN` and `COMMIT` included.
 //! Statements are cut by rows so that their bind parameters stay
 //! under SQLite's limit (32,766; PostgreSQL's is 65,535), and come in a few

@@ -14,6 +14,11 @@
 //! argument list. PostgreSQL's extended protocol takes one statement per
 //! message: there a script is run statement by statement (its connection
 //! is a socket, and the hand-off is what a network round trip costs anyway).
+//!
+//! On SQLite a script is prepared, and kept in the connection's statement
+//! cache, as a whole. Its statements come in a few shapes (a power of two
+//! of rows, see [`Table::push`](super::Table::push)), so the scripts of
+//! common batch sizes stay prepared.
 
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::encode::Encode;
