@@ -236,13 +236,13 @@ impl Session {
         }
     }
 
-    /// Takes the connection out of the hub.
     /// The frames to write, taken with their buffer: a connection that
     /// is idle between events keeps none.
     pub fn take_out(&mut self) -> Vec<Utf8Bytes> {
         std::mem::take(&mut self.out)
     }
 
+    /// Takes the connection out of the hub.
     pub fn close(&mut self, reason: CloseReason) {
         if !std::mem::replace(&mut self.closed, true) {
             self.hub.unregister(&self.conn, reason);

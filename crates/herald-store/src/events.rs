@@ -96,32 +96,27 @@ pub(crate) struct Written {
     /// caller applies it to this node's cache once the transaction ends).
     pub(crate) change: DirectoryChange,
     /// SQLite's `PRAGMA data_version` at the transaction's start, when
-    /// [`Envelope::file_version`] asked for it.
+    /// [`write`] was asked for it.
     pub(crate) file_version: Option<i64>,
 }
 
-/// How [`write`] carries its transaction.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Envelope {
-    /// The write opens and commits its own transaction, `BEGIN IMMEDIATE`
-    /// riding in its first script and `COMMIT` in its last (SQLite: two
-    /// round trips fewer). Otherwise the caller's transaction holds it.
-    pub(crate) own: bool,
-    /// Read `PRAGMA data_version` in the first script (SQLite).
-    pub(crate) file_version: bool,
-}
-
 /// Writes `batch` on `conn`: all of it, or an error after which the
-/// caller rolls back. A common publish costs two scripts (see
+/// caller rolls back. On SQLite the write is its own transaction,
+/// `BEGIN IMMEDIATE` riding in its first script and `COMMIT` in its last
+/// (two round trips fewer), and `file_version` reads `PRAGMA data_version`
+/// in the first; on PostgreSQL the caller's transaction holds it. A
+/// common publish costs two scripts (see
 /// [`script`]): the events with their recipients' sequence numbers, then
 /// everything those number; two more where an id was seen before (its
 /// stored record, and its numbers given back), one per address filled in.
 async fn write(
     conn: &mut AnyConnection,
     batch: &[NewEvent],
-    envelope: Envelope,
+    file_version: bool,
 ) -> Result<Written> {
     let backend = backend_of(conn);
+    let own = backend == Backend::Sqlite;
+    let ask_file_version = own && file_version;
     let ids: Vec<String> = batch.iter().map(|ev| ev.id.to_string()).collect();
     // Events are written in id order, so concurrent batches sharing ids
     // wait on each other instead of deadlocking. The sort is stable: of the
@@ -132,10 +127,10 @@ async fn write(
     firsts.dedup_by_key(|i| batch[*i].id);
 
     let mut script = Script::new(backend);
-    if envelope.own {
+    if own {
         script.statement("BEGIN IMMEDIATE");
     }
-    if envelope.file_version {
+    if ask_file_version {
         script.statement("PRAGMA data_version");
     }
     insert_events(&mut script, batch, &ids, &firsts);
@@ -160,7 +155,7 @@ async fn write(
             }
         }
     }
-    if last.len() != taken.len() || file_version.is_none() && envelope.file_version {
+    if last.len() != taken.len() || file_version.is_none() && ask_file_version {
         return Err(Error::Corrupt("an ingest statement returned no row".into()));
     }
     let seen: Vec<&str> = firsts
@@ -219,15 +214,12 @@ async fn write(
     if !given_back.is_empty() {
         let mut script = Script::new(backend);
         for &(user, count) in &given_back {
-            let sql = match backend {
-                Backend::Sqlite => {
-                    "UPDATE inbox_counters SET last_seq = last_seq - ? WHERE user_id = ?"
-                }
-                Backend::Postgres => {
-                    "UPDATE inbox_counters SET last_seq = last_seq - $1 WHERE user_id = $2"
-                }
-            };
-            script.statement(sql).bind(count).bind(user.as_str());
+            let sql = format!(
+                "UPDATE inbox_counters SET last_seq = last_seq - {} WHERE user_id = {}",
+                params(backend, 1, 1),
+                params(backend, 2, 1)
+            );
+            script.statement(&sql).bind(count).bind(user.as_str());
             *last
                 .get_mut(user.as_str())
                 .expect("every recipient's counter came back") -= count;
@@ -263,7 +255,7 @@ async fn write(
         .filter(|ev| ev.schedule.is_some())
         .collect();
     insert_schedules(&mut script, &scheduled);
-    if envelope.own {
+    if own {
         script.statement("COMMIT");
     }
     if !script.is_empty() {

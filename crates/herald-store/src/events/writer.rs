@@ -40,7 +40,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Envelope, backend_of, write};
+use super::{backend_of, write};
 use crate::directory::cache::DirectoryCache;
 use crate::records::{Ingested, NewEvent};
 use crate::{Backend, Result};
@@ -218,12 +218,8 @@ async fn in_transaction<T>(
 ) -> Result<Vec<Ingested>> {
     let mut conn = pool.acquire().await?;
     if backend_of(&conn) == Backend::Sqlite {
-        let envelope = Envelope {
-            own: true,
-            file_version: directory.capacity() > 0,
-        };
         let mut open = Open(Some(conn));
-        let written = write(open.conn(), batch, envelope).await;
+        let written = write(open.conn(), batch, directory.capacity() > 0).await;
         drop(turn);
         match written {
             Ok(written) => {
@@ -242,12 +238,8 @@ async fn in_transaction<T>(
             }
         }
     } else {
-        let envelope = Envelope {
-            own: false,
-            file_version: false,
-        };
         let mut tx = conn.begin().await?;
-        let written = write(&mut tx, batch, envelope).await;
+        let written = write(&mut tx, batch, false).await;
         drop(turn);
         let written = written?;
         let done = tx.commit().await;
