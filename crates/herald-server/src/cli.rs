@@ -111,8 +111,8 @@ pub enum DeliveriesCommand {
     },
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut settings = Settings::load(cli.config.as_deref())?;
+/// Runs `cli`'s command with `settings` (loaded from `cli.config`).
+pub async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Worker => worker(settings).await,

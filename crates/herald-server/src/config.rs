@@ -108,6 +108,9 @@ pub struct ServerSettings {
     /// Where the outside world reaches Herald (`https://herald.example.com`):
     /// the base of the links Herald puts in messages (unsubscribe).
     pub public_url: String,
+    /// The async runtime's worker threads; 0 picks them, see
+    /// [`Settings::runtime_threads`].
+    pub runtime_threads: usize,
 }
 
 /// How tokens are verified (contract §1).
@@ -514,6 +517,20 @@ impl Settings {
         Ok(settings)
     }
 
+    /// How many worker threads the async runtime runs: `server.runtime_threads`,
+    /// or when that is 0 one per core — less one on the embedded SQLite
+    /// database, whose writer works on a thread of its own (and is the
+    /// busiest thread under load), so that the runtime's workers and the
+    /// writer do not take turns on the same cores. Never fewer than one.
+    pub fn runtime_threads(&self) -> usize {
+        if self.server.runtime_threads > 0 {
+            return self.server.runtime_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let sqlite = self.database.url.expose().starts_with("sqlite:");
+        cores.saturating_sub(usize::from(sqlite)).max(1)
+    }
+
     /// `[delivery.expire_after]` as durations, by category.
     pub fn expire_after(&self) -> Result<HashMap<String, std::time::Duration>, ConfigError> {
         let categories = herald_core::EventKind::categories();
@@ -909,6 +926,18 @@ mod tests {
             .unwrap()
             .try_deserialize()
             .unwrap()
+    }
+
+    #[test]
+    fn the_runtime_leaves_the_sqlite_writer_a_core() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let mut s = defaults();
+        assert!(s.database.url.expose().starts_with("sqlite:"));
+        assert_eq!(s.runtime_threads(), (cores - 1).max(1));
+        s.database.url = Secret::new("postgres://herald@db/herald");
+        assert_eq!(s.runtime_threads(), cores);
+        s.server.runtime_threads = 3;
+        assert_eq!(s.runtime_threads(), 3);
     }
 
     /// The defaults with `[retention]` changed by `toml` (as an environment

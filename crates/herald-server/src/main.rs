@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use herald_server::Settings;
+use herald_server::cli::{self, Cli};
 
 /// mimalloc instead of the system allocator: Herald allocates small,
 /// short-lived buffers on every hop of an event (request bodies, JSON
@@ -11,9 +13,8 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match herald_server::cli::run(herald_server::cli::Cli::parse()).await {
+fn main() -> ExitCode {
+    match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line with its causes; no backtrace for a configuration mistake.
@@ -21,4 +22,15 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Settings first: they say how many threads the runtime gets.
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.runtime_threads())
+        .enable_all()
+        .build()?
+        .block_on(cli::run(cli, settings))
 }
