@@ -231,7 +231,7 @@ pub(crate) async fn serve(
         if hub.is_closing() {
             return Refused::BadRequest.into_response();
         }
-        let conversation = Conversation::new(&hub, bearer, ticket);
+        let mut conversation = Conversation::new(&hub, bearer, ticket);
         return match (websocket, ws) {
             (false, _) => open_polling(&hub, conversation),
             (true, Ok(ws)) => configure(&hub, ws).on_upgrade(move |socket| {
@@ -241,7 +241,7 @@ pub(crate) async fn serve(
                     hub.engine().insert(&hub, &sid, Entry::WebSocket);
                     let hello = handshake(&hub, &sid, false);
                     if socket.send(Message::Text(hello.into())).await.is_ok() {
-                        run(&hub, socket, conversation, None).await;
+                        run(&hub, socket, &mut conversation, None).await;
                     }
                     hub.engine().remove(&hub, &sid);
                 }
@@ -575,7 +575,7 @@ async fn upgrade(hub: Hub, slot: Arc<Slot>, mut socket: Socket) {
         slot.wake.notify_one();
         let _ = tokio::time::timeout(Duration::from_millis(50), slot.idle.notified()).await;
     }
-    let (conversation, feed) = {
+    let (mut conversation, feed) = {
         let mut talk = slot.talk.lock().await;
         let moved = Conversation::moved();
         let conversation = std::mem::replace(&mut talk.conversation, moved);
@@ -591,7 +591,7 @@ async fn upgrade(hub: Hub, slot: Arc<Slot>, mut socket: Socket) {
     }
     let sid = slot.sid.clone();
     drop(slot);
-    run(&hub, socket, conversation, feed).await;
+    run(&hub, socket, &mut conversation, feed).await;
     hub.engine().remove(&hub, &sid);
 }
 
@@ -689,10 +689,12 @@ async fn write_out(
 }
 
 /// A session over WebSocket, to its end: the one task of the connection.
+/// The conversation is borrowed from the caller's future, not moved into
+/// this one: moved, it would be held by both for the connection's life.
 async fn run(
     hub: &Hub,
     socket: Socket,
-    mut conversation: Conversation,
+    conversation: &mut Conversation,
     mut conn: Option<Arc<Conn>>,
 ) {
     let config = hub.config();
@@ -712,7 +714,7 @@ async fn run(
     }
     let ending: Ending = 'session: loop {
         // Write what is queued.
-        if let Err(ending) = write_out(&mut own, &conn, &mut conversation, write_timeout).await {
+        if let Err(ending) = write_out(&mut own, &conn, conversation, write_timeout).await {
             break 'session ending;
         }
         if let Some(c) = &conn

@@ -107,11 +107,12 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| {
             // Admitted before the connection's future is made, so that the
             // future holds the session alone, not what made it.
-            let session = admit(hub, Socket::new(socket), credentials);
+            let mut session = admit(hub, Socket::new(socket), credentials);
             async move {
-                if let Some(mut session) = session {
-                    // Borrowed, not moved, into `run`: a moved session
-                    // would be held twice by its future.
+                // Borrowed where it lies, not moved out of its `Option`
+                // nor into `run`: a moved session would be held twice by
+                // the future, for the connection's whole life.
+                if let Some(session) = &mut session {
                     session.run(resume).await;
                 }
             }
