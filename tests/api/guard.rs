@@ -33,19 +33,6 @@ async fn metrics(app: &TestApp) -> String {
     app.get("/metrics", "").await.text().await.unwrap()
 }
 
-/// This process's resident memory, in KiB (the app runs in the test
-/// process).
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn handshake_url(app: &TestApp) -> String {
     format!("{}/socket.io/?EIO=4&transport=polling", app.address)
 }

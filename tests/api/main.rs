@@ -80,3 +80,38 @@ pub async fn newest_deliveries(app: &TestApp, token: &str) -> Vec<Value> {
         .unwrap();
     trace["items"].as_array().unwrap().clone()
 }
+
+/// Runs the ignored test `name` alone, in the test binary started again
+/// for it, and fails if it fails: for a test that must have the process to
+/// itself (its tracing callsites, its resident memory).
+pub fn in_a_process_of_its_own(name: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// This process's resident memory, in KiB (the app runs in the test
+/// process).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

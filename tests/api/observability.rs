@@ -32,7 +32,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::envelope;
+use crate::{envelope, in_a_process_of_its_own};
 
 /// Log lines written to memory.
 #[derive(Debug, Clone, Default)]
@@ -188,31 +188,15 @@ fn service_account(token_uri: &str) -> String {
     .to_string()
 }
 
-/// Runs the ignored test `name` alone, in the test binary started again
-/// for it, and fails if it fails. These tests read what their own
-/// subscriber (set per thread) received; tracing caches whether a callsite
-/// is enabled across every subscriber of the process, and the other tests'
-/// subscribers, made and dropped beside them, can leave theirs disabled.
-fn in_a_process_of_its_own(name: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--ignored", "--test-threads=1"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{name}:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A publish over real SMTP and the FCM fake, logged as JSON: every line
 /// parses; the request's lines carry its request id and the event's id;
 /// each delivery's lines carry its id, event, channel and provider; and
 /// neither the bearer token, nor a password or key of the configuration,
 /// nor the guest's email address or phone number appears anywhere.
 ///
-/// In a process of its own (see [`in_a_process_of_its_own`]).
+/// In a process of its own: tracing caches whether a callsite is
+/// enabled across every subscriber of the process, and the other tests'
+/// subscribers, made and dropped beside them, can leave theirs disabled.
 #[test]
 fn json_logs_follow_an_event_by_its_ids_and_keep_secrets_out() {
     in_a_process_of_its_own("observability::json_logs_in_a_process_of_its_own");
@@ -415,7 +399,9 @@ fn json_logs_in_a_process_of_its_own() {
 /// delivery attempt (a child of ingest, with the delivery and event ids),
 /// its render and the provider's send.
 ///
-/// In a process of its own (see [`in_a_process_of_its_own`]).
+/// In a process of its own: tracing caches whether a callsite is
+/// enabled across every subscriber of the process, and the other tests'
+/// subscribers, made and dropped beside them, can leave theirs disabled.
 #[test]
 fn a_published_event_is_one_trace_from_the_request_to_the_provider() {
     in_a_process_of_its_own("observability::one_trace_in_a_process_of_its_own");
