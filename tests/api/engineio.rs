@@ -434,16 +434,21 @@ async fn two_thousand_abandoned_polling_sessions_are_freed_after_the_ping_timeou
     );
 }
 
-/// Opens and closes `CONNECTIONS` Socket.IO connections, 32 at a time,
-/// half over WebSocket and half over long-polling, each authenticated and
-/// welcomed before it leaves; then waits until the node holds none.
+/// Opens and closes `CONNECTIONS` connections, 32 at a time, by turns
+/// Socket.IO over WebSocket, Socket.IO over long-polling and `/ws`, each
+/// authenticated and welcomed before it leaves; then waits until the node
+/// holds none.
 async fn open_and_close(app: &TestApp, token: &str) {
     let bearer = format!("Bearer {token}");
     let done = futures::stream::iter(0..CONNECTIONS)
         .map(|i| {
             let bearer = &bearer;
             async move {
-                if i % 2 == 0 {
+                if is_plain_ws(i) {
+                    let (mut ws, _) = Ws::connect(app, token).await;
+                    ws.stream.close(None).await.unwrap();
+                    while let Some(Ok(_)) = ws.stream.next().await {}
+                } else if i % 3 == 0 {
                     let mut request = format!("{}&transport=websocket", ws_base(app))
                         .into_client_request()
                         .unwrap();
@@ -488,6 +493,11 @@ async fn open_and_close(app: &TestApp, token: &str) {
 
 /// Connections per round of the soak.
 const CONNECTIONS: usize = 2_000;
+
+/// Whether the soak's `i`th connection is a `/ws` one.
+fn is_plain_ws(i: usize) -> bool {
+    i % 3 == 2
+}
 /// Rounds of the soak after the first.
 const ROUNDS: usize = 3;
 
@@ -521,13 +531,19 @@ async fn soak_in_a_process_of_its_own() {
     eprintln!("resident memory after the first round {warm} KiB, after the last {after} KiB");
 
     let m = metrics(&app).await;
-    let total = (CONNECTIONS * (ROUNDS + 1)) as f64;
+    let rounds = (ROUNDS + 1) as f64;
+    let plain = (0..CONNECTIONS).filter(|&i| is_plain_ws(i)).count() as f64;
+    let total = CONNECTIONS as f64 * rounds;
     assert_eq!(
         metric(
             &m,
             "herald_realtime_connections_total{transport=\"socketio\"}"
         ),
-        total
+        total - plain * rounds
+    );
+    assert_eq!(
+        metric(&m, "herald_realtime_connections_total{transport=\"ws\"}"),
+        plain * rounds
     );
     assert_eq!(
         metric(
