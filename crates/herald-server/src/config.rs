@@ -14,6 +14,9 @@ use config::{Config, Environment, File, FileFormat};
 use herald_core::Locale;
 use serde::Deserialize;
 
+/// The most runtime worker threads `server.runtime_threads` may ask for.
+const MAX_RUNTIME_THREADS: usize = 1024;
+
 /// The compiled-in defaults.
 pub const DEFAULTS: &str = include_str!("../../../config/default.toml");
 
@@ -651,6 +654,12 @@ impl Settings {
 
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.runtime_threads > MAX_RUNTIME_THREADS {
+            return Err(ConfigError::new(
+                "server.runtime_threads",
+                format!("must be at most {MAX_RUNTIME_THREADS} (0: one per core)"),
+            ));
+        }
         if self.server.max_body_bytes < 1024 {
             return Err(ConfigError::new(
                 "server.max_body_bytes",
@@ -938,6 +947,8 @@ mod tests {
         assert_eq!(s.runtime_threads(), cores);
         s.server.runtime_threads = 3;
         assert_eq!(s.runtime_threads(), 3);
+        s.server.runtime_threads = 100_000;
+        assert_eq!(s.validate().unwrap_err().key, "server.runtime_threads");
     }
 
     /// The defaults with `[retention]` changed by `toml` (as an environment
