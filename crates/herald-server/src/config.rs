@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use config::{Config, Environment, File, FileFormat};
 use herald_core::Locale;
+use herald_store::Backend;
 use serde::Deserialize;
 
 /// The most runtime worker threads `server.runtime_threads` may ask for.
@@ -530,7 +531,7 @@ impl Settings {
             return self.server.runtime_threads;
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let sqlite = self.database.url.expose().starts_with("sqlite:");
+        let sqlite = Backend::of_url(self.database.url.expose()) == Some(Backend::Sqlite);
         cores.saturating_sub(usize::from(sqlite)).max(1)
     }
 
@@ -773,11 +774,7 @@ impl Settings {
                 return Err(ConfigError::new(key, format!("names `{dup}` twice")));
             }
         }
-        let url = self.database.url.expose();
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres:")
-            || url.starts_with("postgresql:"))
-        {
+        if Backend::of_url(self.database.url.expose()).is_none() {
             return Err(ConfigError::new(
                 "database.url",
                 "must start with sqlite:, postgres: or postgresql:",

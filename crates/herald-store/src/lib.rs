@@ -150,9 +150,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Backend {
+pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+impl Backend {
+    /// The database `url` names (`sqlite:…`, `postgres:…`, `postgresql:…`),
+    /// if Herald stores in it.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
 }
 
 /// A handle to Herald's database; cheap to clone.
@@ -214,13 +228,7 @@ impl Store {
             directory_cache,
         } = options;
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
-        } else {
-            return Err(Error::UnsupportedUrl(url.to_owned()));
-        };
+        let backend = Backend::of_url(url).ok_or_else(|| Error::UnsupportedUrl(url.to_owned()))?;
         let options = AnyConnectOptions::from_str(&sqlite_create_mode(url, backend))?;
         let pool = |max: u32| {
             AnyPoolOptions::new()
