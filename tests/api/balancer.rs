@@ -262,13 +262,21 @@ async fn failover(transport: &str) {
         .mint(Role::Guest, &guest, None, Duration::from_secs(600))
         .unwrap();
 
-    // REST through the balancer.
-    let ready = http
-        .get(format!("{}/readyz", nginx.address()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    // REST through the balancer: ready once the nodes' bus readers, which
+    // connect in the background, read.
+    eventually(
+        "/readyz 200 through the balancer",
+        Duration::from_secs(20),
+        || async {
+            let ready = http
+                .get(format!("{}/readyz", nginx.address()))
+                .send()
+                .await
+                .unwrap();
+            (ready.status() == 200).then_some(())
+        },
+    )
+    .await;
 
     let (mut client, connected) =
         Sio::connect_with(&nginx.address(), &token, json!({"transports": [transport]})).await;

@@ -130,14 +130,15 @@ async fn a_guest_cannot_follow_another_guests_card() {
             json!({"type": "guest_card", "data": {"guestId": other}}),
         )
         .await;
-    let batch: Vec<Value> = (0..100).map(|i| points_for(&other, i)).collect();
-    publish_ok(&app, &Value::Array(batch)).await;
-    publish_ok(&app, &points_for(&me, 7)).await;
-    // Everything the client saw after asking the second time: the refusal,
-    // then my event — none of the hundred.
+    // Asked without an ack, the second time: refused with an `error` event.
     let refusal = client.recv().await;
     assert_eq!(refusal["event"], "error", "{refusal}");
     assert_eq!(refusal["args"][0]["code"], "UNAUTHORIZED");
+    // Then of a hundred events for the other guest and one of mine, only
+    // mine arrives.
+    let batch: Vec<Value> = (0..100).map(|i| points_for(&other, i)).collect();
+    publish_ok(&app, &Value::Array(batch)).await;
+    publish_ok(&app, &points_for(&me, 7)).await;
     let next = client.event("points_added").await;
     assert_eq!(
         next[0]["guestId"],

@@ -330,7 +330,8 @@ async fn a_socket_is_closed_when_its_token_expires() {
     let app = spawn_app_with(Backend::Sqlite, |s| s.auth.leeway_seconds = 0)
         .await
         .unwrap();
-    let token = token_expiring_in(&app, Role::Guest, &user("ws-expiring"), 2);
+    // Whole seconds: it lives 3 to 4 s, time enough to connect when loaded.
+    let token = token_expiring_in(&app, Role::Guest, &user("ws-expiring"), 4);
     let (mut ws, _) = Ws::connect(&app, &token).await;
     let error = ws.event("error").await;
     assert_eq!(error["data"]["code"], "UNAUTHORIZED");
