@@ -434,6 +434,16 @@ async fn two_thousand_abandoned_polling_sessions_are_freed_after_the_ping_timeou
     );
 }
 
+/// Connections per round of the soak.
+const CONNECTIONS: usize = 2_000;
+/// Rounds of the soak after the first.
+const ROUNDS: usize = 3;
+
+/// Whether the soak's `i`th connection is a `/ws` one.
+fn is_plain_ws(i: usize) -> bool {
+    i % 3 == 2
+}
+
 /// Opens and closes `CONNECTIONS` connections, 32 at a time, by turns
 /// Socket.IO over WebSocket, Socket.IO over long-polling and `/ws`, each
 /// authenticated and welcomed before it leaves; then waits until the node
@@ -490,16 +500,6 @@ async fn open_and_close(app: &TestApp, token: &str) {
     assert_eq!(done, CONNECTIONS);
     all_freed(app, Duration::from_secs(60)).await;
 }
-
-/// Connections per round of the soak.
-const CONNECTIONS: usize = 2_000;
-
-/// Whether the soak's `i`th connection is a `/ws` one.
-fn is_plain_ws(i: usize) -> bool {
-    i % 3 == 2
-}
-/// Rounds of the soak after the first.
-const ROUNDS: usize = 3;
 
 /// 2,000 connections opened and closed, four times over: every session
 /// is freed after each round, and the process's resident memory after the

@@ -399,9 +399,7 @@ fn json_logs_in_a_process_of_its_own() {
 /// delivery attempt (a child of ingest, with the delivery and event ids),
 /// its render and the provider's send.
 ///
-/// In a process of its own: tracing caches whether a callsite is
-/// enabled across every subscriber of the process, and the other tests'
-/// subscribers, made and dropped beside them, can leave theirs disabled.
+/// In a process of its own, as the JSON logs' test is and for its reason.
 #[test]
 fn a_published_event_is_one_trace_from_the_request_to_the_provider() {
     in_a_process_of_its_own("observability::one_trace_in_a_process_of_its_own");
